@@ -1,0 +1,255 @@
+"""Typed configuration shared by the CLI, Ray Train, Ray Tune and the Serve app builder.
+
+One YAML file (or none: every field has a default) plus dotted ``key.sub=value`` overrides gives a
+:class:`RecConfig`. Unknown keys are errors that name the key; all errors are reported at once.
+
+Example::
+
+    cfg = load_config("configs/pretrain.yaml", ["train.epochs=3", "model.d_model=128"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATA_FORMATS = (
+    "synthetic",
+    "movielens-100k",
+    "movielens-1m",
+    "movielens-1m-tsv",
+    "seqrec",
+    "unisrec",
+    "lcrec",
+    "s3rec",
+    "sasrec",
+    "hetrec-lastfm",
+    "generic",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid. The message lists every problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Strict):
+    """The embedded, license-clean default dataset (see ``rec.data.synthetic``)."""
+
+    tenants: int = Field(4, ge=1, le=64)
+    users_per_tenant: int = Field(400, ge=4)
+    items_per_tenant: int = Field(300, ge=10)
+    topics: int = Field(8, ge=2, description="latent preference clusters shared across tenants")
+    min_len: int = Field(6, ge=3)
+    max_len: int = Field(30, ge=3)
+    seed: int = 0
+
+
+class TenantSource(_Strict):
+    """One tenant loaded from files. ``path`` is the dataset folder (or file for ``generic``)."""
+
+    format: Literal[DATA_FORMATS]  # type: ignore[valid-type]
+    path: str = ""
+    name: str | None = Field(None, description="tenant id; default derived from the path")
+    subset: str | None = Field(None, description="file stem inside the folder, e.g. 'Beauty' for s3rec")
+    max_users: int | None = Field(None, ge=1, description="keep a seeded sample of users")
+    seed: int = 0
+    # generic CSV/Parquet column mapping
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str | None = "timestamp"
+    items_path: str | None = Field(None, description="generic: item table (item_id + text columns)")
+    text_cols: list[str] = Field(default_factory=lambda: ["title"])
+
+
+class DataConfig(_Strict):
+    sources: list[TenantSource] = Field(default_factory=list, description="empty = synthetic default")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    min_seq_len: int = Field(3, ge=3, description="users with fewer interactions are dropped (need train+valid+test)")
+    max_seq_len: int = Field(50, ge=2, description="history window fed to the model")
+
+
+class TextConfig(_Strict):
+    """Item-text encoder. ``model`` = 'minilm' (packaged all-MiniLM-L6-v2), an HF name or a path."""
+
+    model: str = "minilm"
+    batch_size: int = Field(256, ge=1)
+    max_length: int = Field(64, ge=8, le=512)
+    num_threads: int = Field(2, ge=1)
+    cache_dir: str = ".cache/rec-text"
+    allow_download: bool = Field(False, description="allow fetching a hub model (never by default)")
+
+
+class ModelConfig(_Strict):
+    """Backbone hyper-parameters (see ``rec.models.backbone.Backbone``)."""
+
+    text_dim: int = Field(384, ge=1)
+    d_model: int = Field(64, ge=8)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    ffn_mult: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_len: int = Field(50, ge=2)
+    use_text: bool = True
+    use_id_embedding: bool = False
+    adaptor_hidden: int = Field(0, ge=0, description="0 = linear adaptor, else MLP hidden size")
+    loss: Literal["ce", "sampled"] = "ce"
+    num_negatives: int = Field(256, ge=1, description="sampled softmax negatives per batch")
+    temperature: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        errs = []
+        if self.d_model % self.n_heads:
+            errs.append(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
+        if not (self.use_text or self.use_id_embedding):
+            errs.append("model.use_text and model.use_id_embedding are both false: enable at least one")
+        if errs:
+            raise ValueError("; ".join(errs))
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    patience: int = Field(3, ge=1, description="early stopping: epochs without val NDCG@10 gain")
+    seed: int = 0
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    use_gpu: bool = False
+    torch_threads: int = Field(1, ge=1)
+    max_failures: int = Field(2, ge=0, description="worker failures tolerated (resume from last checkpoint)")
+    max_eval_users: int | None = Field(2000, ge=1, description="per tenant, seeded sample for val/test")
+    output_dir: str = "runs/pretrain"
+    run_name: str = "pretrain"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    resume: bool = Field(True, description="continue a run with the same run_name/output_dir if one exists")
+
+
+class EvalConfig(_Strict):
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    exclude_history: bool = False
+    batch_size: int = Field(256, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("eval.ks must be a non-empty list of positive integers")
+        return sorted(set(v))
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="None = start a local Ray; 'auto' or ray://... = connect")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray only")
+    storage_path: str | None = Field(None, description="Ray Train/Tune storage; default <output_dir>/ray")
+
+
+class RecConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _cross(self) -> RecConfig:
+        if self.model.max_len < self.data.max_seq_len:
+            raise ValueError(
+                f"model.max_len={self.model.max_len} < data.max_seq_len={self.data.max_seq_len}: "
+                "raise model.max_len or lower data.max_seq_len"
+            )
+        return self
+
+
+# --- loading ----------------------------------------------------------------------------------
+def _parse_value(raw: str) -> Any:
+    """Parse an override value with YAML rules (numbers, bools, lists, null)."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested dict (list items by index: ``data.sources.0.path``)."""
+    errors = []
+    for ov in overrides:
+        if "=" not in ov:
+            errors.append(f"override {ov!r} is not key=value (e.g. train.epochs=3)")
+            continue
+        key, raw = ov.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = tree
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    errors.append(f"override {key!r}: {'.'.join(parts[:i])} has no item {part}")
+                    break
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        else:
+            last = parts[-1]
+            if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+                node[int(last)] = _parse_value(raw)
+            elif isinstance(node, dict):
+                node[last] = _parse_value(raw)
+            else:
+                errors.append(f"override {key!r}: cannot set {last!r} here")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return tree
+
+
+def _format_errors(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}")
+        else:
+            lines.append(f"{loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""))
+    return "; ".join(lines)
+
+
+def config_from_dict(tree: dict[str, Any], model: type[BaseModel] = RecConfig) -> Any:
+    try:
+        return model.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config: {_format_errors(e)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = RecConfig) -> Any:
+    """Load a YAML config (or defaults when ``path`` is None) and apply dotted overrides.
+
+    Raises:
+        ConfigError: Missing/unreadable file, invalid YAML, unknown keys, bad values — all named.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found: pass an existing YAML file (see configs/)")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping of sections, got {type(tree).__name__}")
+    tree = apply_overrides(tree, list(overrides or []))
+    return config_from_dict(tree, model)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

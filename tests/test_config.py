@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from rec.config import ConfigError, RecConfig, apply_overrides, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["train.epochs=3", "model.d_model=128", "eval.ks=[1, 10]", "ray.address=null"])
+    assert isinstance(cfg, RecConfig)
+    assert cfg.train.epochs == 3 and cfg.model.d_model == 128 and cfg.eval.ks == [1, 10]
+    assert cfg.ray.address is None
+
+
+def test_list_item_override(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  sources:\n    - {format: seqrec, path: a}\n")
+    cfg = load_config(p, ["data.sources.0.path=b", "data.sources.0.max_users=10"])
+    assert cfg.data.sources[0].path == "b" and cfg.data.sources[0].max_users == 10
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="unknown key 'train.epocs'"):
+        load_config(None, ["train.epocs=3"])
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["train.epochs=0", "model.dropout=2", "nope.x=1"])
+    msg = str(e.value)
+    assert "train.epochs" in msg and "model.dropout" in msg and "unknown key 'nope'" in msg
+
+
+def test_cross_field_validation():
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config(None, ["model.d_model=30", "model.n_heads=4"])
+    with pytest.raises(ConfigError, match="model.max_len"):
+        load_config(None, ["model.max_len=10", "data.max_seq_len=50"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_override_syntax():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    load_config(path)
