@@ -1,0 +1,192 @@
+"""The text-based sequential recommendation backbone.
+
+Item representation = adaptor(text embedding) [+ ID embedding], a causal transformer over the
+user's history (SASRec), and scores = dot product of the last hidden state with the tenant's item
+representations. Trained with full softmax cross-entropy over the catalog (or sampled softmax).
+
+Because items enter only through their text embedding (unless ``use_id_embedding``), the model
+scores a catalog it never saw in training: that is the zero-shot path for new tenants.
+
+References:
+    - Kang & McAuley, "Self-Attentive Sequential Recommendation" (SASRec), ICDM 2018.
+    - Hou et al., "Towards Universal Sequence Representation Learning for Recommender Systems"
+      (UniSRec), KDD 2022: text embeddings + parametric whitening adaptor, transfer across domains.
+    - Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than
+      SASRec?", RecSys 2023: full-softmax CE (SASRec+) beats BCE with one negative.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rec.models.layers import TransformerBlock, attention_mask, positions
+
+__all__ = ["Backbone", "TextAdaptor", "build_backbone"]
+
+
+class TextAdaptor(nn.Module):
+    """Map frozen text embeddings to the model space: parametric whitening ``(x - b) W`` (UniSRec).
+
+    With ``hidden > 0`` an MLP ``W2 gelu(W1 (x - b))`` is used instead of a single projection.
+    """
+
+    def __init__(self, text_dim: int, d_model: int, hidden: int = 0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(text_dim))
+        if hidden > 0:
+            self.proj = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+        else:
+            self.proj = nn.Linear(text_dim, d_model, bias=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        """``(..., text_dim)`` -> ``(..., d_model)``."""
+        return self.drop(self.norm(self.proj(text - self.bias)))
+
+
+class Backbone(nn.Module):
+    """SASRec-style causal transformer over text-derived item representations.
+
+    Args:
+        text_dim: Width of the item text embeddings (384 for MiniLM).
+        d_model: Model width ``D``.
+        n_layers: Transformer blocks.
+        n_heads: Attention heads (must divide ``d_model``).
+        max_len: Longest history the positional table covers.
+        ffn_mult: FFN hidden = ``ffn_mult * d_model``.
+        dropout: Dropout on embeddings, attention and FFN.
+        use_text: Build item representations from text through the adaptor.
+        num_item_ids: Size of the ID-embedding table (0 = no ID embedding). IDs are global: each
+            tenant's items occupy a contiguous range assigned by the caller.
+        adaptor_hidden: 0 = linear adaptor, else MLP hidden size.
+        temperature: Logits are divided by it.
+    """
+
+    def __init__(
+        self,
+        text_dim: int = 384,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 50,
+        ffn_mult: int = 2,
+        dropout: float = 0.2,
+        use_text: bool = True,
+        num_item_ids: int = 0,
+        adaptor_hidden: int = 0,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not use_text and num_item_ids <= 0:
+            raise ValueError("Backbone needs text (use_text=True) or an ID table (num_item_ids > 0)")
+        self.d_model, self.max_len, self.temperature = d_model, max_len, temperature
+        self.adaptor = TextAdaptor(text_dim, d_model, adaptor_hidden, dropout) if use_text else None
+        self.id_emb = nn.Embedding(num_item_ids, d_model) if num_item_ids > 0 else None
+        if self.id_emb is not None:
+            nn.init.normal_(self.id_emb.weight, std=0.02)
+        self.pos_emb = nn.Embedding(max_len, d_model)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        self.emb_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d_model, n_heads, ffn_mult * d_model, dropout) for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model)
+
+    # --- items ---------------------------------------------------------------------------------
+    def item_representations(
+        self, text_emb: torch.Tensor | None = None, item_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Item vectors ``(N, D)`` from text embeddings ``(N, text_dim)`` and/or global ids ``(N,)``."""
+        rep = None
+        if self.adaptor is not None:
+            if text_emb is None:
+                raise ValueError("this backbone uses item text: pass text_emb")
+            rep = self.adaptor(text_emb)
+        if self.id_emb is not None and item_ids is not None:
+            ide = self.id_emb(item_ids)
+            rep = ide if rep is None else rep + ide
+        if rep is None:
+            raise ValueError("this backbone is ID-only: pass item_ids")
+        return rep
+
+    # --- sequences -----------------------------------------------------------------------------
+    def encode(self, hist: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Hidden states for every position.
+
+        Args:
+            hist: ``(B, T, D)`` item representations of the history, left-padded.
+            pad: ``(B, T)`` bool, True at padding.
+
+        Returns:
+            ``(B, T, D)``; position ``T-1`` is the state after the most recent item.
+        """
+        pos = positions(pad).clamp(max=self.max_len - 1)
+        x = self.emb_drop(hist + self.pos_emb(pos))
+        x = x * (~pad)[..., None].to(x.dtype)
+        mask = attention_mask(pad)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.final_norm(x)
+
+    def user_vector(self, hist: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """``(B, D)``: the hidden state after the last item (left padding puts it at ``T-1``)."""
+        return self.encode(hist, pad)[:, -1, :]
+
+    def scores(self, hidden: torch.Tensor, catalog: torch.Tensor) -> torch.Tensor:
+        """Dot-product scores ``(..., N)`` of hidden ``(..., D)`` against catalog ``(N, D)``."""
+        return hidden @ catalog.T / self.temperature
+
+    # --- losses --------------------------------------------------------------------------------
+    def ce_loss(self, hidden: torch.Tensor, targets: torch.Tensor, catalog: torch.Tensor) -> torch.Tensor:
+        """Full-softmax cross-entropy over the whole catalog (SASRec+).
+
+        Args:
+            hidden: ``(B, T, D)``; targets: ``(B, T)`` dense item index or -100 (ignored);
+            catalog: ``(N, D)``.
+        """
+        keep = targets >= 0
+        logits = self.scores(hidden[keep], catalog)  # (M, N)
+        return F.cross_entropy(logits, targets[keep])
+
+    def sampled_ce_loss(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        catalog: torch.Tensor,
+        num_negatives: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sampled softmax with uniform negatives shared across the batch (for large catalogs).
+
+        Negatives that equal a row's target are masked out. Uniform sampling needs no logQ
+        correction (it is a constant shift).
+        """
+        keep = targets >= 0
+        h, t = hidden[keep], targets[keep]  # (M, D), (M,)
+        n = catalog.shape[0]
+        neg = torch.randint(0, n, (min(num_negatives, n),), device=h.device, generator=generator)
+        pos_logit = (h * catalog[t]).sum(-1, keepdim=True) / self.temperature  # (M, 1)
+        neg_logit = self.scores(h, catalog[neg])  # (M, S)
+        neg_logit = neg_logit.masked_fill(neg[None, :] == t[:, None], float("-inf"))
+        logits = torch.cat([pos_logit, neg_logit], dim=1)
+        return F.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long, device=h.device))
+
+
+def build_backbone(model_cfg, num_item_ids: int = 0) -> Backbone:  # noqa: ANN001 - ModelConfig
+    """Build a :class:`Backbone` from a ``rec.config.ModelConfig`` (explicit args inside)."""
+    return Backbone(
+        text_dim=model_cfg.text_dim,
+        d_model=model_cfg.d_model,
+        n_layers=model_cfg.n_layers,
+        n_heads=model_cfg.n_heads,
+        max_len=model_cfg.max_len,
+        ffn_mult=model_cfg.ffn_mult,
+        dropout=model_cfg.dropout,
+        use_text=model_cfg.use_text,
+        num_item_ids=num_item_ids if model_cfg.use_id_embedding else 0,
+        adaptor_hidden=model_cfg.adaptor_hidden,
+        temperature=model_cfg.temperature,
+    )

@@ -1,0 +1,150 @@
+"""A multi-tenant training corpus: every tenant's padded sequences plus its catalog text.
+
+Built once on the driver (data loading and text encoding), then shipped to every Ray Train
+worker through the object store (numpy arrays are zero-copy there). Each tenant keeps its own
+catalog: rows are always scored against their own tenant's items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rec.config import DataConfig, RecConfig
+from rec.data.schema import DataError, Tenant
+from rec.data.splits import leave_one_out
+from rec.training.batches import left_pad, next_item_examples
+
+__all__ = ["TenantCorpus", "Corpus", "build_corpus", "load_tenants"]
+
+
+@dataclass
+class EvalRows:
+    """Leave-one-out evaluation examples: histories ``(V, T)`` left-padded, targets ``(V,)``."""
+
+    user_rows: np.ndarray
+    histories: np.ndarray
+    targets: np.ndarray
+
+
+@dataclass
+class TenantCorpus:
+    name: str
+    num_items: int
+    id_offset: int  # first global item id of this tenant (ID embeddings)
+    text_emb: np.ndarray | None  # (N, text_dim) float32
+    train_inputs: np.ndarray  # (R, T)
+    train_targets: np.ndarray  # (R, T)
+    valid: EvalRows
+    test: EvalRows
+    item_popularity: np.ndarray  # (N,) counts over training sequences
+    data_hash: str
+
+
+@dataclass
+class Corpus:
+    tenants: list[TenantCorpus]
+    max_len: int
+    text_model: str | None  # fingerprint of the text encoder, recorded in manifests
+
+    @property
+    def num_item_ids(self) -> int:
+        return sum(t.num_items for t in self.tenants)
+
+    @property
+    def num_train_rows(self) -> int:
+        return sum(len(t.train_inputs) for t in self.tenants)
+
+    def row_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tenant index, row within tenant) for every training row, concatenated over tenants."""
+        t_idx = np.concatenate([np.full(len(t.train_inputs), i, np.int64) for i, t in enumerate(self.tenants)])
+        r_idx = np.concatenate([np.arange(len(t.train_inputs), dtype=np.int64) for t in self.tenants])
+        return t_idx, r_idx
+
+    def data_hashes(self) -> dict[str, str]:
+        return {t.name: t.data_hash for t in self.tenants}
+
+
+def load_tenants(data_cfg: DataConfig) -> list[Tenant]:
+    """The configured tenants: the synthetic default when ``data.sources`` is empty."""
+    if not data_cfg.sources:
+        from rec.data.synthetic import generate_tenants
+
+        return generate_tenants(data_cfg.synthetic)
+    from rec.data.loaders import load_source
+
+    tenants = [load_source(src, min_seq_len=data_cfg.min_seq_len) for src in data_cfg.sources]
+    names = [t.name for t in tenants]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"tenant names must be unique, repeated: {dupes}; set data.sources.N.name")
+    return tenants
+
+
+def _eval_rows(split, which: str, max_users: int | None, seed: int, max_len: int) -> EvalRows:
+    rows, hists, targets = split.eval_examples(which, max_users=max_users, seed=seed)
+    return EvalRows(np.asarray(rows, np.int64), left_pad(hists, max_len), np.asarray(targets, np.int64))
+
+
+def tenant_corpus(
+    tenant: Tenant,
+    text_emb: np.ndarray | None,
+    id_offset: int,
+    max_len: int,
+    max_eval_users: int | None,
+    seed: int,
+) -> TenantCorpus:
+    """Split one tenant leave-one-out and pad it. Users with < 3 interactions are not evaluable."""
+    split = leave_one_out(tenant)
+    # Users too short to evaluate still carry next-item signal: train on their whole sequence.
+    train_seqs = list(split.train_seqs) + [tenant.sequence(int(u)) for u in split.short_rows]
+    inputs, targets = next_item_examples(train_seqs, max_len)
+    if len(inputs) == 0:
+        raise DataError(f"tenant {tenant.name!r}: no user has >= 4 interactions, nothing to train on")
+    pop = np.bincount(np.concatenate(train_seqs), minlength=tenant.num_items) if train_seqs else np.zeros(tenant.num_items)
+    return TenantCorpus(
+        name=tenant.name,
+        num_items=tenant.num_items,
+        id_offset=id_offset,
+        text_emb=text_emb,
+        train_inputs=inputs,
+        train_targets=targets,
+        valid=_eval_rows(split, "valid", max_eval_users, seed, max_len),
+        test=_eval_rows(split, "test", max_eval_users, seed, max_len),
+        item_popularity=pop.astype(np.float32),
+        data_hash=tenant.content_hash(),
+    )
+
+
+def build_corpus(cfg: RecConfig, tenants: list[Tenant] | None = None, progress: bool = False) -> Corpus:
+    """Load (or take) tenants, encode their item text, split and pad them.
+
+    Args:
+        cfg: The run config (data, text, model, train sections are read).
+        tenants: Use these instead of ``cfg.data``.
+        progress: Show progress bars while encoding item text.
+
+    Raises:
+        DataError: A tenant is empty or has no text while the model needs text.
+    """
+    tenants = load_tenants(cfg.data) if tenants is None else tenants
+    text_model = None
+    encode = None
+    if cfg.model.use_text:
+        from rec.text import encode_items, get_encoder
+
+        for t in tenants:
+            if not t.items.has_text:
+                raise DataError(
+                    f"tenant {t.name!r} ({t.source}) has no item text but model.use_text=true: "
+                    "use a dataset with titles, or set model.use_text=false model.use_id_embedding=true"
+                )
+        encode = encode_items
+        text_model = get_encoder(cfg.text).model_fingerprint
+    out, offset = [], 0
+    for t in tenants:
+        emb = encode(list(t.items.text), cfg.text, progress=progress) if encode else None
+        out.append(tenant_corpus(t, emb, offset, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed))
+        offset += t.num_items
+    return Corpus(tenants=out, max_len=cfg.data.max_seq_len, text_model=text_model)
