@@ -1,0 +1,1 @@
+"""serve_apps (built in later issues)."""

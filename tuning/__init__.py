@@ -1,0 +1,1 @@
+"""tuning (built in later issues)."""
