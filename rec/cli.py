@@ -79,6 +79,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pick_tenant(cfg, name: str | None):  # noqa: ANN001, ANN202
+    from rec.training.corpus import load_tenants
+
+    tenants = load_tenants(cfg.data)
+    if name is None:
+        return tenants[-1]
+    for t in tenants:
+        if t.name == name:
+            return t
+    raise CliError(f"tenant {name!r} is not in the configured data; available: {[t.name for t in tenants]}")
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    extra = []
+    for flag, key in ((args.method, "adapt.method"), (args.k_users, "adapt.k_users"), (args.out, "adapt.output_root"), (args.tenant, "adapt.tenant")):
+        if flag is not None:
+            extra.append(f"{key}={flag}")
+    cfg = _load(args, extra)
+    from rec.adaptation.adapt import adapt_tenant, publish_adapter
+    from rec.training.checkpoint import load_backbone
+
+    base = load_backbone(args.backbone)
+    tenant = _pick_tenant(cfg, cfg.adapt.tenant)
+    print(f"adapting {tenant.name!r} ({tenant.num_users} users, {tenant.num_items} items) with {cfg.adapt.method}, K={cfg.adapt.k_users}")
+    res = adapt_tenant(base, tenant, cfg.adapt, cfg.eval)
+    path = publish_adapter(res, base, cfg.adapt)
+    _print_metrics(
+        f"{res.method} on {res.tenant}: {res.epochs} epochs, {res.adapt_s:.1f} s, {res.trainable_params} trainable params",
+        {"valid": res.valid, "test": res.test},
+    )
+    print(f"adapter: {path}")
+    return 0
+
+
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -127,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("adapt", help="adapt a pretrained backbone to one tenant from K users; writes a versioned adapter")
+    _common(p)
+    p.add_argument("--backbone", required=True, help="backbone folder printed by `rec pretrain`")
+    p.add_argument("--tenant", help="tenant id among the configured data's tenants (adapt.tenant)")
+    p.add_argument("--method", choices=["zero-shot", "head", "prompt", "lora", "full"], help="adapt.method")
+    p.add_argument("--k-users", help="training users, or 'null' for all (adapt.k_users)")
+    p.add_argument("--out", help="adapter root (adapt.output_root); writes <out>/<tenant>/v<N>")
+    p.set_defaults(func=cmd_adapt)
+
     data = sub.add_parser("data", help="inspect or generate datasets")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
     p = dsub.add_parser("stats", help="load the configured tenants and print their sizes")
@@ -149,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come before or after options (`rec adapt k=v --method lora k2=v2`).
+    args, rest = parser.parse_known_args(argv)
+    unknown = [r for r in rest if r.startswith("-") or "=" not in r]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if rest:
+        args.overrides = list(getattr(args, "overrides", [])) + rest
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()

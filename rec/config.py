@@ -154,6 +154,48 @@ class RayConfig(_Strict):
     storage_path: str | None = Field(None, description="Ray Train/Tune storage; default <output_dir>/ray")
 
 
+ADAPT_METHODS = ("zero-shot", "head", "prompt", "lora", "full")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "adaptor.proj")
+
+
+class LoraConfig(_Strict):
+    """LoRA settings (Hu et al., ICLR 2022), applied with PEFT to the named ``nn.Linear`` modules."""
+
+    rank: int = Field(8, ge=1, le=256)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if t not in LORA_TARGETS]
+        if bad or not v:
+            raise ValueError(f"unknown LoRA target modules {bad or v}: choose from {list(LORA_TARGETS)}")
+        return v
+
+
+class AdaptConfig(_Strict):
+    """Few-shot adaptation of a pretrained backbone to one tenant (``rec adapt``, ``rec tune``)."""
+
+    method: Literal[ADAPT_METHODS] = "lora"  # type: ignore[valid-type]
+    tenant: str | None = Field(None, description="tenant id among data's tenants (default: the only/last one)")
+    k_users: int | None = Field(64, ge=1, description="training users; null = all non-held-out users")
+    n_first: int | None = Field(None, ge=2, description="keep only each training user's first N interactions")
+    num_eval_users: int | None = Field(None, ge=1, description="held-out users (default: eval_fraction)")
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(3, ge=1)
+    seed: int = 0
+    torch_threads: int = Field(2, ge=1)
+    prompt_length: int = Field(4, ge=1, le=64)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    output_root: str = Field("adapters", description="adapters/<tenant>/v<N>/")
+
+
 class RecConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     text: TextConfig = Field(default_factory=TextConfig)
@@ -161,6 +203,7 @@ class RecConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> RecConfig:

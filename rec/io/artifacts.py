@@ -85,7 +85,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def artifact_writer(dest: str | Path, kind: str, meta: dict[str, Any] | None = None) -> Iterator[Path]:
+def artifact_writer(
+    dest: str | Path, kind: str, meta: dict[str, Any] | None = None, replace: bool = True
+) -> Iterator[Path]:
     """Yield a temp folder to fill; on success publish it atomically at ``dest`` with a manifest.
 
     Args:
@@ -93,6 +95,8 @@ def artifact_writer(dest: str | Path, kind: str, meta: dict[str, Any] | None = N
         kind: What the artifact is (``"checkpoint"``, ``"adapter"``, ...), stored in the manifest.
         meta: Extra manifest fields (config, metrics, data hashes). May be mutated by the caller
             inside the ``with`` block; it is read when the block exits.
+        replace: If False, publishing onto an existing ``dest`` raises ``FileExistsError``
+            (the rename itself is the check, so two writers can never both claim ``dest``).
 
     Yields:
         The temporary folder to write files into.
@@ -121,7 +125,12 @@ def artifact_writer(dest: str | Path, kind: str, meta: dict[str, Any] | None = N
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
         _fsync_dir(tmp)
-        if dest.exists():
+        if not replace:
+            try:
+                os.rename(tmp, dest)  # fails if dest exists and is non-empty: an atomic claim
+            except OSError as e:
+                raise FileExistsError(f"{dest} already exists") from e
+        elif dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.time_ns()}")
             os.replace(dest, old)
             os.replace(tmp, dest)

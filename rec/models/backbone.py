@@ -94,6 +94,13 @@ class Backbone(nn.Module):
             TransformerBlock(d_model, n_heads, ffn_mult * d_model, dropout) for _ in range(n_layers)
         )
         self.final_norm = nn.LayerNorm(d_model)
+        # Prompt tuning (Lester et al., EMNLP 2021): learned prefix vectors set by an adapter.
+        self.prompt: nn.Parameter | None = None
+
+    def set_prompt(self, length: int) -> nn.Parameter:
+        """Attach ``length`` trainable prefix vectors ``(P, D)`` (small random init) and return them."""
+        self.prompt = nn.Parameter(torch.randn(length, self.d_model) * 0.02)
+        return self.prompt
 
     # --- items ---------------------------------------------------------------------------------
     def item_representations(
@@ -113,12 +120,14 @@ class Backbone(nn.Module):
         return rep
 
     # --- sequences -----------------------------------------------------------------------------
-    def encode(self, hist: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    def encode(self, hist: torch.Tensor, pad: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states for every position.
 
         Args:
             hist: ``(B, T, D)`` item representations of the history, left-padded.
             pad: ``(B, T)`` bool, True at padding.
+            prompt: Optional prefix ``(P, D)`` or per-row ``(B, P, D)``; defaults to ``self.prompt``.
+                Prefix tokens sit before the padding, so every real item attends to them.
 
         Returns:
             ``(B, T, D)``; position ``T-1`` is the state after the most recent item.
@@ -126,10 +135,18 @@ class Backbone(nn.Module):
         pos = positions(pad).clamp(max=self.max_len - 1)
         x = self.emb_drop(hist + self.pos_emb(pos))
         x = x * (~pad)[..., None].to(x.dtype)
+        prompt = self.prompt if prompt is None else prompt
+        P = 0
+        if prompt is not None:
+            if prompt.dim() == 2:
+                prompt = prompt.unsqueeze(0).expand(x.shape[0], -1, -1)
+            P = prompt.shape[1]
+            x = torch.cat([prompt.to(x.dtype), x], dim=1)  # (B, P+T, D)
+            pad = torch.cat([torch.zeros(pad.shape[0], P, dtype=torch.bool, device=pad.device), pad], dim=1)
         mask = attention_mask(pad)
         for block in self.blocks:
             x = block(x, mask)
-        return self.final_norm(x)
+        return self.final_norm(x[:, P:])
 
     def user_vector(self, hist: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """``(B, D)``: the hidden state after the last item (left padding puts it at ``T-1``)."""

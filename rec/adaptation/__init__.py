@@ -1,0 +1,1 @@
+"""Few-shot adaptation of a pretrained backbone to new tenants."""

@@ -1,0 +1,189 @@
+"""The adaptation recipe: one tenant, K users, one method -> adapted model + metrics (+ adapter).
+
+setup (K-shot split, item text, trainable copy of the backbone) -> train with early stopping on the
+held-out users' validation item -> test on the same users' last item -> optionally publish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rec.adaptation.artifacts import save_adapter
+from rec.adaptation.methods import prepare_model, scoring_backbone, trainable_parameters
+from rec.config import AdaptConfig, EvalConfig, TextConfig
+from rec.data.schema import DataError, Tenant
+from rec.data.splits import KShotSplit, k_shot_split
+from rec.training.batches import left_pad, next_item_examples
+from rec.training.checkpoint import LoadedBackbone
+from rec.training.corpus import Corpus, EvalRows, TenantCorpus
+from rec.training.loop import CorpusLoss, evaluate_tenant, train_epoch
+
+__all__ = ["AdaptResult", "adapt_tenant", "fewshot_corpus", "publish_adapter"]
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class AdaptResult:
+    model: nn.Module  # PeftModel for LoRA, else Backbone; best epoch's weights
+    tenant: str
+    method: str
+    split: KShotSplit
+    valid: dict[str, float]
+    test: dict[str, float]
+    adapt_s: float
+    epochs: int
+    trainable_params: int
+    data_hash: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _eval_rows(split: KShotSplit, which: str, max_len: int) -> EvalRows:
+    rows, hists, targets = split.eval_examples(which)
+    return EvalRows(np.asarray(rows, np.int64), left_pad(hists, max_len), np.asarray(targets, np.int64))
+
+
+def fewshot_corpus(split: KShotSplit, text_emb: np.ndarray, max_len: int) -> TenantCorpus:
+    """Training rows from the K users' sequences; valid/test rows from the held-out users."""
+    seqs = split.train.sequences()
+    inputs, targets = next_item_examples(seqs, max_len)
+    pop = np.bincount(np.concatenate(seqs), minlength=split.train.num_items) if seqs else np.zeros(split.train.num_items)
+    return TenantCorpus(
+        name=split.train.name,
+        num_items=split.train.num_items,
+        id_offset=-1,  # a new tenant has no ID rows in the backbone: text only
+        text_emb=text_emb,
+        train_inputs=inputs,
+        train_targets=targets,
+        valid=_eval_rows(split, "valid", max_len),
+        test=_eval_rows(split, "test", max_len),
+        item_popularity=pop.astype(np.float32),
+        data_hash=split.train.content_hash(),
+    )
+
+
+def _check_text(base: LoadedBackbone, tenant: Tenant, text_cfg: TextConfig) -> None:
+    if not base.cfg.model.use_text:
+        raise ValueError("this backbone is ID-only: it cannot score a new tenant's items; pretrain with model.use_text=true")
+    if not tenant.items.has_text:
+        raise DataError(f"tenant {tenant.name!r} has no item text, but adaptation scores items from their text: add titles")
+    if text_cfg.model != base.cfg.text.model:
+        raise ValueError(
+            f"text.model={text_cfg.model!r} differs from the backbone's {base.cfg.text.model!r}: "
+            "item text must be encoded by the model the backbone was trained with"
+        )
+
+
+def adapt_tenant(
+    base: LoadedBackbone,
+    tenant: Tenant,
+    acfg: AdaptConfig,
+    eval_cfg: EvalConfig | None = None,
+    text_emb: np.ndarray | None = None,
+    on_epoch: EpochCallback | None = None,
+    split: KShotSplit | None = None,
+) -> AdaptResult:
+    """Adapt ``base`` to ``tenant`` with ``acfg.method`` using ``acfg.k_users`` training users.
+
+    Args:
+        base: The pretrained backbone (``load_backbone``).
+        tenant: The new tenant (full data; the K-shot split is taken here, seeded).
+        acfg: Method and hyper-parameters.
+        eval_cfg: Metric cut-offs (NDCG@10 is always included: it drives early stopping).
+        text_emb: Precomputed item-text embeddings ``(N, text_dim)``; encoded (cached) if None.
+        on_epoch: Called after every epoch with (epoch, validation metrics): Ray Tune reports here.
+        split: Reuse a K-shot split (e.g. the same held-out users across methods).
+
+    Raises:
+        ValueError: K larger than the tenant's available users, an ID-only backbone, text model mismatch.
+        DataError: The tenant has no items or no item text.
+    """
+    eval_cfg = eval_cfg or EvalConfig()
+    ks = sorted(set(eval_cfg.ks) | {10})
+    _check_text(base, tenant, base.cfg.text)
+    torch.set_num_threads(acfg.torch_threads)
+    torch.manual_seed(acfg.seed)
+    t0 = time.perf_counter()
+    split = split or k_shot_split(tenant, acfg.k_users, acfg.n_first, acfg.seed, acfg.num_eval_users, acfg.eval_fraction)
+    if text_emb is None:
+        from rec.text import encode_items
+
+        text_emb = encode_items(list(tenant.items.text), base.cfg.text)
+    max_len = base.cfg.data.max_seq_len
+    tc = fewshot_corpus(split, text_emb, max_len)
+    corpus = Corpus([tc], max_len, base.manifest.get("text_model"))
+    emb = [torch.from_numpy(text_emb)]
+    model = prepare_model(base.model, acfg, base_id=f"fewshot-rec-backbone:{base.checksum}")
+    params = trainable_parameters(model)
+    history: list[dict[str, float]] = []
+
+    def validate() -> dict[str, float]:
+        return evaluate_tenant(scoring_backbone(model), tc, emb[0], "valid", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
+
+    best = validate()
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    epochs = 0
+    if params and len(tc.train_inputs):
+        loss_model = CorpusLoss(scoring_backbone(model))
+        opt = torch.optim.AdamW(params, lr=acfg.lr, weight_decay=acfg.weight_decay)
+        bad = 0
+        for epoch in range(acfg.epochs):
+            rows = np.random.default_rng([acfg.seed, epoch]).permutation(len(tc.train_inputs))
+            model.train()
+            loss = train_epoch(loss_model, opt, corpus, rows, emb, acfg.batch_size, grad_clip=1.0)
+            val = validate()
+            epochs = epoch + 1
+            history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}})
+            if on_epoch is not None:
+                on_epoch(epoch, val)
+            if val["ndcg@10"] > best["ndcg@10"]:
+                best, bad = val, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= acfg.patience:
+                    break
+        model.load_state_dict(best_state)
+    model.eval()
+    test = evaluate_tenant(scoring_backbone(model), tc, emb[0], "test", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
+    return AdaptResult(
+        model=model,
+        tenant=tenant.name,
+        method=acfg.method,
+        split=split,
+        valid=best,
+        test=test,
+        adapt_s=time.perf_counter() - t0,
+        epochs=epochs,
+        trainable_params=sum(p.numel() for p in params),
+        data_hash=tc.data_hash,
+        history=history,
+    )
+
+
+def publish_adapter(result: AdaptResult, base: LoadedBackbone, acfg: AdaptConfig, root: str | Path | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write the adapter as the tenant's next version under ``root`` (default ``acfg.output_root``)."""
+    meta = {
+        "backbone_checksum": base.checksum,
+        "text_model": base.manifest.get("text_model"),
+        "k_users": result.split.k_users,
+        "n_first": result.split.n_first,
+        "train_users": len(result.split.train_rows),
+        "eval_users": len(result.split.eval),
+        "data_hash": result.data_hash,
+        "metrics": {"valid": result.valid, "test": result.test},
+        "adapt_s": result.adapt_s,
+        "epochs": result.epochs,
+        "trainable_params": result.trainable_params,
+        **(extra or {}),
+    }
+    return save_adapter(result.model, acfg, result.tenant, root or acfg.output_root, meta)

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import peft
+import pytest
+import torch
+
+from rec.adaptation.adapt import adapt_tenant, publish_adapter
+from rec.adaptation.artifacts import list_versions, load_adapter
+from rec.adaptation.methods import prepare_model, scoring_backbone
+from rec.config import AdaptConfig
+from rec.data.schema import DataError, Tenant
+from rec.io.artifacts import ArtifactError
+from rec.text import encode_items
+from rec.training.batches import PAD, left_pad
+
+METHODS = ["zero-shot", "head", "prompt", "lora", "full"]
+
+
+def _scores(model, text_emb: np.ndarray, seqs) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        cat = model.item_representations(torch.from_numpy(text_emb))
+        idx = torch.tensor(left_pad(seqs, 20))
+        return model.scores(model.user_vector(cat[idx.clamp(min=0)], idx == PAD), cat)
+
+
+@pytest.fixture(scope="module")
+def text_emb(small_backbone, new_tenant):
+    return encode_items(list(new_tenant.items.text), small_backbone.cfg.text)
+
+
+@pytest.fixture(scope="module")
+def results(small_backbone, new_tenant, text_emb):
+    out = {}
+    for m in METHODS:
+        acfg = AdaptConfig(method=m, k_users=48, epochs=8, lr=5e-3, patience=8, torch_threads=1)
+        out[m] = (acfg, adapt_tenant(small_backbone, new_tenant, acfg, text_emb=text_emb))
+    return out
+
+
+def test_every_method_runs_on_the_same_held_out_users(results):
+    eval_users = {m: tuple(r.split.eval_rows) for m, (_, r) in results.items()}
+    assert len(set(eval_users.values())) == 1
+    for m, (_, r) in results.items():
+        assert 0.0 <= r.test["ndcg@10"] <= 1.0 and r.adapt_s > 0
+    assert results["zero-shot"][1].trainable_params == 0 and results["zero-shot"][1].epochs == 0
+
+
+def test_trained_methods_beat_zero_shot_on_validation(results):
+    zs = results["zero-shot"][1].valid["ndcg@10"]
+    for m in ("head", "lora", "full"):
+        assert results[m][1].valid["ndcg@10"] > zs, m
+
+
+def test_only_the_method_parameters_change(small_backbone, results):
+    base = dict(small_backbone.model.named_parameters())
+    for m in ("head", "prompt"):
+        model = results[m][1].model
+        changed = {n for n, p in model.named_parameters() if n in base and not torch.equal(p, base[n])}
+        expected_prefix = "adaptor." if m == "head" else None
+        assert all(n.startswith(expected_prefix) for n in changed) if expected_prefix else not changed
+    lora = results["lora"][1].model
+    assert isinstance(lora, peft.PeftModel)
+    frozen = {n: p for n, p in lora.named_parameters() if "lora_" not in n}
+    for n, p in frozen.items():
+        key = n.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(p, base[key]), n
+    # the pretrained backbone object itself is untouched
+    assert small_backbone.model.prompt is None
+
+
+def test_publish_and_reload_gives_identical_scores(small_backbone, new_tenant, text_emb, results, tmp_path):
+    seqs = [new_tenant.sequence(u)[:-1] for u in results["lora"][1].split.eval_rows[:8]]
+    for m, (acfg, r) in results.items():
+        path = publish_adapter(r, small_backbone, acfg, root=tmp_path)
+        loaded, manifest = load_adapter(path, small_backbone.model, small_backbone.checksum)
+        assert manifest["method"] == m and manifest["backbone_checksum"] == small_backbone.checksum
+        assert manifest["k_users"] == 48 and manifest["data_hash"] == r.data_hash
+        assert manifest["metrics"]["test"]["ndcg@10"] == pytest.approx(r.test["ndcg@10"])
+        want = _scores(scoring_backbone(r.model), text_emb, seqs)
+        got = _scores(loaded, text_emb, seqs)
+        assert torch.allclose(want, got, atol=1e-5), m
+    assert list_versions(tmp_path, new_tenant.name) == [1, 2, 3, 4, 5]
+
+
+def test_our_lora_adapter_loads_in_peft(small_backbone, new_tenant, text_emb, results, tmp_path):
+    acfg, r = results["lora"]
+    path = publish_adapter(r, small_backbone, acfg, root=tmp_path)
+    import copy
+
+    plain = peft.PeftModel.from_pretrained(copy.deepcopy(small_backbone.model), str(path))
+    seqs = [new_tenant.sequence(u)[:-1] for u in r.split.eval_rows[:8]]
+    ours, _ = load_adapter(path, small_backbone.model)
+    assert torch.allclose(_scores(plain.base_model.model, text_emb, seqs), _scores(ours, text_emb, seqs), atol=1e-5)
+
+
+def test_peft_made_adapter_loads_in_ours(small_backbone, new_tenant, text_emb, tmp_path):
+    """An adapter trained with plain peft (no manifest) loads through our loader, same scores."""
+    acfg = AdaptConfig(method="lora")
+    model = prepare_model(small_backbone.model, acfg)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    model.save_pretrained(str(tmp_path / "peft-adapter"))
+    ours, manifest = load_adapter(tmp_path / "peft-adapter", small_backbone.model)
+    assert manifest == {}
+    seqs = [new_tenant.sequence(u)[:-1] for u in range(5)]
+    want = _scores(scoring_backbone(model), text_emb, seqs)
+    assert torch.allclose(want, _scores(ours, text_emb, seqs), atol=1e-5)
+    assert not torch.allclose(want, _scores(small_backbone.model, text_emb, seqs), atol=1e-3)
+
+
+def test_concurrent_publishes_get_distinct_versions(small_backbone, results, tmp_path):
+    acfg, r = results["head"]
+    paths: list = []
+    threads = [threading.Thread(target=lambda: paths.append(publish_adapter(r, small_backbone, acfg, root=tmp_path))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(p.name for p in paths) == [f"v{i}" for i in range(1, 7)]
+
+
+# --- bad input -------------------------------------------------------------------------------
+def test_adapter_from_another_backbone_is_refused(small_backbone, results, tmp_path):
+    acfg, r = results["head"]
+    path = publish_adapter(r, small_backbone, acfg, root=tmp_path)
+    with pytest.raises(ArtifactError, match="trained on backbone"):
+        load_adapter(path, small_backbone.model, backbone_checksum="0" * 64)
+
+
+def test_k_larger_than_users(small_backbone, new_tenant, text_emb):
+    with pytest.raises(ValueError, match="only .* training users"):
+        adapt_tenant(small_backbone, new_tenant, AdaptConfig(k_users=10_000), text_emb=text_emb)
+
+
+def test_tenant_without_items_or_text(small_backbone, new_tenant):
+    with pytest.raises(DataError, match="catalog is empty"):
+        Tenant.from_sequences("empty", [], [], ["u"], [[0]])
+    no_text = Tenant.from_sequences(
+        "no-text", new_tenant.items.ids, [""] * new_tenant.num_items, new_tenant.users, new_tenant.sequences()
+    )
+    with pytest.raises(DataError, match="no item text"):
+        adapt_tenant(small_backbone, no_text, AdaptConfig(method="lora"))
+
+
+def test_corrupt_adapter_is_refused(small_backbone, results, tmp_path):
+    acfg, r = results["lora"]
+    path = publish_adapter(r, small_backbone, acfg, root=tmp_path)
+    (path / "adapter_model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_adapter(path, small_backbone.model)
+    with pytest.raises(ArtifactError, match="not an adapter folder"):
+        load_adapter(tmp_path, small_backbone.model)
