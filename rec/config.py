@@ -190,10 +190,32 @@ class AdaptConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     patience: int = Field(3, ge=1)
     seed: int = 0
-    torch_threads: int = Field(2, ge=1)
+    torch_threads: int = Field(1, ge=1, description="1 keeps concurrent adaptations/Tune trials from oversubscribing cores")
     prompt_length: int = Field(4, ge=1, le=64)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     output_root: str = Field("adapters", description="adapters/<tenant>/v<N>/")
+
+
+class MetaConfig(_Strict):
+    """Reptile meta-learned initialization (Nichol, Achiam & Schulman, 2018), ``rec meta``.
+
+    One episode = one source tenant: ``support_users`` users' sequences, ``inner_steps`` optimizer
+    steps on a copy of the weights, then ``theta += outer_lr * mean(theta' - theta)`` over the
+    episodes of every Ray Train worker (``train.num_workers``, ``train.max_failures``, ... apply).
+    """
+
+    outer_epochs: int = Field(5, ge=1, description="checkpoint + report after each outer epoch")
+    meta_iterations: int = Field(50, ge=1, description="outer (meta) steps per outer epoch")
+    episodes_per_iteration: int = Field(1, ge=1, description="episodes per worker per meta step")
+    support_users: int = Field(32, ge=1, description="users sampled per episode (one tenant)")
+    inner_steps: int = Field(5, ge=1, description="optimizer steps on the support users per episode")
+    inner_lr: float = Field(1e-3, gt=0.0)
+    inner_optimizer: Literal["adam", "sgd"] = "adam"
+    outer_lr: float = Field(0.5, gt=0.0, le=1.0, description="Reptile epsilon")
+    anneal_outer_lr: bool = Field(True, description="decay epsilon linearly to 0 over the run (as in the paper)")
+    seed: int = 0
+    output_dir: str = "runs/meta"
+    run_name: str = "meta"
 
 
 class RecConfig(_Strict):
@@ -204,6 +226,7 @@ class RecConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> RecConfig:

@@ -20,14 +20,13 @@ from rec.models.backbone import Backbone
 __all__ = ["prepare_model", "scoring_backbone", "trainable_parameters", "peft_lora_config"]
 
 
-def peft_lora_config(acfg: AdaptConfig, base_id: str | None = None) -> peft.LoraConfig:
+def peft_lora_config(acfg: AdaptConfig) -> peft.LoraConfig:
     """The PEFT ``LoraConfig`` for our settings (also what ``adapter_config.json`` holds)."""
     return peft.LoraConfig(
         r=acfg.lora.rank,
         lora_alpha=acfg.lora.alpha,
         lora_dropout=acfg.lora.dropout,
         target_modules=list(acfg.lora.target_modules),
-        base_model_name_or_path=base_id,
     )
 
 
@@ -60,7 +59,10 @@ def prepare_model(base: Backbone, acfg: AdaptConfig, base_id: str | None = None)
     if method == "lora":
         if "adaptor.proj" in acfg.lora.target_modules and not isinstance(getattr(model.adaptor, "proj", None), nn.Linear):
             raise ValueError("adapt.lora.target_modules has 'adaptor.proj' but this backbone's adaptor is not a single Linear")
-        return peft.get_peft_model(model, peft_lora_config(acfg, base_id))
+        wrapped = peft.get_peft_model(model, peft_lora_config(acfg))
+        # Set after wrapping: get_peft_model resets it from the (absent) HF model name and warns.
+        wrapped.peft_config["default"].base_model_name_or_path = base_id
+        return wrapped
     raise ValueError(f"unknown adaptation method {method!r}")
 
 
