@@ -28,7 +28,8 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
+        # log_to_driver: rank 0's per-epoch progress lines reach the user's terminal.
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=True)
     try:
         yield
     finally:

@@ -114,7 +114,7 @@ def tenant_scores(
     model.eval()
     catalog = catalog_representations(model, tenant, text_emb)
     for start in range(0, len(histories), batch_size):
-        idx = torch.from_numpy(histories[start : start + batch_size])
+        idx = torch.tensor(histories[start : start + batch_size])  # copy: object-store arrays are read-only
         hist, pad = _gather(catalog, idx)
         yield slice(start, start + len(idx)), model.scores(model.user_vector(hist, pad), catalog)
 

@@ -13,6 +13,7 @@ no such guarantee.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
     from rec.models.backbone import build_backbone
 
+    # Train V2 logs every report at INFO through the worker's root logger; keep the user's terminal
+    # to our one line per epoch (warnings still show).
+    logging.getLogger().setLevel(logging.WARNING)
     cfg = RecConfig.model_validate(loop_cfg["config"])
     corpus: Corpus = ray.get(loop_cfg["corpus"]) if isinstance(loop_cfg["corpus"], ray.ObjectRef) else loop_cfg["corpus"]
     tc = cfg.train
@@ -73,7 +77,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
     loss_model = ray.train.torch.prepare_model(CorpusLoss(model, cfg.model.loss, cfg.model.num_negatives))
     device = ray.train.torch.get_device()
-    text_embs = [None if t.text_emb is None else torch.from_numpy(t.text_emb).to(device) for t in corpus.tenants]
+    # Arrays from the object store are read-only views: copy so torch owns writable memory.
+    text_embs = [None if t.text_emb is None else torch.tensor(t.text_emb, device=device) for t in corpus.tenants]
     node = ray.get_runtime_context().get_node_id()
     nodes = [node]
     if world > 1:
@@ -108,6 +113,13 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             **_flat("val", val),
         }
         state["history"].append(metrics)
+        if rank == 0:
+            print(
+                f"epoch {epoch + 1}/{tc.epochs}  loss {loss:.4f}  val ndcg@10 {score:.4f}  "
+                f"best {state['best']:.4f} (epoch {state['best_epoch'] + 1})  {train_s:.1f}s"
+                + ("  early stop" if stop else ""),
+                flush=True,
+            )
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
