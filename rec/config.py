@@ -101,7 +101,10 @@ class ModelConfig(_Strict):
     adaptor_hidden: int = Field(0, ge=0, description="0 = linear adaptor, else MLP hidden size")
     loss: Literal["ce", "sampled"] = "ce"
     num_negatives: int = Field(256, ge=1, description="sampled softmax negatives per batch")
-    temperature: float = Field(1.0, gt=0.0)
+    temperature: float | None = Field(
+        None, gt=0.0,
+        description="logits are divided by it; null = sqrt(d_model) for text models, 1 for ID-only",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -11,7 +11,15 @@ __all__ = ["ray_session", "LOCAL_RUNTIME_ENV"]
 
 # Train V2 blocks each ray.train.report() for its health-check interval (2 s by default, see
 # FIELD-NOTES); per-epoch reports on small local runs spend most of their time there otherwise.
-LOCAL_RUNTIME_ENV = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_USAGE_STATS_ENABLED": "0"}}
+# OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin-wait between ops make 2-thread torch ~5x slower
+# when the cores are shared with other Ray workers (measured on the 2-core dev machine).
+LOCAL_RUNTIME_ENV = {
+    "env_vars": {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_WAIT_POLICY": "PASSIVE",
+    }
+}
 
 
 @contextlib.contextmanager

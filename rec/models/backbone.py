@@ -17,6 +17,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,7 +64,11 @@ class Backbone(nn.Module):
         num_item_ids: Size of the ID-embedding table (0 = no ID embedding). IDs are global: each
             tenant's items occupy a contiguous range assigned by the caller.
         adaptor_hidden: 0 = linear adaptor, else MLP hidden size.
-        temperature: Logits are divided by it.
+        temperature: Logits are divided by it. ``None`` (the default) picks ``sqrt(d_model)`` when
+            items come from text and 1 for ID-only models: the adaptor ends in a LayerNorm, so text
+            item vectors have norm ~sqrt(D) and plain dot products start at about +-D, which
+            saturates the softmax and wipes out the pretrained text similarity in the first epoch
+            (measured in bench/README.md). ID embeddings start near zero and need no scaling.
     """
 
     def __init__(
@@ -77,12 +83,14 @@ class Backbone(nn.Module):
         use_text: bool = True,
         num_item_ids: int = 0,
         adaptor_hidden: int = 0,
-        temperature: float = 1.0,
+        temperature: float | None = None,
     ) -> None:
         super().__init__()
         if not use_text and num_item_ids <= 0:
             raise ValueError("Backbone needs text (use_text=True) or an ID table (num_item_ids > 0)")
-        self.d_model, self.max_len, self.temperature = d_model, max_len, temperature
+        if temperature is None:
+            temperature = math.sqrt(d_model) if use_text else 1.0
+        self.d_model, self.max_len, self.temperature = d_model, max_len, float(temperature)
         self.adaptor = TextAdaptor(text_dim, d_model, adaptor_hidden, dropout) if use_text else None
         self.id_emb = nn.Embedding(num_item_ids, d_model) if num_item_ids > 0 else None
         if self.id_emb is not None:
@@ -154,7 +162,8 @@ class Backbone(nn.Module):
 
     def scores(self, hidden: torch.Tensor, catalog: torch.Tensor) -> torch.Tensor:
         """Dot-product scores ``(..., N)`` of hidden ``(..., D)`` against catalog ``(N, D)``."""
-        return hidden @ catalog.T / self.temperature
+        # Scale the (…, D) side, not the (…, N) logits: same value, N/D times less work.
+        return (hidden / self.temperature) @ catalog.T
 
     # --- losses --------------------------------------------------------------------------------
     def ce_loss(self, hidden: torch.Tensor, targets: torch.Tensor, catalog: torch.Tensor) -> torch.Tensor:
@@ -185,7 +194,7 @@ class Backbone(nn.Module):
         h, t = hidden[keep], targets[keep]  # (M, D), (M,)
         n = catalog.shape[0]
         neg = torch.randint(0, n, (min(num_negatives, n),), device=h.device, generator=generator)
-        pos_logit = (h * catalog[t]).sum(-1, keepdim=True) / self.temperature  # (M, 1)
+        pos_logit = ((h / self.temperature) * catalog[t]).sum(-1, keepdim=True)  # (M, 1)
         neg_logit = self.scores(h, catalog[neg])  # (M, S)
         neg_logit = neg_logit.masked_fill(neg[None, :] == t[:, None], float("-inf"))
         logits = torch.cat([pos_logit, neg_logit], dim=1)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -97,3 +99,27 @@ def test_build_from_config():
     m = build_backbone(cfg, num_item_ids=100)
     assert m.id_emb is not None and m.id_emb.num_embeddings == 100
     assert build_backbone(ModelConfig(), num_item_ids=100).id_emb is None
+
+
+def test_text_backbone_starts_with_unsaturated_logits():
+    """Default temperature sqrt(D): at init the full-softmax CE is near ln N, not far above it.
+
+    With temperature 1 the adaptor's LayerNorm gives item vectors norm ~sqrt(D) and logits of
+    about +-D, so the initial CE is far above ln N (bench/README.md measured ~10 vs 8.4).
+    """
+    torch.manual_seed(0)
+    d, n = 64, 2000
+    text = torch.nn.functional.normalize(torch.randn(n, 384), dim=-1)
+    targets = torch.randint(0, n, (32, 10))
+    losses = {}
+    for temp in (None, 1.0):
+        torch.manual_seed(1)
+        m = Backbone(text_dim=384, d_model=d, n_layers=2, n_heads=2, dropout=0.0, temperature=temp).eval()
+        catalog = m.item_representations(text)
+        hist = catalog[torch.randint(0, n, (32, 10))]
+        with torch.no_grad():
+            hidden = m.encode(hist, torch.zeros(32, 10, dtype=torch.bool))
+            losses[temp] = m.ce_loss(hidden, targets, catalog).item()
+    assert Backbone(text_dim=384, d_model=d).temperature == pytest.approx(d**0.5)
+    assert Backbone(text_dim=384, d_model=d, use_text=False, num_item_ids=10).temperature == 1.0
+    assert losses[None] < math.log(n) + 1.0 < losses[1.0]
