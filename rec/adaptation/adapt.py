@@ -18,7 +18,7 @@ from torch import nn
 
 from rec.adaptation.artifacts import save_adapter
 from rec.adaptation.methods import prepare_model, scoring_backbone, trainable_parameters
-from rec.config import AdaptConfig, EvalConfig, TextConfig
+from rec.config import AdaptConfig, EvalConfig
 from rec.data.schema import DataError, Tenant
 from rec.data.splits import KShotSplit, k_shot_split
 from rec.training.batches import left_pad, next_item_examples
@@ -40,10 +40,11 @@ class AdaptResult:
     valid: dict[str, float]
     test: dict[str, float]
     adapt_s: float
-    epochs: int
+    epochs: int  # epochs run (early stopping may end before acfg.epochs)
     trainable_params: int
     data_hash: str
     history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1  # the epoch whose weights were kept; -1 = none beat the starting weights
 
 
 def _eval_rows(split: KShotSplit, which: str, max_len: int) -> EvalRows:
@@ -70,15 +71,16 @@ def fewshot_corpus(split: KShotSplit, text_emb: np.ndarray, max_len: int) -> Ten
     )
 
 
-def _check_text(base: LoadedBackbone, tenant: Tenant, text_cfg: TextConfig) -> None:
+def _check_text(base: LoadedBackbone, tenant: Tenant, text_emb: np.ndarray | None) -> None:
     if not base.cfg.model.use_text:
         raise ValueError("this backbone is ID-only: it cannot score a new tenant's items; pretrain with model.use_text=true")
     if not tenant.items.has_text:
         raise DataError(f"tenant {tenant.name!r} has no item text, but adaptation scores items from their text: add titles")
-    if text_cfg.model != base.cfg.text.model:
+    want = (tenant.num_items, base.cfg.model.text_dim)
+    if text_emb is not None and tuple(text_emb.shape) != want:
         raise ValueError(
-            f"text.model={text_cfg.model!r} differs from the backbone's {base.cfg.text.model!r}: "
-            "item text must be encoded by the model the backbone was trained with"
+            f"text_emb has shape {tuple(text_emb.shape)}, expected {want} (one row per item of {tenant.name!r}, "
+            f"encoded by the backbone's text model {base.cfg.text.model!r}): pass text_emb=None to encode here"
         )
 
 
@@ -108,7 +110,7 @@ def adapt_tenant(
     """
     eval_cfg = eval_cfg or EvalConfig()
     ks = sorted(set(eval_cfg.ks) | {10})
-    _check_text(base, tenant, base.cfg.text)
+    _check_text(base, tenant, text_emb)
     torch.set_num_threads(acfg.torch_threads)
     torch.manual_seed(acfg.seed)
     t0 = time.perf_counter()
@@ -120,7 +122,8 @@ def adapt_tenant(
     max_len = base.cfg.data.max_seq_len
     tc = fewshot_corpus(split, text_emb, max_len)
     corpus = Corpus([tc], max_len, base.manifest.get("text_model"))
-    emb = [torch.from_numpy(text_emb)]
+    # np.require copies read-only arrays (memory-mapped caches): torch.from_numpy would warn on them.
+    emb = [torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))]
     model = prepare_model(base.model, acfg, base_id=f"fewshot-rec-backbone:{base.checksum}")
     params = trainable_parameters(model)
     history: list[dict[str, float]] = []
@@ -130,7 +133,7 @@ def adapt_tenant(
 
     best = validate()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    epochs = 0
+    epochs, best_epoch = 0, -1  # best_epoch -1: no epoch beat the untrained start, which is kept
     if params and len(tc.train_inputs):
         loss_model = CorpusLoss(scoring_backbone(model))
         opt = torch.optim.AdamW(params, lr=acfg.lr, weight_decay=acfg.weight_decay)
@@ -145,7 +148,7 @@ def adapt_tenant(
             if on_epoch is not None:
                 on_epoch(epoch, val)
             if val["ndcg@10"] > best["ndcg@10"]:
-                best, bad = val, 0
+                best, bad, best_epoch = val, 0, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 bad += 1
@@ -163,6 +166,7 @@ def adapt_tenant(
         test=test,
         adapt_s=time.perf_counter() - t0,
         epochs=epochs,
+        best_epoch=best_epoch,
         trainable_params=sum(p.numel() for p in params),
         data_hash=tc.data_hash,
         history=history,
@@ -183,6 +187,7 @@ def publish_adapter(result: AdaptResult, base: LoadedBackbone, acfg: AdaptConfig
         "metrics": {"valid": result.valid, "test": result.test},
         "adapt_s": result.adapt_s,
         "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
         "trainable_params": result.trainable_params,
         **(extra or {}),
     }

@@ -139,6 +139,22 @@ def test_k_larger_than_users(small_backbone, new_tenant, text_emb):
         adapt_tenant(small_backbone, new_tenant, AdaptConfig(k_users=10_000), text_emb=text_emb)
 
 
+def test_text_embeddings_of_the_wrong_shape_are_refused(small_backbone, new_tenant, text_emb):
+    with pytest.raises(ValueError, match=r"text_emb has shape .* expected"):
+        adapt_tenant(small_backbone, new_tenant, AdaptConfig(), text_emb=text_emb[:, :100])
+    with pytest.raises(ValueError, match=r"text_emb has shape .* expected"):
+        adapt_tenant(small_backbone, new_tenant, AdaptConfig(), text_emb=text_emb[:-1])
+
+
+def test_read_only_embeddings_and_best_epoch(small_backbone, new_tenant, text_emb, results):
+    ro = np.array(text_emb)
+    ro.setflags(write=False)
+    res = adapt_tenant(small_backbone, new_tenant, AdaptConfig(method="head", k_users=16, epochs=2, patience=2), text_emb=ro)
+    assert -1 <= res.best_epoch < res.epochs <= 2
+    lora = results["lora"][1]
+    assert lora.best_epoch == -1 or lora.history[lora.best_epoch]["val_ndcg@10"] == pytest.approx(lora.valid["ndcg@10"])
+
+
 def test_tenant_without_items_or_text(small_backbone, new_tenant):
     with pytest.raises(DataError, match="catalog is empty"):
         Tenant.from_sequences("empty", [], [], ["u"], [[0]])
