@@ -14,6 +14,7 @@ no such guarantee.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -139,14 +140,35 @@ class PretrainResult:
     epochs: int = 0
 
 
-def _run_trainer(cfg: RecConfig, corpus_ref: Any, storage: Path) -> Any:
+def run_storage(cfg: RecConfig, out: Path, run_name: str) -> str:
+    """Ray Train storage root for a run: ``ray.storage_path`` or ``<out>/ray``.
+
+    A local root is resolved and, unless ``train.resume``, the run's previous folder is removed so
+    a fresh run never restores someone else's checkpoint. A URI (``s3://``, ``gs://``) is passed to
+    Ray as is (multi-node runs need shared storage); there a new ``run_name`` starts fresh.
+    """
+    sp = cfg.ray.storage_path
+    if sp and "://" in sp:
+        return sp.rstrip("/")
+    storage = Path(sp).resolve() if sp else out / "ray"
+    if not cfg.train.resume and (storage / run_name).exists():
+        shutil.rmtree(storage / run_name)
+    return str(storage)
+
+
+def fit_on_ray_train(loop_per_worker: Any, loop_config: dict[str, Any], cfg: RecConfig, run_name: str, storage: str) -> Any:
+    """Run ``loop_per_worker`` under a ``TorchTrainer`` sized by ``cfg.train``; return the Result.
+
+    Shared by pretraining and meta-training. Raises RuntimeError with the cause when the run fails
+    after ``train.max_failures`` restarts or ends without a checkpoint.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "corpus": corpus_ref},
+        loop_per_worker,
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers,
             use_gpu=tc.use_gpu,
@@ -154,13 +176,21 @@ def _run_trainer(cfg: RecConfig, corpus_ref: Any, storage: Path) -> Any:
             placement_strategy=tc.placement_strategy,
         ),
         run_config=RunConfig(
-            name=tc.run_name,
-            storage_path=str(storage),
+            name=run_name,
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
-    return trainer.fit()
+    try:
+        result = trainer.fit()  # Train V2 raises TrainingFailedError; V1 returned result.error
+    except Exception as e:  # noqa: BLE001 - re-raised with the run named
+        raise RuntimeError(f"Ray Train run {run_name!r} failed (train.max_failures={tc.max_failures}): {e}") from e
+    if getattr(result, "error", None) is not None:
+        raise RuntimeError(f"Ray Train run {run_name!r} failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {run_name!r} finished without a checkpoint")
+    return result
 
 
 def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = False) -> PretrainResult:
@@ -179,19 +209,12 @@ def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = Fals
     from rec.training.loop import evaluate_corpus
 
     out = Path(cfg.train.output_dir).resolve()
-    storage = Path(cfg.ray.storage_path).resolve() if cfg.ray.storage_path else out / "ray"
-    if not cfg.train.resume and (storage / cfg.train.run_name).exists():
-        import shutil
-
-        shutil.rmtree(storage / cfg.train.run_name)
+    storage = run_storage(cfg, out, cfg.train.run_name)
     corpus = build_corpus(cfg, progress=progress) if corpus is None else corpus
     t0 = time.perf_counter()
-    result = _run_trainer(cfg, ray.put(corpus), storage)
+    loop_config = {"config": cfg.model_dump(mode="json"), "corpus": ray.put(corpus)}
+    result = fit_on_ray_train(train_loop_per_worker, loop_config, cfg, cfg.train.run_name, storage)
     train_s = time.perf_counter() - t0
-    if result.error is not None:
-        raise RuntimeError(f"pretraining failed: {result.error}") from result.error
-    if result.checkpoint is None:
-        raise RuntimeError("pretraining finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
         _, best, _, state = load_train_state(Path(d) / "state")
     model = build_backbone(cfg.model, num_item_ids=corpus.num_item_ids)
@@ -210,7 +233,7 @@ def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = Fals
         text_model=corpus.text_model,
         extra={"protocol": "leave-one-out, full ranking over each tenant's catalog, history not excluded"
                if not cfg.eval.exclude_history else "leave-one-out, full ranking, history excluded",
-               "train_s": train_s, "epochs_run": int(state["epoch"]) + 1, "ray_run": str(storage / cfg.train.run_name)},
+               "train_s": train_s, "epochs_run": int(state["epoch"]) + 1, "ray_run": f"{storage}/{cfg.train.run_name}"},
     )
     return PretrainResult(ckpt, test, history, train_s, int(state["epoch"]) + 1)
 
