@@ -113,6 +113,69 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_meta(args: argparse.Namespace) -> int:
+    extra = []
+    for flag, key in ((args.address, "ray.address"), (args.workers, "train.num_workers"), (args.output_dir, "meta.output_dir")):
+        if flag is not None:
+            extra.append(f"{key}={flag}")
+    from rec.training.checkpoint import load_backbone
+
+    base = load_backbone(args.backbone) if args.backbone else None
+    if base is not None and not args.config:
+        # Without --config, the backbone's own config (its source tenants, text encoder) is the default.
+        from rec.config import apply_overrides, config_from_dict
+
+        cfg = config_from_dict(apply_overrides(base.cfg.model_dump(mode="json"), extra + list(args.overrides)))
+    else:
+        cfg = _load(args, extra)
+    from rec.adaptation.meta import meta_train
+    from rec.ray_session import ray_session
+
+    with ray_session(cfg.ray):
+        res = meta_train(cfg, init=base, progress=True)
+    _print_metrics(f"zero-shot test metrics of the meta-init on the source tenants after {res.epochs} outer epochs, {res.train_s:.1f} s", res.test_metrics)
+    print(f"checkpoint: {res.checkpoint}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    extra = []
+    for flag, key in ((args.address, "ray.address"), (args.storage_path, "ray.storage_path")):
+        if flag is not None:
+            extra.append(f"{key}={flag}")
+    from tuning.search_spaces import load_sweep
+    from tuning.sweep import SweepInterrupted, run_sweep
+
+    spec = load_sweep(args.sweep)
+    if args.config:
+        cfg = _load(args, extra)
+    else:
+        # Without --config, the backbone's own config (data, text encoder) is the base of every trial.
+        from rec.config import apply_overrides, config_from_dict
+        from rec.training.checkpoint import load_backbone
+
+        cfg = config_from_dict(apply_overrides(load_backbone(args.backbone).cfg.model_dump(mode="json"), extra + list(args.overrides)))
+    try:
+        res = run_sweep(spec, cfg, args.backbone, verbose=args.verbose)
+    except SweepInterrupted as e:
+        raise CliError(str(e)) from None
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"best trial per (tenant, K) of {spec.name}: {len(res.rows)} trials, {res.wall_s:.1f} s" + (" (resumed)" if res.resumed else ""))
+    for col in ("tenant", "K", "trial", "val ndcg@10", "test ndcg@10", "adapter"):
+        table.add_column(col)
+    for b in res.best:
+        test = b.get("test", {}).get("ndcg@10")
+        table.add_row(b["tenant"], b["k"], b["trial_id"], f"{b['val_ndcg@10']:.4f}", "" if test is None else f"{test:.4f}", b.get("adapter", ""))
+    Console().print(table)
+    print(f"results: {res.csv_path} {res.md_path}")
+    if res.missing:
+        print(f"rec tune: no successful trial for {', '.join(res.missing)} ({res.errors} errored trials; see {res.experiment_dir})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -143,6 +206,54 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backbone_config(args: argparse.Namespace, backbone: str):  # noqa: ANN202
+    """--config if given, else the backbone's own config; plus the dotted overrides."""
+    if args.config:
+        return _load(args)
+    from rec.config import apply_overrides, config_from_dict
+    from rec.training.checkpoint import load_backbone
+
+    return config_from_dict(apply_overrides(load_backbone(backbone).cfg.model_dump(mode="json"), list(args.overrides)))
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from rec.serving.publish import ensure_serving_model, publish_tenant
+    from rec.text import encode_items
+    from rec.training.checkpoint import load_backbone
+
+    cfg = _backbone_config(args, args.backbone)
+    loaded = load_backbone(args.backbone)
+    tenant = _pick_tenant(cfg, args.tenant)
+    ensure_serving_model(args.root, loaded, quantize=args.int8)
+    text_emb = encode_items(list(tenant.items.text), loaded.cfg.text)
+    res = publish_tenant(args.root, loaded, tenant, text_emb, args.adapter_dir, catalog_dtype=args.catalog_dtype)
+    was = "new tenant" if res.previous is None else f"was v{res.previous}"
+    print(f"published {res.tenant} v{res.version} ({res.method}, {was}): {res.path}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from rec.serving.publish import rollback_tenant
+
+    res = rollback_tenant(args.root, args.tenant, args.to)
+    print(f"{res.tenant}: v{res.previous} -> v{res.version} ({res.method})")
+    return 0
+
+
+def cmd_apikey(args: argparse.Namespace) -> int:
+    from rec.serving.auth import create_api_key, revoke_api_keys
+    from rec.serving.store import ArtifactRoot
+
+    store = ArtifactRoot(args.root)
+    if store.current_version(args.tenant) is None:
+        raise CliError(f"tenant {args.tenant!r} is not published under {args.root}: run `rec publish` first")
+    if args.revoke:
+        print(f"{args.tenant}: revoked {revoke_api_keys(store.keys_path(args.tenant))} key(s)")
+        return 0
+    print(create_api_key(store.keys_path(args.tenant)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rec", description="fewshot-rec: pretrain, adapt, export and serve text-based recommenders on Ray.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -170,6 +281,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="adapter root (adapt.output_root); writes <out>/<tenant>/v<N>")
     p.set_defaults(func=cmd_adapt)
 
+    p = sub.add_parser("meta", help="meta-learn an initialization with Reptile on Ray Train; publishes a backbone for `rec adapt`")
+    _common(p)
+    init = p.add_mutually_exclusive_group(required=True)
+    init.add_argument("--backbone", help="start from this pretrained backbone (its config is the default config)")
+    init.add_argument("--from-scratch", action="store_true", help="start from a random initialization instead")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (train.num_workers)")
+    p.add_argument("--output-dir", help="where the meta-init checkpoint goes (meta.output_dir)")
+    p.set_defaults(func=cmd_meta)
+
+    p = sub.add_parser("tune", help="Ray Tune sweep of adaptation hyper-parameters per (tenant, K); publishes each best adapter")
+    _common(p)
+    p.add_argument("--backbone", required=True, help="backbone folder (its config is the default base config)")
+    p.add_argument("--sweep", required=True, help="sweep YAML, e.g. tuning/configs/quick.yaml (see docs/tuning.md)")
+    p.add_argument("--address", help="Ray cluster address, e.g. auto inside `ray job submit` (ray.address)")
+    p.add_argument("--storage-path", help="Tune storage root (ray.storage_path, default runs/tune); re-running resumes")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Tune console verbosity")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("publish", help="publish a tenant version (zero-shot catalog or adapter) to a serving artifact root; replicas pick it up live")
+    _common(p)
+    p.add_argument("--root", required=True, help="serving artifact root (the Serve app's artifact_root)")
+    p.add_argument("--backbone", required=True, help="backbone folder; its serving model is exported to <root>/model once")
+    p.add_argument("--tenant", required=True, help="tenant id among the configured data's tenants (its catalog is published)")
+    p.add_argument("adapter_dir", nargs="?", default=None, help="adapter version folder from `rec adapt`; omit to onboard zero-shot")
+    p.add_argument("--catalog-dtype", choices=["fp32", "fp16", "int8"], default="fp32", help="storage of the catalog matrix")
+    p.add_argument("--int8", action="store_true", help="also export the int8 model when <root>/model is created")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("rollback", help="point a tenant back at an older published version (atomic; replicas follow live)")
+    p.add_argument("--root", required=True, help="serving artifact root")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--to", type=int, help="version number N of v<N> (default: the one before the current)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("apikey", help="create (prints once) or revoke a tenant's API keys; stored as scrypt hashes")
+    p.add_argument("--root", required=True, help="serving artifact root")
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--revoke", action="store_true", help="remove all of the tenant's keys instead")
+    p.set_defaults(func=cmd_apikey)
+
     data = sub.add_parser("data", help="inspect or generate datasets")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")
     p = dsub.add_parser("stats", help="load the configured tenants and print their sizes")
@@ -191,6 +343,7 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see rec.ray_session.LOCAL_RUNTIME_ENV
     parser = build_parser()
     # Overrides may come before or after options (`rec adapt k=v --method lora k2=v2`).
     args, rest = parser.parse_known_args(argv)
