@@ -128,7 +128,13 @@ class Backbone(nn.Module):
         return rep
 
     # --- sequences -----------------------------------------------------------------------------
-    def encode(self, hist: torch.Tensor, pad: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        hist: torch.Tensor,
+        pad: torch.Tensor,
+        prompt: torch.Tensor | None = None,
+        prompt_pad: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Hidden states for every position.
 
         Args:
@@ -136,6 +142,8 @@ class Backbone(nn.Module):
             pad: ``(B, T)`` bool, True at padding.
             prompt: Optional prefix ``(P, D)`` or per-row ``(B, P, D)``; defaults to ``self.prompt``.
                 Prefix tokens sit before the padding, so every real item attends to them.
+            prompt_pad: Optional ``(B, P)`` bool, True at prefix slots a row does not use (masked
+                like padding), so rows with different prompts, or none, share one batch.
 
         Returns:
             ``(B, T, D)``; position ``T-1`` is the state after the most recent item.
@@ -150,7 +158,9 @@ class Backbone(nn.Module):
                 prompt = prompt.unsqueeze(0).expand(x.shape[0], -1, -1)
             P = prompt.shape[1]
             x = torch.cat([prompt.to(x.dtype), x], dim=1)  # (B, P+T, D)
-            pad = torch.cat([torch.zeros(pad.shape[0], P, dtype=torch.bool, device=pad.device), pad], dim=1)
+            if prompt_pad is None:
+                prompt_pad = torch.zeros(pad.shape[0], P, dtype=torch.bool, device=pad.device)
+            pad = torch.cat([prompt_pad, pad], dim=1)
         mask = attention_mask(pad)
         for block in self.blocks:
             x = block(x, mask)

@@ -1,0 +1,133 @@
+"""The shared serving graph: one base backbone, per-row tenant adapters as graph inputs.
+
+Every tenant is served by the same ONNX model. What makes a row "tenant X" is fed with the row:
+
+- ``hist [B,T,D]``: the user's history as rows of the tenant's catalog matrix (item vectors after
+  the tenant's adaptor, see :mod:`rec.export.tenant_bundle`), left-padded; ``pad [B,T]`` bool,
+  True at padding.
+- ``prompt [B,P,D]`` / ``prompt_pad [B,P]``: prompt-tuning prefix vectors; slots a row does not use
+  are marked True in ``prompt_pad`` and masked exactly like history padding, so a row without a
+  prompt attends to nothing extra and equals the base model.
+- for every adaptable projection ``<name>`` (``blocks.<i>.attn.{q,k,v,o}_proj``,
+  ``blocks.<i>.ffn.fc{1,2}``, in :func:`adapted_projections` order): ``lora_a.<name> [B,r,in]`` and
+  ``lora_b.<name> [B,out,r]`` with the LoRA scaling already folded into B. The projection computes
+  ``x W^T + b + (x A^T) B^T`` per row with two batched matmuls. Rows without LoRA feed zeros: the
+  added term is exactly 0.0, so a zero adapter gives the base model bit for bit; a rank smaller
+  than the batch's is zero-padded, which is also exact.
+
+Output ``user [B,D]`` is the state after the last item divided by the backbone's temperature, so
+``scores = user @ catalog.T`` on the tenant's catalog matrix.
+
+The text adaptor's LoRA (``adaptor.proj``) is not a graph input: it changes item vectors, not the
+user encoder, so it is baked into the tenant's catalog matrix once per item.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from rec.config import LORA_TARGETS
+from rec.models.backbone import Backbone
+
+__all__ = ["ServingGraph", "MergedGraph", "adapted_projections", "input_names", "OUTPUT_NAME"]
+
+OUTPUT_NAME = "user"
+#: The encoder projections a LoRA adapter may change (the adaptor's projection is catalog-side).
+ENCODER_TARGETS = tuple(t for t in LORA_TARGETS if not t.startswith("adaptor."))
+
+
+def adapted_projections(backbone: Backbone) -> list[tuple[str, int, int]]:
+    """``(name, in_features, out_features)`` of every encoder ``nn.Linear`` LoRA may target, in order."""
+    out = []
+    for name, mod in backbone.blocks.named_modules(prefix="blocks"):
+        if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in ENCODER_TARGETS:
+            out.append((name, mod.in_features, mod.out_features))
+    return out
+
+
+def input_names(projections: list[tuple[str, int, int]]) -> list[str]:
+    """The graph's input names in feed order."""
+    names = ["hist", "pad", "prompt", "prompt_pad"]
+    for name, _, _ in projections:
+        names += [f"lora_a.{name}", f"lora_b.{name}"]
+    return names
+
+
+class _RowLoRALinear(nn.Module):
+    """``base(x) + (x A^T) B^T`` with per-row ``A [B,r,in]``, ``B [B,out,r]`` set just before forward."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        self.ab: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.ab is not None:
+            a, b = self.ab
+            y = y + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+        return y
+
+
+class ServingGraph(nn.Module):
+    """The shared multi-tenant graph (see module doc). Holds a private copy of the backbone.
+
+    ``forward(hist, pad, prompt, prompt_pad, *lora)`` where ``lora`` alternates A and B for each
+    projection of :attr:`projections`.
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        bb = copy.deepcopy(backbone).eval()
+        bb.prompt = None  # prompts are per-row inputs here
+        bb.adaptor = None  # item side lives in the tenant's catalog matrix: keep it out of the graph
+        bb.id_emb = None
+        self.projections = adapted_projections(bb)
+        self._wrappers: list[_RowLoRALinear] = []
+        for name, _, _ in self.projections:
+            parent_name, attr = name.rsplit(".", 1)
+            parent = bb.get_submodule(parent_name)
+            w = _RowLoRALinear(getattr(parent, attr))
+            setattr(parent, attr, w)
+            self._wrappers.append(w)
+        self.backbone = bb
+        self.temperature = float(bb.temperature)
+
+    @property
+    def input_names(self) -> list[str]:
+        return input_names(self.projections)
+
+    def forward(
+        self, hist: torch.Tensor, pad: torch.Tensor, prompt: torch.Tensor, prompt_pad: torch.Tensor, *lora: torch.Tensor
+    ) -> torch.Tensor:
+        if len(lora) != 2 * len(self._wrappers):
+            raise ValueError(f"expected {2 * len(self._wrappers)} LoRA tensors (A and B per projection), got {len(lora)}")
+        for i, w in enumerate(self._wrappers):
+            w.ab = (lora[2 * i], lora[2 * i + 1])
+        try:
+            hidden = self.backbone.encode(hist, pad, prompt, prompt_pad)
+        finally:
+            for w in self._wrappers:
+                w.ab = None
+        return hidden[:, -1, :] / self.temperature
+
+
+class MergedGraph(nn.Module):
+    """The classic per-tenant model: one tenant's merged backbone with its catalog baked in.
+
+    ``forward(items [B,T] int64 catalog rows, pad [B,T] bool) -> scores [B,N]``. Prompt vectors
+    (``backbone.prompt``) and merged LoRA weights are constants of the graph.
+    """
+
+    def __init__(self, backbone: Backbone, catalog: torch.Tensor) -> None:
+        super().__init__()
+        self.backbone = copy.deepcopy(backbone).eval()
+        self.register_buffer("catalog", catalog.detach().clone().float())
+
+    def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        hist = self.catalog[items.clamp(min=0)]
+        user = self.backbone.encode(hist, pad)[:, -1, :]
+        return self.backbone.scores(user, self.catalog)

@@ -1,0 +1,292 @@
+"""Tenant bundles: what the shared serving graph needs to serve one tenant.
+
+Layout (an artifact folder, see ``rec.io.artifacts``)::
+
+    <out>/
+      catalog.safetensors          "catalog" [N,D] fp32 | fp16 | int8 (+ "scale" [N] fp32 for int8)
+      item_ids.json                the tenant's external item ids, in catalog row order
+      adapter_tensors.safetensors  "lora_a.<proj>" [r,in], "lora_b.<proj>" [out,r] (scaling folded
+                                   in), "prompt" [P,D]; empty for zero-shot and head
+      manifest.json                kind=tenant-bundle, tenant, method, adapter, backbone checksum,
+                                   catalog dtype, ranks, decomposition parity, file checksums
+
+The catalog matrix holds the item vectors after the tenant's adaptor: for LoRA the
+``adaptor.proj`` update is merged in, for ``head`` the trained adaptor is used (exact: ``head``
+changes nothing else). ``full`` changes every weight, so it is not expressible as inputs of the
+shared graph: it is refused here with a pointer to ``export_merged_tenant_model``.
+
+At export the bundle is checked against the adapter applied the reference way
+(``rec.adaptation.artifacts.load_adapter``: PEFT ``merge_and_unload``) on the tenant's own users:
+scores through (shared graph in torch + bundle) must match the merged model's.
+
+int8 catalogs use one symmetric scale per item row (``row = q * scale``): per-row scaling keeps
+every item's relative error at most 1/254 of its largest component, whatever the norms.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save_file as save_np
+
+from rec.data.schema import DataError, Tenant, validate_tenant_id
+from rec.export.errors import AdapterShapeError, ExportError
+from rec.io.artifacts import ArtifactError, artifact_writer, read_manifest
+
+if TYPE_CHECKING:  # the serving side (load_tenant_bundle) must not import torch/peft
+    from rec.training.checkpoint import LoadedBackbone
+
+__all__ = ["TenantBundle", "export_tenant_bundle", "load_tenant_bundle", "CATALOG_DTYPES", "KIND"]
+
+KIND = "tenant-bundle"
+CATALOG_DTYPES = ("fp32", "fp16", "int8")
+PARITY_TOL = 1e-4
+
+
+@dataclass
+class TenantBundle:
+    """A loaded tenant bundle (see module doc). ``catalog`` is always dequantized fp32.
+
+    ``nbytes`` is the resident size of the arrays (catalog + adapter tensors), for cache sizing.
+    """
+
+    tenant: str
+    item_ids: list[str]
+    catalog: np.ndarray
+    lora: dict[str, tuple[np.ndarray, np.ndarray]]
+    prompt: np.ndarray | None
+    method: str
+    manifest: dict[str, Any]
+    item_index: dict[str, int] = field(default_factory=dict)
+    nbytes: int = 0
+    path: Path | None = None  # the folder it was loaded from
+
+    def __post_init__(self) -> None:
+        if not self.item_index:
+            self.item_index = {i: r for r, i in enumerate(self.item_ids)}
+        if not self.nbytes:
+            arrays = [self.catalog, *(t for ab in self.lora.values() for t in ab)]
+            if self.prompt is not None:
+                arrays.append(self.prompt)
+            self.nbytes = int(sum(a.nbytes for a in arrays))
+
+    @property
+    def rank(self) -> int:
+        """Largest LoRA rank of the bundle (0 without LoRA)."""
+        return max((a.shape[0] for a, _ in self.lora.values()), default=0)
+
+
+# --- extraction ----------------------------------------------------------------------------------
+def _lora_tensors(folder: Path, loaded: LoadedBackbone) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per encoder projection ``(A [r,in], B*scaling [out,r])`` of a PEFT LoRA adapter folder."""
+    import peft
+    from peft.tuners.lora import LoraLayer
+
+    from rec.export.serving_graph import ENCODER_TARGETS, adapted_projections
+
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(loaded.model).eval(), str(folder))
+    shapes = {name: (i, o) for name, i, o in adapted_projections(loaded.model)}
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, mod in model.base_model.model.named_modules():
+        if not isinstance(mod, LoraLayer) or "default" not in mod.lora_A:
+            continue
+        if name == "adaptor.proj":
+            continue  # merged into the catalog matrix
+        if name.rsplit(".", 1)[-1] not in ENCODER_TARGETS or name not in shapes:
+            raise AdapterShapeError(f"{folder}: LoRA on {name!r}, which the serving graph does not adapt; targets: {sorted(shapes)}")
+        if getattr(mod, "use_dora", {}).get("default"):
+            raise AdapterShapeError(f"{folder}: DoRA adapters are not servable by the shared graph; export a merged per-tenant model")
+        a = mod.lora_A["default"].weight.detach().float().numpy()
+        b = (mod.lora_B["default"].weight.detach().float() * float(mod.scaling["default"])).numpy()
+        out[name] = (np.ascontiguousarray(a), np.ascontiguousarray(b))
+    return out
+
+
+def _catalog(model, loaded: LoadedBackbone, tenant: Tenant, text_emb: np.ndarray) -> np.ndarray:
+    """Item vectors ``(N, D)``; ID rows only for a tenant the backbone trained on (same data)."""
+    import torch
+
+    known = loaded.tenants.get(tenant.name)
+    use_ids = model.id_emb is not None and known is not None and known.get("data_hash") == tenant.content_hash()
+    if model.adaptor is None and not use_ids:
+        raise ExportError(f"tenant {tenant.name!r}: this backbone is ID-only and never saw this tenant's items; it cannot score them")
+    ids = torch.arange(int(known["id_offset"]), int(known["id_offset"]) + tenant.num_items) if use_ids else None
+    text = torch.from_numpy(np.ascontiguousarray(text_emb, dtype=np.float32)) if model.adaptor is not None else None
+    with torch.no_grad():
+        return model.eval().item_representations(text, ids).float().numpy()
+
+
+def _encode_catalog(catalog: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
+    if dtype == "fp32":
+        return {"catalog": catalog.astype(np.float32)}
+    if dtype == "fp16":
+        return {"catalog": catalog.astype(np.float16)}
+    scale = np.abs(catalog).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    q = np.clip(np.rint(catalog / scale[:, None]), -127, 127).astype(np.int8)
+    return {"catalog": q, "scale": scale}
+
+
+def _decode_catalog(t: dict[str, np.ndarray], dtype: str) -> np.ndarray:
+    cat = t["catalog"]
+    if dtype == "int8":
+        return cat.astype(np.float32) * t["scale"][:, None]
+    return cat.astype(np.float32)
+
+
+def _bundle_parity(
+    loaded: LoadedBackbone, adapted, bundle: TenantBundle, tenant: Tenant, text_emb: np.ndarray, max_users: int = 64
+) -> dict[str, Any]:
+    """Scores of (shared graph in torch + bundle) vs the reference adapted model on the tenant's users."""
+    import torch
+
+    from rec.export.runtime import build_feed
+    from rec.export.serving_graph import ServingGraph
+
+    seqs = [s for s in tenant.sequences() if len(s) >= 1][:max_users]
+    if not seqs:
+        return {"users": 0}
+    max_len = loaded.cfg.data.max_seq_len
+    graph = ServingGraph(loaded.model)
+    feed = build_feed([s[-max_len:] for s in seqs], [bundle] * len(seqs), graph.projections, max_len)
+    with torch.no_grad():
+        user = graph(*(torch.from_numpy(feed.inputs[n]) for n in graph.input_names)).numpy()
+        ref_cat = torch.from_numpy(_catalog(adapted, loaded, tenant, text_emb))
+        idx = torch.from_numpy(feed.rows).clamp(min=0)
+        pad = torch.from_numpy(feed.inputs["pad"])
+        ref_user = adapted.user_vector(ref_cat[idx], pad)
+        ref = adapted.scores(ref_user, ref_cat).numpy()
+    got = user @ bundle.catalog.T
+    top_ref = np.argsort(-ref, axis=1)[:, :10]
+    top_got = np.argsort(-got, axis=1)[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_ref, top_got)])
+    return {"users": len(seqs), "max_abs_diff_scores": float(np.abs(got - ref).max()), "top10_overlap": float(overlap)}
+
+
+# --- public API ----------------------------------------------------------------------------------
+def export_tenant_bundle(
+    loaded: LoadedBackbone,
+    tenant: Tenant,
+    text_emb: np.ndarray,
+    adapter_dir: str | Path | None,
+    out_dir: str | Path,
+    catalog_dtype: str = "fp32",
+) -> Path:
+    """Write ``out_dir`` (see module doc) for ``tenant`` with the adapter at ``adapter_dir``.
+
+    Args:
+        loaded: The base backbone (the one the shared serving model was exported from).
+        tenant: The tenant's data (its catalog order defines the matrix rows).
+        text_emb: Item text embeddings ``(N, text_dim)`` in catalog order.
+        adapter_dir: An adapter version folder (``rec adapt`` output) or None for zero-shot.
+        catalog_dtype: ``fp32``, ``fp16`` or ``int8`` (per-row scale) storage of the catalog.
+
+    Raises:
+        ExportError: ``full`` adapter, unknown dtype, or the bundle does not reproduce the
+            reference adapted model. AdapterShapeError: LoRA on projections the graph lacks.
+        ArtifactError: Corrupt adapter, or an adapter trained on another backbone.
+    """
+    from rec.adaptation.artifacts import adapter_method, load_adapter
+
+    if catalog_dtype not in CATALOG_DTYPES:
+        raise ExportError(f"catalog dtype {catalog_dtype!r} is not one of {list(CATALOG_DTYPES)}")
+    validate_tenant_id(tenant.name)
+    text_emb = np.asarray(text_emb, dtype=np.float32)
+    if text_emb.ndim != 2 or len(text_emb) != tenant.num_items:
+        raise DataError(f"text_emb has shape {text_emb.shape}, expected ({tenant.num_items}, text_dim) for tenant {tenant.name!r}")
+    adapter_manifest: dict[str, Any] = {}
+    if adapter_dir is None:
+        method, adapted = "zero-shot", loaded.model
+    else:
+        adapter_dir = Path(adapter_dir)
+        if not adapter_dir.is_dir():
+            raise ArtifactError(f"adapter folder {adapter_dir} does not exist: pass the folder `rec adapt` printed")
+        method = adapter_method(adapter_dir)
+        if method == "full":
+            raise ExportError(
+                f"{adapter_dir}: a 'full' adapter changes every weight and cannot be served by the shared graph; "
+                "export a merged per-tenant model instead (rec export-tenant --merged)"
+            )
+        adapted, adapter_manifest = load_adapter(adapter_dir, loaded.model, loaded.checksum)
+        if adapter_manifest.get("tenant") not in (None, tenant.name):
+            raise ExportError(f"{adapter_dir} is an adapter of tenant {adapter_manifest['tenant']!r}, not {tenant.name!r}")
+    catalog = _catalog(adapted, loaded, tenant, text_emb)
+    lora = _lora_tensors(adapter_dir, loaded) if method == "lora" else {}
+    prompt = adapted.prompt.detach().float().numpy().copy() if method == "prompt" and adapted.prompt is not None else None
+    bundle = TenantBundle(tenant.name, [str(i) for i in tenant.items.ids], catalog, lora, prompt, method, {})
+    parity = _bundle_parity(loaded, adapted, bundle, tenant, text_emb)
+    if parity.get("users") and parity["max_abs_diff_scores"] > PARITY_TOL:
+        raise ExportError(
+            f"tenant bundle for {tenant.name!r} does not reproduce the adapted model "
+            f"(max |score diff| {parity['max_abs_diff_scores']:.2e} > {PARITY_TOL}); not published"
+        )
+    stored = _encode_catalog(catalog, catalog_dtype)
+    dequant_err = float(np.abs(_decode_catalog(stored, catalog_dtype) - catalog).max())
+    meta = {
+        "tenant": tenant.name,
+        "method": method,
+        "adapter": {
+            "path": None if adapter_dir is None else str(adapter_dir),
+            "version": adapter_manifest.get("version"),
+            "files": adapter_manifest.get("files"),
+        },
+        "backbone_checksum": loaded.checksum,
+        "text_model": loaded.manifest.get("text_model"),
+        "data_hash": tenant.content_hash(),
+        "catalog_dtype": catalog_dtype,
+        "num_items": int(catalog.shape[0]),
+        "d_model": int(catalog.shape[1]),
+        "lora_ranks": {k: int(a.shape[0]) for k, (a, _) in lora.items()},
+        "prompt_len": 0 if prompt is None else int(prompt.shape[0]),
+        "parity": {**parity, "catalog_max_abs_dequant_error": dequant_err},
+    }
+    tensors: dict[str, np.ndarray] = {}
+    for name, (a, b) in lora.items():
+        tensors[f"lora_a.{name}"], tensors[f"lora_b.{name}"] = a, b
+    if prompt is not None:
+        tensors["prompt"] = prompt
+    with artifact_writer(out_dir, kind=KIND, meta=meta) as tmp:
+        save_np(stored, str(tmp / "catalog.safetensors"))
+        save_np(tensors, str(tmp / "adapter_tensors.safetensors"))
+        (tmp / "item_ids.json").write_text(json.dumps(bundle.item_ids))
+    return Path(out_dir)
+
+
+def load_tenant_bundle(path: str | Path) -> TenantBundle:
+    """Load and verify a tenant bundle folder.
+
+    Raises:
+        ArtifactError: Missing folder/manifest, not a tenant bundle, checksum mismatch, or
+            tensors inconsistent with the manifest.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"tenant bundle {path} does not exist: pass the folder `rec export-tenant` printed")
+    manifest = read_manifest(path, kind=KIND)
+    try:
+        cat = load_np(str(path / "catalog.safetensors"))
+        tens = load_np(str(path / "adapter_tensors.safetensors"))
+        item_ids = json.loads((path / "item_ids.json").read_text())
+    except Exception as e:  # noqa: BLE001 - any parse failure of a checksummed file means corruption
+        raise ArtifactError(f"{path}: cannot read the bundle ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    dtype = manifest.get("catalog_dtype")
+    if dtype not in CATALOG_DTYPES or "catalog" not in cat or (dtype == "int8" and "scale" not in cat):
+        raise ArtifactError(f"{path}: catalog tensors do not match catalog_dtype={dtype!r}")
+    catalog = _decode_catalog(cat, dtype)
+    if catalog.shape != (manifest["num_items"], manifest["d_model"]) or len(item_ids) != len(catalog):
+        raise ArtifactError(f"{path}: catalog shape {catalog.shape} / {len(item_ids)} item ids disagree with the manifest")
+    lora = {}
+    for key in tens:
+        if key.startswith("lora_a."):
+            name = key.removeprefix("lora_a.")
+            if f"lora_b.{name}" not in tens:
+                raise ArtifactError(f"{path}: {key} has no matching lora_b.{name}")
+            lora[name] = (tens[key].astype(np.float32), tens[f"lora_b.{name}"].astype(np.float32))
+    prompt = tens["prompt"].astype(np.float32) if "prompt" in tens else None
+    return TenantBundle(manifest["tenant"], [str(i) for i in item_ids], catalog, lora, prompt, manifest["method"], manifest, path=path)
