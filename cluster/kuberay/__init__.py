@@ -1,0 +1,1 @@
+"""KubeRay manifests and the serveConfigV2 renderer."""

@@ -1,0 +1,439 @@
+"""Validate the repository's YAML files, each with the loader that will read it for real.
+
+Every ``*.yaml`` / ``*.yml`` of the repository (what git tracks or would track: ``.gitignore``d
+folders such as ``.venv/`` and ``runs/`` are left out) belongs to one kind in ``KINDS``; a file of
+no kind is an error, so a new YAML file has to be classified here. tests/cluster/test_every_yaml.py
+runs this over the whole repository.
+
+=================  ====================================  ==================================================
+kind               files                                 validated by
+=================  ====================================  ==================================================
+rec-config         configs/*.yaml                        ``rec.config.load_config`` (what ``rec --config`` reads)
+sweep              tuning/configs/*.yaml                 ``tuning.search_spaces.load_sweep`` + ``check_against``
+bench              bench/fewshot*.yaml                   ``bench.fewshot.load_bench_config``
+ray-launcher       cluster/*-cluster.yaml                ray's ``ray-schema.json`` (jsonschema), then Ray's own
+                                                         ``prepare_config`` + ``validate_config`` (what ``ray up``
+                                                         runs before touching a cloud) and, for ``provider: local``,
+                                                         the local provider's bootstrap
+kuberay            cluster/kuberay/*.yaml                structure of RayCluster / RayJob / RayService (ray.io/v1)
+                                                         and PersistentVolumeClaim: required fields, known keys,
+                                                         containers, volumes; a RayService's ``serveConfigV2`` as
+                                                         a serve config
+serve              serve_apps/*.yaml                     ``ray.serve.schema.ServeDeploySchema`` + each app's
+                                                         typed builder arguments
+=================  ====================================  ==================================================
+
+Not checked here (needs the real thing): an AWS account (AMI, IAM, quotas: ``ray up`` bootstraps
+with boto3), a Kubernetes API server with the KubeRay CRDs (``kubectl apply --dry-run=server``),
+whether images exist in a registry.
+
+Usage (from the repository root)::
+
+    python -m cluster.validate                 # every YAML file of the repository
+    python -m cluster.validate cluster/ray-cluster.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import importlib
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+__all__ = [
+    "KINDS",
+    "YamlError",
+    "kind_of",
+    "repo_yaml_files",
+    "ray_clusters",
+    "ray_containers",
+    "validate_file",
+    "validate_kuberay_doc",
+    "validate_launcher",
+    "validate_serve_config",
+]
+
+
+class YamlError(ValueError):
+    """A YAML file is invalid for its kind (or has no kind); the message names the file and the problem."""
+
+
+# --- finding the files ----------------------------------------------------------------------------
+_SKIP_DIRS = {".git", ".venv", "venv", "runs", "outputs", "build", "dist", "node_modules", "__pycache__", ".cache"}
+
+
+def repo_yaml_files(root: Path = REPO) -> list[Path]:
+    """Every YAML file of the repository: tracked or untracked-but-not-ignored (git), sorted.
+
+    Outside a git checkout, a walk that skips hidden folders, virtualenvs and run outputs.
+    """
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "--", "*.yaml", "*.yml"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout
+        return sorted(root / line for line in out.splitlines() if line and (root / line).is_file())
+    except (OSError, subprocess.CalledProcessError):
+        found = []
+        for d, dirs, files in os.walk(root):
+            dirs[:] = [x for x in dirs if x not in _SKIP_DIRS and not x.startswith(".") and not x.endswith(".egg-info")]
+            found += [Path(d) / f for f in files if f.endswith((".yaml", ".yml"))]
+        return sorted(found)
+
+
+def _load_all(path: Path) -> list[Any]:
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as e:
+        raise YamlError(f"{path}: not valid YAML: {e}") from None
+    if not docs:
+        raise YamlError(f"{path}: empty YAML file")
+    return docs
+
+
+def _load_one(path: Path) -> dict[str, Any]:
+    docs = _load_all(path)
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise YamlError(f"{path}: expected one YAML mapping, got {len(docs)} document(s)")
+    return docs[0]
+
+
+# --- rec configs, sweeps, benchmark configs -------------------------------------------------------
+def validate_rec_config(path: Path) -> None:
+    from rec.config import ConfigError, load_config
+
+    try:
+        load_config(path)
+    except ConfigError as e:
+        raise YamlError(f"{path}: {e}") from None
+
+
+def validate_sweep(path: Path) -> None:
+    from rec.config import RecConfig
+    from tuning.search_spaces import SweepError, load_sweep
+
+    try:
+        spec = load_sweep(path)
+    except SweepError as e:
+        raise YamlError(str(e)) from None
+    errs = spec.check_against(RecConfig().model_dump(mode="json"))
+    if errs:
+        raise YamlError(f"{path}: " + "; ".join(errs))
+
+
+def validate_bench(path: Path) -> None:
+    from rec.config import ConfigError
+
+    fewshot = importlib.import_module("bench.fewshot")
+    try:
+        fewshot.load_bench_config(path)
+    except ConfigError as e:
+        raise YamlError(str(e)) from None
+
+
+# --- Ray cluster launcher -------------------------------------------------------------------------
+def validate_launcher(config: dict[str, Any], where: str = "cluster config") -> dict[str, Any]:
+    """Check a cluster launcher config the way ``ray up`` does before it reaches a provider.
+
+    jsonschema against ray's ``ray-schema.json`` on the file as written (so a misspelled key is
+    caught before defaults are merged in), then Ray's ``prepare_config`` (merges the provider's
+    defaults, node types, setup commands) and ``validate_config`` (schema again plus Ray's own
+    cross-checks). A ``provider: local`` config also goes through the local provider's bootstrap,
+    which is offline. Returns the prepared config.
+    """
+    import click
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    try:
+        jsonschema.validate(config, schema)
+    except jsonschema.ValidationError as e:
+        loc = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise YamlError(f"{where}: {loc}: {e.message}") from None
+    try:
+        prepared = prepare_config(copy.deepcopy(config))
+        validate_config(prepared)
+        if prepared["provider"]["type"] == "local":
+            from ray.autoscaler._private.local.config import bootstrap_local
+
+            prepared = bootstrap_local(prepared)
+    except jsonschema.ValidationError as e:
+        loc = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise YamlError(f"{where}: after Ray's defaults: {loc}: {e.message}") from None
+    except (ValueError, KeyError, AssertionError, RuntimeError) as e:
+        raise YamlError(f"{where}: {type(e).__name__}: {e}") from None
+    except (SystemExit, click.ClickException) as e:  # cli_logger.abort, e.g. in the local provider's prepare step
+        raise YamlError(f"{where}: rejected by Ray's prepare_config: {e}") from None
+    for name, node_type in prepared["available_node_types"].items():
+        if node_type.get("min_workers", 0) > node_type.get("max_workers", 0):
+            raise YamlError(f"{where}: available_node_types.{name}: min_workers > max_workers")
+    return prepared
+
+
+def _validate_launcher_file(path: Path) -> None:
+    validate_launcher(_load_one(path), str(path))
+
+
+# --- Serve ----------------------------------------------------------------------------------------
+def _builder_args_model(import_path: str) -> type | None:
+    """The pydantic model a Serve app builder takes (its first parameter's annotation), if any."""
+    from pydantic import BaseModel
+
+    module, _, attr = import_path.replace(":", ".").rpartition(".")
+    builder = getattr(importlib.import_module(module), attr)
+    if not inspect.isfunction(builder):
+        return None  # a bound Application: takes no args
+    params = list(inspect.signature(builder).parameters)
+    if not params:
+        return None
+    import typing
+
+    hint = typing.get_type_hints(builder).get(params[0])
+    return hint if inspect.isclass(hint) and issubclass(hint, BaseModel) else None
+
+
+def validate_serve_config(tree: Any, where: str = "serve config", import_apps: bool = True) -> None:
+    """``ServeDeploySchema`` (what ``serve deploy`` and KubeRay's serveConfigV2 accept), then each
+    application's ``args`` against its builder's typed argument model (imports the app's module)."""
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    if not isinstance(tree, dict):
+        raise YamlError(f"{where}: a serve config is a mapping with `applications:`")
+    try:
+        schema = ServeDeploySchema.model_validate(tree)
+    except ValidationError as e:
+        raise YamlError(f"{where}: not a valid Serve config: {e}") from None
+    if not schema.applications:
+        raise YamlError(f"{where}: no applications")
+    if not import_apps:
+        return
+    for app in schema.applications:
+        try:
+            model = _builder_args_model(app.import_path)
+        except (ImportError, AttributeError) as e:
+            raise YamlError(f"{where}: application {app.name!r}: cannot import {app.import_path}: {e}") from None
+        if model is not None:
+            try:
+                model.model_validate(app.args or {})
+            except ValidationError as e:
+                raise YamlError(f"{where}: application {app.name!r}: args: {e}") from None
+
+
+def _validate_serve_file(path: Path) -> None:
+    validate_serve_config(_load_one(path), str(path))
+
+
+# --- KubeRay --------------------------------------------------------------------------------------
+RAY_API = "ray.io/v1"
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Fields of KubeRay's ray.io/v1 specs (KubeRay 1.5-1.7 API reference). The API server prunes unknown
+# fields of a custom resource silently, so a misspelled field would otherwise just be ignored.
+CLUSTER_SPEC_KEYS = {
+    "rayVersion", "headGroupSpec", "workerGroupSpecs", "enableInTreeAutoscaling", "autoscalerOptions",
+    "authOptions", "headServiceAnnotations", "suspend", "managedBy", "gcsFaultToleranceOptions",
+    "upgradeStrategy", "labelSelector",
+}
+HEAD_GROUP_KEYS = {"rayStartParams", "template", "serviceType", "headService", "enableIngress", "suspend", "labels", "resources"}
+WORKER_GROUP_KEYS = {
+    "groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds", "rayStartParams", "template",
+    "scaleStrategy", "numOfHosts", "suspend", "labels", "resources",
+}
+JOB_SPEC_KEYS = {
+    "entrypoint", "runtimeEnvYAML", "jobId", "metadata", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished",
+    "activeDeadlineSeconds", "rayClusterSpec", "clusterSelector", "submissionMode", "submitterPodTemplate",
+    "submitterConfig", "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "suspend", "backoffLimit",
+    "deletionStrategy", "managedBy",
+}
+SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+SERVICE_SPEC_KEYS = {
+    "serveConfigV2", "rayClusterConfig", "serveService", "upgradeStrategy", "excludeHeadPodFromServeSvc",
+    "deploymentUnhealthySecondThreshold", "serviceUnhealthySecondThreshold", "rayClusterDeletionDelaySeconds",
+}
+
+
+def _need(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise YamlError(f"{where}: {msg}")
+
+
+def _unknown(d: dict[str, Any], known: set[str], where: str) -> None:
+    extra = sorted(set(d) - known)
+    _need(not extra, where, f"unknown field(s) {extra} (known: {sorted(known)})")
+
+
+def _pod_template(template: Any, where: str) -> None:
+    _need(isinstance(template, dict) and isinstance(template.get("spec"), dict), where, "needs template.spec")
+    spec = template["spec"]
+    containers = spec.get("containers")
+    _need(isinstance(containers, list) and containers, f"{where}.spec", "needs a non-empty containers list")
+    volumes = {v.get("name") for v in spec.get("volumes", []) or []}
+    for i, c in enumerate(containers):
+        cw = f"{where}.spec.containers[{i}]"
+        _need(isinstance(c, dict) and c.get("name") and c.get("image"), cw, "needs name and image")
+        res = c.get("resources") or {}
+        _need(isinstance(res.get("limits"), dict) and "cpu" in res["limits"] and "memory" in res["limits"],
+              cw, "needs resources.limits.cpu and .memory (Ray sizes its node from them)")
+        for m in c.get("volumeMounts", []) or []:
+            _need(m.get("name") in volumes, cw, f"volumeMount {m.get('name')!r} has no matching volume")
+        for e in c.get("env", []) or []:
+            _need(isinstance(e, dict) and "name" in e and ("value" in e or "valueFrom" in e), cw, f"bad env entry {e!r}")
+            _need(not isinstance(e.get("value"), (int, float, bool)), cw, f"env {e['name']}: value must be a string")
+
+
+def _start_params(params: Any, where: str) -> None:
+    _need(isinstance(params, dict), where, "rayStartParams must be a mapping (may be empty)")
+    bad = [k for k, v in params.items() if not isinstance(v, str)]
+    _need(not bad, where, f"rayStartParams values must be strings (quote them): {bad}")
+
+
+def validate_cluster_spec(spec: Any, where: str) -> None:
+    """A RayClusterSpec (RayCluster.spec, RayJob.spec.rayClusterSpec, RayService.spec.rayClusterConfig)."""
+    _need(isinstance(spec, dict), where, "must be a mapping")
+    _unknown(spec, CLUSTER_SPEC_KEYS, where)
+    _need(isinstance(spec.get("rayVersion"), str), where, "needs rayVersion as a string (e.g. \"2.60.0\")")
+    auth = spec.get("authOptions")
+    if auth is not None:
+        _need(isinstance(auth, dict) and auth.get("mode", "token") in {"token", "disabled"}, f"{where}.authOptions", "mode: token|disabled")
+    head = spec.get("headGroupSpec")
+    _need(isinstance(head, dict), where, "needs headGroupSpec")
+    _unknown(head, HEAD_GROUP_KEYS, f"{where}.headGroupSpec")
+    _start_params(head.get("rayStartParams", {}), f"{where}.headGroupSpec")
+    _pod_template(head.get("template"), f"{where}.headGroupSpec.template")
+    groups = spec.get("workerGroupSpecs", []) or []
+    _need(isinstance(groups, list), where, "workerGroupSpecs must be a list")
+    names = [g.get("groupName") for g in groups if isinstance(g, dict)]
+    _need(len(names) == len(groups) and all(names) and len(set(names)) == len(names), where,
+          f"every worker group needs a unique groupName, got {names}")
+    for g in groups:
+        gw = f"{where}.workerGroupSpecs[{g['groupName']}]"
+        _unknown(g, WORKER_GROUP_KEYS, gw)
+        _start_params(g.get("rayStartParams", {}), gw)
+        lo, n, hi = g.get("minReplicas", 0), g.get("replicas", 0), g.get("maxReplicas", 2**31 - 1)
+        _need(all(isinstance(x, int) for x in (lo, n, hi)) and 0 <= lo <= n <= hi, gw,
+              f"needs 0 <= minReplicas <= replicas <= maxReplicas, got {lo}, {n}, {hi}")
+        _pod_template(g.get("template"), f"{gw}.template")
+
+
+def validate_kuberay_doc(doc: Any, where: str, import_apps: bool = True) -> None:
+    """One manifest: RayCluster / RayJob / RayService (ray.io/v1) or a PersistentVolumeClaim."""
+    _need(isinstance(doc, dict), where, "a manifest must be a mapping")
+    kind, api = doc.get("kind"), doc.get("apiVersion")
+    name = (doc.get("metadata") or {}).get("name")
+    _need(isinstance(name, str) and _NAME.match(name) and len(name) <= 63, where,
+          f"metadata.name must be a DNS-1123 label, got {name!r}")
+    where = f"{where} ({kind} {name})"
+    spec = doc.get("spec")
+    _need(isinstance(spec, dict), where, "needs spec")
+    if kind == "PersistentVolumeClaim":
+        _need(api == "v1", where, f"apiVersion must be v1, got {api!r}")
+        _need(spec.get("accessModes") and ((spec.get("resources") or {}).get("requests") or {}).get("storage"),
+              where, "needs accessModes and resources.requests.storage")
+        return
+    _need(api == RAY_API, where, f"apiVersion must be {RAY_API}, got {api!r}")
+    if kind == "RayCluster":
+        validate_cluster_spec(spec, f"{where}.spec")
+    elif kind == "RayJob":
+        _unknown(spec, JOB_SPEC_KEYS, f"{where}.spec")
+        _need(isinstance(spec.get("entrypoint"), str) and spec["entrypoint"].strip(), where, "needs an entrypoint")
+        _need(("rayClusterSpec" in spec) != ("clusterSelector" in spec), where, "needs exactly one of rayClusterSpec, clusterSelector")
+        if "rayClusterSpec" in spec:
+            validate_cluster_spec(spec["rayClusterSpec"], f"{where}.spec.rayClusterSpec")
+        _need(spec.get("submissionMode", "K8sJobMode") in SUBMISSION_MODES, where, f"submissionMode must be one of {sorted(SUBMISSION_MODES)}")
+        if "runtimeEnvYAML" in spec:
+            _need(isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict), where, "runtimeEnvYAML must be a YAML mapping in a string")
+    elif kind == "RayService":
+        _unknown(spec, SERVICE_SPEC_KEYS, f"{where}.spec")
+        raw = spec.get("serveConfigV2")
+        _need(isinstance(raw, str), where, "serveConfigV2 must be a string (a `|` block)")
+        validate_serve_config(yaml.safe_load(raw), f"{where}.spec.serveConfigV2", import_apps=import_apps)
+        validate_cluster_spec(spec.get("rayClusterConfig"), f"{where}.spec.rayClusterConfig")
+    else:
+        raise YamlError(f"{where}: unknown kind {kind!r} (RayCluster, RayJob, RayService, PersistentVolumeClaim)")
+
+
+def _validate_kuberay_file(path: Path) -> None:
+    for i, doc in enumerate(_load_all(path)):
+        validate_kuberay_doc(doc, f"{path}[{i}]")
+
+
+def ray_clusters(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The RayClusterSpec inside a RayCluster, RayJob (own cluster) or RayService manifest."""
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "RayCluster":
+        yield spec
+    elif doc.get("kind") == "RayJob" and "rayClusterSpec" in spec:
+        yield spec["rayClusterSpec"]
+    elif doc.get("kind") == "RayService":
+        yield spec["rayClusterConfig"]
+
+
+def ray_containers(cluster: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(group name or 'head', group spec, container) for every container of a RayClusterSpec."""
+    head = cluster["headGroupSpec"]
+    for c in head["template"]["spec"]["containers"]:
+        yield "head", head, c
+    for g in cluster.get("workerGroupSpecs", []) or []:
+        for c in g["template"]["spec"]["containers"]:
+            yield g["groupName"], g, c
+
+
+# --- the table of kinds ---------------------------------------------------------------------------
+KINDS: list[tuple[str, str, Callable[[Path], None]]] = [
+    ("rec-config", "configs/*.yaml", validate_rec_config),
+    ("sweep", "tuning/configs/*.yaml", validate_sweep),
+    ("bench", "bench/fewshot*.yaml", validate_bench),
+    ("ray-launcher", "cluster/*-cluster.yaml", _validate_launcher_file),
+    ("kuberay", "cluster/kuberay/*.yaml", _validate_kuberay_file),
+    ("serve", "serve_apps/*.yaml", _validate_serve_file),
+]
+
+
+def kind_of(path: Path, root: Path = REPO) -> str | None:
+    rel = path.resolve().relative_to(root).as_posix()
+    for kind, pattern, _ in KINDS:
+        if fnmatch.fnmatchcase(rel, pattern) and "/" not in rel[len(pattern.rsplit("/", 1)[0]) + 1:]:
+            return kind
+    return None
+
+
+def validate_file(path: Path, root: Path = REPO) -> str:
+    """Validate one YAML file with the validator of its kind; returns the kind."""
+    kind = kind_of(path, root)
+    if kind is None:
+        rel = path.resolve().relative_to(root).as_posix()
+        raise YamlError(f"{rel}: no validator for this YAML file: add its kind to KINDS in cluster/validate.py")
+    dict((k, fn) for k, _, fn in KINDS)[kind](path)
+    return kind
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = [Path(p).resolve() for p in (argv if argv is not None else sys.argv[1:])] or repo_yaml_files()
+    failed = 0
+    for p in paths:
+        try:
+            kind = validate_file(p)
+            print(f"ok    {kind:<13} {p.relative_to(REPO)}")
+        except YamlError as e:
+            failed += 1
+            print(f"FAIL  {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
