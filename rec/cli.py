@@ -176,6 +176,101 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backbone_cfg(args: argparse.Namespace, base, extra: list[str] | None = None):  # noqa: ANN001, ANN202
+    """Config for commands on a backbone: --config if given, else the backbone's own config, + overrides."""
+    if args.config:
+        return _load(args, extra)
+    from rec.config import apply_overrides, config_from_dict
+
+    return config_from_dict(apply_overrides(base.cfg.model_dump(mode="json"), list(extra or []) + list(args.overrides)))
+
+
+def _tenant_text(base, tenant):  # noqa: ANN001, ANN202
+    """The tenant's item-text embeddings, encoded (cached) with the backbone's text model."""
+    from rec.data.schema import DataError
+    from rec.text import encode_items
+
+    if not tenant.items.has_text:
+        raise DataError(f"tenant {tenant.name!r} has no item text, but its catalog matrix is built from item text: add titles")
+    return encode_items(list(tenant.items.text), base.cfg.text)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from rec.export.onnx_export import export_serving_model, parity_data_from_tenant
+    from rec.training.checkpoint import load_backbone
+
+    torch.set_num_threads(args.threads)
+    base = load_backbone(args.backbone)
+    real = None
+    if not args.no_real_data:
+        cfg = _backbone_cfg(args, base)
+        tenant = _pick_tenant(cfg, args.tenant)
+        real = parity_data_from_tenant(base, tenant, _tenant_text(base, tenant))
+    path = export_serving_model(base, args.out, opset=args.opset, quantize=args.int8, real_data=real)
+    from rec.io.artifacts import read_manifest
+
+    m = read_manifest(path)
+    fp = m["parity"]["fp32"]["random"]
+    line = f"serving model: {path} (opset {m['opset']}, {m['sizes']['model.onnx']} bytes, fp32 max |diff| {fp['max_abs_diff_user']:.1e}"
+    if args.int8:
+        q = m["parity"]["int8"]
+        nd = q.get("real_ndcg@10", {}).get("delta")
+        line += f"; int8 {m['sizes']['int8_ratio']:.0%} of fp32, top-10 overlap {q['random_vs_torch']['top10_overlap']:.3f}"
+        line += "" if nd is None else f", NDCG@10 delta {nd:+.4f}"
+    print(line + ")")
+    return 0
+
+
+def cmd_export_tenant(args: argparse.Namespace) -> int:
+    import torch
+
+    from rec.export.onnx_export import export_merged_tenant_model
+    from rec.export.tenant_bundle import export_tenant_bundle
+    from rec.training.checkpoint import load_backbone
+
+    torch.set_num_threads(args.threads)
+    base = load_backbone(args.backbone)
+    cfg = _backbone_cfg(args, base)
+    tenant = _pick_tenant(cfg, args.tenant)
+    emb = _tenant_text(base, tenant)
+    if args.merged:
+        path = export_merged_tenant_model(base, tenant, emb, args.adapter, args.out, opset=args.opset, quantize=args.int8)
+        print(f"merged tenant model: {path}")
+    else:
+        if args.int8:
+            raise CliError("--int8 quantizes a merged model; for a bundle use --catalog-dtype int8")
+        path = export_tenant_bundle(base, tenant, emb, args.adapter, args.out, catalog_dtype=args.catalog_dtype)
+        print(f"tenant bundle: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    extra = []
+    for flag, key in ((args.out, "demo.output_dir"), (args.port, "demo.http_port")):
+        if flag is not None:
+            extra.append(f"{key}={flag}")
+    if args.keep_serving:
+        extra.append("demo.keep_serving=true")
+    cfg = _load(args, extra)
+    from rec.demo import run_demo
+
+    report = run_demo(cfg)
+    if cfg.demo.keep_serving:
+        import time
+
+        print(f"serving at {report.url} (OpenAPI: {report.url}/docs); Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            from ray import serve
+
+            serve.shutdown()
+    return 0
+
+
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -206,27 +301,20 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backbone_config(args: argparse.Namespace, backbone: str):  # noqa: ANN202
-    """--config if given, else the backbone's own config; plus the dotted overrides."""
-    if args.config:
-        return _load(args)
-    from rec.config import apply_overrides, config_from_dict
-    from rec.training.checkpoint import load_backbone
-
-    return config_from_dict(apply_overrides(load_backbone(backbone).cfg.model_dump(mode="json"), list(args.overrides)))
-
-
 def cmd_publish(args: argparse.Namespace) -> int:
     from rec.serving.publish import ensure_serving_model, publish_tenant
-    from rec.text import encode_items
     from rec.training.checkpoint import load_backbone
 
-    cfg = _backbone_config(args, args.backbone)
+    dirs = [o for o in args.overrides if "=" not in o]
+    if len(dirs) > 1:
+        raise CliError(f"expected at most one ADAPTER_DIR, got {dirs}; overrides look like key.sub=value")
+    args.overrides = [o for o in args.overrides if "=" in o]
+    adapter_dir = dirs[0] if dirs else None
     loaded = load_backbone(args.backbone)
-    tenant = _pick_tenant(cfg, args.tenant)
+    tenant = _pick_tenant(_backbone_cfg(args, loaded), args.tenant)
     ensure_serving_model(args.root, loaded, quantize=args.int8)
-    text_emb = encode_items(list(tenant.items.text), loaded.cfg.text)
-    res = publish_tenant(args.root, loaded, tenant, text_emb, args.adapter_dir, catalog_dtype=args.catalog_dtype)
+    text_emb = _tenant_text(loaded, tenant)
+    res = publish_tenant(args.root, loaded, tenant, text_emb, adapter_dir, catalog_dtype=args.catalog_dtype)
     was = "new tenant" if res.previous is None else f"was v{res.previous}"
     print(f"published {res.tenant} v{res.version} ({res.method}, {was}): {res.path}")
     return 0
@@ -301,11 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("publish", help="publish a tenant version (zero-shot catalog or adapter) to a serving artifact root; replicas pick it up live")
-    _common(p)
+    p.add_argument("--config", "-c", help="YAML config whose data holds the tenant (default: the backbone's config)")
+    p.add_argument("overrides", nargs="*", metavar="[ADAPTER_DIR] key.sub=value",
+                   help="adapter version folder from `rec adapt` (omit to onboard the tenant zero-shot), then dotted config overrides")
     p.add_argument("--root", required=True, help="serving artifact root (the Serve app's artifact_root)")
     p.add_argument("--backbone", required=True, help="backbone folder; its serving model is exported to <root>/model once")
     p.add_argument("--tenant", required=True, help="tenant id among the configured data's tenants (its catalog is published)")
-    p.add_argument("adapter_dir", nargs="?", default=None, help="adapter version folder from `rec adapt`; omit to onboard zero-shot")
     p.add_argument("--catalog-dtype", choices=["fp32", "fp16", "int8"], default="fp32", help="storage of the catalog matrix")
     p.add_argument("--int8", action="store_true", help="also export the int8 model when <root>/model is created")
     p.set_defaults(func=cmd_publish)
@@ -321,6 +410,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--revoke", action="store_true", help="remove all of the tenant's keys instead")
     p.set_defaults(func=cmd_apikey)
+
+    p = sub.add_parser("export", help="export the shared multi-tenant ONNX serving model (dynamo exporter, verified, optional int8)")
+    _common(p)
+    p.add_argument("--backbone", required=True, help="backbone folder printed by `rec pretrain`")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ORT dynamic quantization)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--tenant", help="tenant of the config's data used for real-data parity (default: the last one)")
+    p.add_argument("--no-real-data", action="store_true", help="check parity on random inputs only (no data loading)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-tenant", help="export one tenant: catalog + adapter bundle for the shared model, or a merged model")
+    _common(p)
+    p.add_argument("--backbone", required=True, help="backbone folder the serving model was exported from")
+    p.add_argument("--tenant", help="tenant id among the configured data's tenants (default: the last one)")
+    p.add_argument("--adapter", help="adapter version folder from `rec adapt` (default: zero-shot)")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    p.add_argument("--catalog-dtype", choices=["fp32", "fp16", "int8"], default="fp32", help="storage of the catalog matrix")
+    p.add_argument("--merged", action="store_true", help="write the classic self-contained per-tenant ONNX model instead")
+    p.add_argument("--int8", action="store_true", help="with --merged: also write model.int8.onnx")
+    p.add_argument("--opset", type=int, help="with --merged: ONNX opset")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.set_defaults(func=cmd_export_tenant)
+
+    p = sub.add_parser("demo", help="the whole story on the synthetic default: pretrain, tune 3 tenants, int8 ONNX, serve, onboard a tenant")
+    _common(p)
+    p.add_argument("--out", help="report and artifacts folder (demo.output_dir, replaced)")
+    p.add_argument("--port", type=int, help="HTTP port of the local Serve endpoint (demo.http_port)")
+    p.add_argument("--keep-serving", action="store_true", help="leave the endpoint up after the report")
+    p.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="inspect or generate datasets")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION")

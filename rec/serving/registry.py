@@ -1,0 +1,212 @@
+"""Tenant registry of a serving replica: a memory-bounded LRU of tenant bundles with hot reload.
+
+``get(tenant)`` returns the bundle the tenant's version pointer names. At most every
+``poll_interval_s`` it re-stats the pointer (one ``stat`` call); when the pointer was replaced it
+loads the new version *before* swapping it in, so requests already holding the old
+:class:`ServedTenant` finish on the old version and a broken publish never replaces a good one.
+
+A version that fails to load (corrupt file, wrong backbone) is never served: the tenant keeps its
+current version, or falls back to the newest older version that loads, and ``status`` says why.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rec.io.artifacts import ArtifactError
+from rec.serving.store import ArtifactRoot
+
+__all__ = ["TenantRegistry", "ServedTenant", "UnknownTenant", "TenantUnavailable"]
+
+
+class UnknownTenant(KeyError):
+    """No version pointer: the tenant was never published (HTTP 404)."""
+
+
+class TenantUnavailable(RuntimeError):
+    """The tenant is published but no version of it loads (HTTP 503, reported in status)."""
+
+
+@dataclass(frozen=True)
+class ServedTenant:
+    """One loaded tenant version. Immutable: a hot publish swaps in a new object."""
+
+    tenant: str
+    version: int
+    bundle: Any  # rec.export.tenant_bundle.TenantBundle
+    fallback_reason: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(getattr(self.bundle, "nbytes", 0))
+
+
+@dataclass
+class _Entry:
+    served: ServedTenant
+    stamp: tuple[int, int] | None
+    checked_at: float
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+class TenantRegistry:
+    """LRU of loaded tenant bundles bounded by bytes, following each tenant's version pointer.
+
+    Args:
+        store: The artifact root.
+        load_bundle: ``path -> bundle`` (``rec.export.tenant_bundle.load_tenant_bundle``); must
+            raise on a corrupt or incomplete folder. Injected so other loaders can be swapped in.
+        max_bytes: Budget for loaded bundles; least recently used tenants are dropped beyond it
+            (the tenant being loaded is always kept, even if alone it exceeds the budget).
+        poll_interval_s: How often a tenant's pointer is re-checked (0 = every request).
+        validate: Optional ``bundle -> None`` raising ``ArtifactError`` when the bundle does not
+            fit the served model (e.g. trained on another backbone).
+        clock: Monotonic clock (tests may pass their own).
+    """
+
+    def __init__(
+        self,
+        store: ArtifactRoot,
+        load_bundle: Callable[[Path], Any],
+        max_bytes: int = 256 << 20,
+        poll_interval_s: float = 1.0,
+        validate: Callable[[Any], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store, self._load_bundle, self.max_bytes = store, load_bundle, int(max_bytes)
+        self.poll_interval_s, self._validate, self._clock = float(poll_interval_s), validate, clock
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        # Tenants with no loadable version, by pointer stamp: not re-verified until the pointer moves.
+        self._unavailable: dict[str, tuple[tuple[int, int], str]] = {}
+        self._lock = threading.RLock()
+        self.loads = 0
+        self.evictions = 0
+
+    # --- public --------------------------------------------------------------------------------
+    def get(self, tenant: str) -> ServedTenant:
+        """The version to serve now.
+
+        Raises:
+            ValueError: Invalid tenant id.
+            UnknownTenant: The tenant has no version pointer.
+            TenantUnavailable: No version of the tenant loads.
+        """
+        with self._lock:
+            now = self._clock()
+            entry = self._cache.get(tenant)
+            if entry is not None and now - entry.checked_at < self.poll_interval_s:
+                self._cache.move_to_end(tenant)
+                return entry.served
+            stamp = self.store.pointer_stamp(tenant)
+            if stamp is None:
+                self._drop(tenant)
+                raise UnknownTenant(f"unknown tenant {tenant!r}: publish a catalog first (`rec publish --tenant {tenant}`)")
+            if entry is not None and entry.stamp == stamp:
+                entry.checked_at = now
+                self._cache.move_to_end(tenant)
+                return entry.served
+            down = self._unavailable.get(tenant)
+            if down is not None and down[0] == stamp:
+                raise TenantUnavailable(down[1])
+            try:
+                entry = self._refresh(tenant, entry, stamp, now)
+            except TenantUnavailable as e:
+                self._unavailable[tenant] = (stamp, str(e))
+                raise
+            self._unavailable.pop(tenant, None)
+            self._cache[tenant] = entry
+            self._cache.move_to_end(tenant)
+            self._evict(keep=tenant)
+            return entry.served
+
+    def status(self, tenant: str) -> dict[str, Any]:
+        """What a replica serves for ``tenant`` (loads it if needed). Raises like :meth:`get`."""
+        served = self.get(tenant)
+        with self._lock:
+            entry = self._cache.get(tenant)
+            failed = dict(entry.failed) if entry else {}
+        try:
+            published = self.store.current_version(tenant)
+        except ArtifactError:
+            published = None  # unreadable pointer: fallback_reason says so
+        return {
+            "tenant": tenant,
+            "version": served.version,
+            "published_version": published,
+            "fallback_reason": served.fallback_reason,
+            "failed_versions": {f"v{v}": msg for v, msg in sorted(failed.items())},
+        }
+
+    def loaded(self) -> dict[str, int]:
+        """Tenant -> bytes of the bundles held now."""
+        with self._lock:
+            return {t: e.served.nbytes for t, e in self._cache.items()}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.loaded().values())
+
+    def evict(self, tenant: str) -> None:
+        with self._lock:
+            self._drop(tenant)
+
+    # --- internals -----------------------------------------------------------------------------
+    def _drop(self, tenant: str) -> None:
+        if self._cache.pop(tenant, None) is not None:
+            self.evictions += 1
+
+    def _evict(self, keep: str) -> None:
+        total = sum(e.served.nbytes for e in self._cache.values())
+        for name in list(self._cache):
+            if total <= self.max_bytes:
+                break
+            if name != keep:
+                total -= self._cache[name].served.nbytes
+                self._drop(name)
+
+    def _try_load(self, tenant: str, version: int) -> Any:
+        bundle = self._load_bundle(self.store.version_dir(tenant, version))
+        if getattr(bundle, "tenant", tenant) != tenant:
+            raise ArtifactError(f"bundle v{version} belongs to tenant {bundle.tenant!r}, not {tenant!r}")
+        if self._validate is not None:
+            self._validate(bundle)
+        self.loads += 1
+        return bundle
+
+    def _refresh(self, tenant: str, entry: _Entry | None, stamp: tuple[int, int], now: float) -> _Entry:
+        failed = dict(entry.failed) if entry else {}
+        current = entry.served if entry else None
+        try:
+            target = self.store.current_version(tenant)
+        except ArtifactError as e:
+            target, pointer_error = None, str(e)
+        else:
+            pointer_error = None
+        if target is not None and current is not None and current.version == target and current.fallback_reason is None:
+            return _Entry(current, stamp, now, failed)
+        if target is not None and target not in failed:
+            try:
+                return _Entry(ServedTenant(tenant, target, self._try_load(tenant, target)), stamp, now, failed)
+            except Exception as e:  # noqa: BLE001 - any load failure must fall back, never crash the replica
+                failed[target] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        reason = pointer_error or f"v{target} does not load ({failed.get(target)})"
+        if current is not None and current.version != target:
+            return _Entry(ServedTenant(tenant, current.version, current.bundle, reason), stamp, now, failed)
+        ceiling = target if target is not None else 1 << 62
+        for version in reversed(self.store.versions(tenant)):
+            if version >= ceiling or version in failed:
+                continue
+            try:
+                bundle = self._try_load(tenant, version)
+            except Exception as e:  # noqa: BLE001
+                failed[version] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                continue
+            return _Entry(ServedTenant(tenant, version, bundle, reason), stamp, now, failed)
+        self._drop(tenant)
+        raise TenantUnavailable(f"tenant {tenant!r}: no version loads ({reason}); publish a new version or roll back")

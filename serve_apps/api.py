@@ -1,0 +1,236 @@
+"""HTTP ingress (FastAPI, API v1): validation, per-tenant API keys, body limits, feedback log.
+
+Routes (OpenAPI at /docs and /openapi.json):
+
+- ``POST /v1/tenants/{tenant_id}/recommendations`` -> top-K for one user's history
+- ``POST /v1/tenants/{tenant_id}/events`` -> feedback, fsynced to the tenant's log before 2xx
+- ``GET  /v1/tenants/{tenant_id}`` -> served version, catalog size, zero-shot or adapted
+- ``GET  /healthz`` (process alive), ``GET /readyz`` (the Ranker answers)
+
+Bad input is always a 4xx with a message: invalid tenant id or body 422, unknown tenant 404,
+missing/wrong API key 401/403, body over ``limits.max_body_bytes`` 413.
+"""
+
+# No `from __future__ import annotations`: Serve rebuilds the routes of a class ingress, and
+# string annotations of the body models would no longer resolve there.
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Path, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.responses import JSONResponse
+
+from rec.data.schema import validate_tenant_id
+from rec.serving.auth import ApiKeyChecker
+from rec.serving.events import EventLog
+from rec.serving.store import ArtifactRoot
+from serve_apps.args import Limits, RecommenderArgs
+from serve_apps.schemas import (
+    ErrorBody,
+    EventsRequest,
+    EventsResponse,
+    RecommendRequest,
+    RecommendResponse,
+    TenantStatus,
+)
+
+__all__ = ["Ingress", "app"]
+
+API_TITLE = "fewshot-rec recommendations"
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over the limit, by Content-Length or by counting (chunked)."""
+
+    def __init__(self, app, limits: dict[str, int]) -> None:  # noqa: ANN001
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits["max_body_bytes"]
+        too_big = JSONResponse(
+            {"detail": f"request body exceeds limits.max_body_bytes={limit} bytes; send fewer ids or raise the limit"}, 413
+        )
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        await too_big(scope, receive, send)
+                        return
+                except ValueError:
+                    await JSONResponse({"detail": "invalid Content-Length header"}, 400)(scope, receive, send)
+                    return
+        # Count what actually arrives too (chunked uploads have no Content-Length): buffer up to
+        # the limit, then replay. Raising from receive() instead would surface as FastAPI's 400.
+        chunks, seen, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                chunks.append(message)
+                break
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                await too_big(scope, receive, send)
+                return
+            chunks.append(message)
+            more = message.get("more_body", False)
+
+        async def replay():  # noqa: ANN202
+            return chunks.pop(0) if chunks else await receive()
+
+        await self.app(scope, replay, send)
+
+
+# Set per replica from the app args (Ingress.__init__); the middleware reads it on every request.
+_LIMITS: dict[str, int] = {"max_body_bytes": Limits().max_body_bytes}
+
+app = FastAPI(
+    title=API_TITLE,
+    version="1",
+    description="Multi-tenant few-shot recommendations: one shared model, one adapter per tenant.",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+app.add_middleware(BodyLimit, limits=_LIMITS)
+
+_bearer = HTTPBearer(auto_error=False, description="tenant API key as a bearer token")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="tenant API key")
+_TenantId = Path(description="tenant id: 1-64 of a-z 0-9 _ -", max_length=200)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody} for s in (401, 403, 404, 413, 422, 503)
+}
+
+
+def _presented(bearer: HTTPAuthorizationCredentials | None, key: str | None) -> str | None:
+    return bearer.credentials if bearer is not None else key
+
+
+def _raise_if_error(result: dict[str, Any]) -> dict[str, Any]:
+    err = result.get("error")
+    if err is not None:
+        raise HTTPException(status_code=int(err["status"]), detail=err["detail"])
+    return result
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
+@serve.ingress(app)
+class Ingress:
+    """The HTTP front of the recommender (see module doc).
+
+    Args:
+        args: :class:`serve_apps.args.RecommenderArgs` as a dict.
+        ranker: Handle of the Ranker deployment.
+    """
+
+    def __init__(self, args: dict[str, Any], ranker: DeploymentHandle) -> None:
+        self.args = RecommenderArgs.model_validate(args)
+        self.limits = self.args.limits
+        _LIMITS["max_body_bytes"] = self.limits.max_body_bytes
+        self.store = ArtifactRoot(self.args.artifact_root)
+        self.keys = ApiKeyChecker(self.store.keys_path, require_keys=self.args.require_api_keys)
+        self.events = EventLog(self.store.events_dir)
+        self.ranker = ranker
+
+    # --- helpers -------------------------------------------------------------------------------
+    async def _authorize(self, tenant_id: str, presented: str | None) -> None:
+        try:
+            validate_tenant_id(tenant_id)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
+        reason = await asyncio.to_thread(self.keys.check, tenant_id, presented)
+        if reason is not None:
+            raise HTTPException(401 if not presented else 403, reason)
+
+    def _handle(self, tenant_id: str) -> DeploymentHandle:
+        return self.ranker.options(multiplexed_model_id=tenant_id) if self.args.multiplex else self.ranker
+
+    def _check_ids(self, what: str, ids: list[str], most: int, limit_name: str) -> None:
+        if len(ids) > most:
+            raise HTTPException(422, f"{what} has {len(ids)} ids; at most limits.{limit_name}={most} are allowed")
+        long = next((i for i in ids if len(i) > self.limits.max_item_id_length), None)
+        if long is not None:
+            raise HTTPException(422, f"{what}: item id {long[:40]!r}... is longer than limits.max_item_id_length={self.limits.max_item_id_length}")
+
+    # --- routes --------------------------------------------------------------------------------
+    @app.post(
+        "/v1/tenants/{tenant_id}/recommendations",
+        response_model=RecommendResponse,
+        responses=_ERRORS,
+        summary="Top-K items for one user of a tenant",
+    )
+    async def recommend(
+        self,
+        body: RecommendRequest,
+        tenant_id: str = _TenantId,
+        bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+        api_key: str | None = Security(_api_key),
+    ) -> dict[str, Any]:
+        """Rank the tenant's catalog for a user given their history (the tenant's own item ids).
+
+        Unknown history ids are dropped and listed in ``unknown_items``; with no known id left the
+        answer is a cold-start ranking (``cold_start: true``).
+        """
+        await self._authorize(tenant_id, _presented(bearer, api_key))
+        if body.k > self.limits.max_k:
+            raise HTTPException(422, f"k={body.k} exceeds limits.max_k={self.limits.max_k}")
+        self._check_ids("history", body.history, self.limits.max_history, "max_history")
+        if body.candidates is not None:
+            self._check_ids("candidates", body.candidates, self.limits.max_candidates, "max_candidates")
+        request = {"tenant": tenant_id, **body.model_dump()}
+        return _raise_if_error(await self._handle(tenant_id).recommend.remote(request))
+
+    @app.post(
+        "/v1/tenants/{tenant_id}/events",
+        response_model=EventsResponse,
+        status_code=201,
+        responses=_ERRORS,
+        summary="Record feedback events (durable before the response)",
+    )
+    async def events_(
+        self,
+        body: EventsRequest,
+        tenant_id: str = _TenantId,
+        bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+        api_key: str | None = Security(_api_key),
+    ) -> dict[str, Any]:
+        """Append impression/click/purchase events to the tenant's log; fsynced before 201."""
+        await self._authorize(tenant_id, _presented(bearer, api_key))
+        if len(body.events) > self.limits.max_events:
+            raise HTTPException(422, f"{len(body.events)} events exceed limits.max_events={self.limits.max_events}")
+        self._check_ids("events", [e.item_id for e in body.events], self.limits.max_events, "max_events")
+        if self.store.pointer_stamp(tenant_id) is None:
+            raise HTTPException(404, f"unknown tenant {tenant_id!r}: publish a catalog first (`rec publish --tenant {tenant_id}`)")
+        now = time.time()
+        rows = [{**e.model_dump(), "timestamp": e.timestamp if e.timestamp is not None else now, "received_unix": now}
+                for e in body.events]
+        n = await asyncio.to_thread(self.events.append, tenant_id, rows)
+        return {"tenant": tenant_id, "accepted": n}
+
+    @app.get("/v1/tenants/{tenant_id}", response_model=TenantStatus, responses=_ERRORS, summary="Tenant serving status")
+    async def tenant_status(
+        self,
+        tenant_id: str = _TenantId,
+        bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+        api_key: str | None = Security(_api_key),
+    ) -> dict[str, Any]:
+        """Which version serves the tenant, its method (zero-shot or adapted) and catalog size."""
+        await self._authorize(tenant_id, _presented(bearer, api_key))
+        st = _raise_if_error(await self._handle(tenant_id).tenant_status.remote(tenant_id))
+        return {**st, "api_key_required": self.args.require_api_keys or self.store.keys_path(tenant_id).is_file()}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the Ranker answers", responses={503: {"model": ErrorBody}})
+    async def readyz(self) -> dict[str, Any]:
+        try:
+            info = await asyncio.wait_for(self.ranker.ready.remote(), timeout=10)
+        except Exception as e:  # noqa: BLE001 - not ready, whatever the cause
+            raise HTTPException(503, f"ranker not ready: {type(e).__name__}: {e}") from None
+        return {"status": "ready", **info}

@@ -1,0 +1,45 @@
+"""Typed arguments of the recommender Serve application (the ``args:`` block of config.yaml).
+
+The same model validates ``serve run``, ``serve deploy`` and a KubeRay RayService's
+``serveConfigV2``: a typo'd key is an error that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RecommenderArgs", "Limits"]
+
+
+class Limits(BaseModel):
+    """Bounds on what one request may ask for (larger requests get HTTP 413/422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(65536, ge=1024, description="request body size; larger -> 413")
+    max_history: int = Field(200, ge=1, description="history ids per request (the model reads the last max_len)")
+    max_k: int = Field(100, ge=1)
+    max_candidates: int = Field(1000, ge=1)
+    max_events: int = Field(100, ge=1, description="feedback events per request")
+    max_item_id_length: int = Field(128, ge=1)
+
+
+class RecommenderArgs(BaseModel):
+    """Arguments of :func:`serve_apps.recommender.build_app`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact_root: str = Field(description="serving artifact root: model/ + tenants/<t>/v<N> (see rec.serving.store)")
+    model_variant: Literal["fp32", "int8"] = "fp32"
+    intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per Ranker replica")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="@serve.batch size across tenants")
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
+    tenant_cache_mb: float = Field(256.0, gt=0.0, description="per-replica budget for loaded tenant bundles (LRU)")
+    poll_interval_s: float = Field(1.0, ge=0.0, description="how often a replica re-checks a tenant's version pointer")
+    multiplex: bool = Field(False, description="shard tenants over Ranker replicas with @serve.multiplexed (tenant id = model id)")
+    max_tenants_per_replica: int = Field(64, ge=1, description="multiplex mode: tenants held per replica before LRU unload")
+    require_api_keys: bool = Field(False, description="True: tenants without keys are closed; False: keys are per-tenant opt-in")
+    limits: Limits = Field(default_factory=Limits)
+

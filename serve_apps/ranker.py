@@ -1,0 +1,168 @@
+"""The Ranker deployment: one ONNX Runtime session shared by every tenant, plus the tenant registry.
+
+``@serve.batch`` collects requests of ANY tenants into one batch and ``rec.serving.rank_batch``
+scores all its warm rows with one model call, each row carrying its own tenant's adapter tensors.
+With ``multiplex: true`` the ingress tags each call with the tenant id as the multiplexed model id,
+so Serve routes a tenant to the replicas that already hold it (tenant sharding); Serve then
+batches per tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from rec.export.runtime import VARIANTS, SharedRanker
+from rec.export.tenant_bundle import load_tenant_bundle
+from rec.io.artifacts import ArtifactError
+from rec.serving.ranking import RankError, RankRequest, rank_batch
+from rec.serving.registry import TenantRegistry, TenantUnavailable, UnknownTenant
+from rec.serving.store import ArtifactRoot
+from serve_apps.args import RecommenderArgs
+
+__all__ = ["Ranker", "model_info"]
+
+
+def model_info(ranker: Any) -> dict[str, Any]:
+    """What a replica reports about its shared model: version (checksum prefix of the served
+    variant), the backbone it was exported from, the longest history it reads."""
+    files = ranker.manifest.get("files", {})
+    sha = (files.get(VARIANTS[ranker.variant]) or {}).get("sha256", "")
+    return {
+        "model_version": f"{ranker.variant}-{sha[:12]}",
+        "backbone_checksum": ranker.manifest.get("backbone_checksum"),
+        "max_len": int(ranker.max_len),
+    }
+
+
+class _PinnedTenant:
+    """What Serve's multiplex LRU holds per tenant: unloading it drops the tenant's bundle here too,
+    so a replica's memory follows the tenants Serve routes to it."""
+
+    def __init__(self, registry: TenantRegistry, tenant: str) -> None:
+        self.registry, self.tenant = registry, tenant
+
+    def __del__(self) -> None:  # Serve calls this on LRU unload
+        self.registry.evict(self.tenant)
+
+
+@serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+class Ranker:
+    """Scores recommendation requests of any tenant (see module doc).
+
+    Args:
+        args: :class:`serve_apps.args.RecommenderArgs` as a dict (what the Serve YAML holds).
+        bundle_loader: ``path -> TenantBundle``; default ``rec.export.tenant_bundle.load_tenant_bundle``.
+        ranker_factory: ``(model_dir, intra_op_threads, variant) -> SharedRanker``.
+    """
+
+    def __init__(
+        self,
+        args: dict[str, Any],
+        bundle_loader: Callable[[Path], Any] | None = None,
+        ranker_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.args = RecommenderArgs.model_validate(args)
+        self.store = ArtifactRoot(self.args.artifact_root)
+        self.ranker = (ranker_factory or SharedRanker)(
+            self.store.model_dir, intra_op_threads=self.args.intra_op_threads, variant=self.args.model_variant
+        )
+        self.info = model_info(self.ranker)
+        self.registry = TenantRegistry(
+            self.store,
+            bundle_loader or load_tenant_bundle,
+            max_bytes=int(self.args.tenant_cache_mb * (1 << 20)),
+            poll_interval_s=self.args.poll_interval_s,
+            validate=self._check_backbone,
+        )
+        self._batched.set_max_batch_size(self.args.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.batches: list[tuple[int, int]] = []  # (rows, tenants) of the last batches, for tests/debugging
+        self._pin = None
+        if self.args.multiplex:
+            registry = self.registry
+
+            async def pin_tenant(tenant: str) -> _PinnedTenant:
+                await asyncio.to_thread(registry.get, tenant)
+                return _PinnedTenant(registry, tenant)
+
+            self._pin = serve.multiplexed(max_num_models_per_replica=self.args.max_tenants_per_replica)(pin_tenant)
+
+    def _check_backbone(self, bundle: Any) -> None:
+        want, got = self.info["backbone_checksum"], bundle.manifest.get("backbone_checksum")
+        if want and got != want:
+            raise ArtifactError(
+                f"bundle of {bundle.tenant!r} was exported from backbone {str(got)[:12]}, the served model from {str(want)[:12]}"
+            )
+
+    async def _maybe_pin(self, tenant: str) -> dict[str, Any] | None:
+        if self._pin is None:
+            return None
+        try:
+            await self._pin(serve.get_multiplexed_model_id() or tenant)
+        except UnknownTenant as e:
+            return RankError(404, e.args[0]).to_dict()
+        except TenantUnavailable as e:
+            return RankError(503, str(e)).to_dict()
+        return None
+
+    async def recommend(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One request (validated by the ingress) -> response dict or ``{"error": {status, detail}}``."""
+        err = await self._maybe_pin(request["tenant"])
+        if err is not None:
+            return err
+        req = RankRequest(
+            tenant=request["tenant"],
+            history=tuple(request["history"]),
+            k=int(request["k"]),
+            exclude_history=bool(request["exclude_history"]),
+            candidates=None if request.get("candidates") is None else tuple(request["candidates"]),
+        )
+        return await self._batched(req)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _batched(self, requests: list[RankRequest]) -> list[dict[str, Any]]:
+        self.batches = (self.batches + [(len(requests), len({r.tenant for r in requests}))])[-1000:]
+        out = await asyncio.to_thread(
+            rank_batch, self.ranker, self.registry, requests, self.info["max_len"], self.info["model_version"]
+        )
+        return [r.to_dict() if isinstance(r, RankError) else r for r in out]
+
+    async def tenant_status(self, tenant: str) -> dict[str, Any]:
+        """Status of ``tenant`` as this replica serves it, or ``{"error": ...}``."""
+        err = await self._maybe_pin(tenant)
+        if err is not None:
+            return err
+        try:
+            st = await asyncio.to_thread(self.registry.status, tenant)
+            served = self.registry.get(tenant)
+        except UnknownTenant as e:
+            return RankError(404, e.args[0]).to_dict()
+        except TenantUnavailable as e:
+            return RankError(503, str(e)).to_dict()
+        except ArtifactError as e:
+            return RankError(503, str(e)).to_dict()
+        method = getattr(served.bundle, "method", "zero-shot")
+        published = st["published_version"]
+        return {
+            "tenant": tenant,
+            "adapter_version": f"v{served.version}",
+            "published_version": None if published is None else f"v{published}",
+            "method": method,
+            "zero_shot": method == "zero-shot",
+            "catalog_size": int(served.bundle.catalog.shape[0]),
+            "model_version": self.info["model_version"],
+            "fallback_reason": st["fallback_reason"],
+            "failed_versions": st["failed_versions"],
+        }
+
+    async def ready(self) -> dict[str, Any]:
+        return {"model_version": self.info["model_version"], "tenants_loaded": len(self.registry.loaded())}
+
+    async def stats(self) -> dict[str, Any]:
+        """Replica internals for tests/benchmarks: batch sizes, loaded tenants, registry counters."""
+        return {"batches": list(self.batches), "loaded": self.registry.loaded(), "loads": self.registry.loads}

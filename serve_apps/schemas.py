@@ -1,0 +1,99 @@
+"""Request and response bodies of the recommender HTTP API (v1). They generate /openapi.json.
+
+Types are strict (``"10"`` is not a valid ``k``); item ids are strings, and JSON integers are
+accepted as ids and turned into strings. Bounds that depend on the deployment (``limits`` in the
+app args) are checked by the ingress, with a message naming the limit.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+__all__ = [
+    "RecommendRequest",
+    "RecommendResponse",
+    "ScoredItem",
+    "FeedbackEvent",
+    "EventsRequest",
+    "EventsResponse",
+    "TenantStatus",
+    "ErrorBody",
+]
+
+
+def _item_id(v: object) -> object:
+    # JSON numbers are common as item ids; bools are ints in Python but never ids.
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+ItemId = Annotated[StrictStr, BeforeValidator(_item_id), Field(min_length=1)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecommendRequest(_Body):
+    history: list[ItemId] = Field(
+        default_factory=list,
+        description="the user's interactions as the tenant's own item ids, oldest first; empty = cold start",
+    )
+    k: StrictInt = Field(10, ge=1, description="how many items to return (at most limits.max_k)")
+    exclude_history: StrictBool = Field(True, description="never recommend an item already in the history")
+    candidates: list[ItemId] | None = Field(
+        None, description="optional filter: rank only these item ids (unknown ones are ignored with a warning)"
+    )
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    tenant: str
+    items: list[ScoredItem]
+    adapter_version: str = Field(description="tenant bundle version that answered, e.g. v3")
+    method: str = Field(description="adaptation method of that version; 'zero-shot' = base model")
+    zero_shot: bool
+    cold_start: bool = Field(description="no known history item: catalog-centroid ranking")
+    model_version: str = Field(description="shared ONNX model that answered (checksum prefix)")
+    unknown_items: list[str] = Field(description="history ids not in the catalog; they were ignored")
+    warnings: list[str]
+
+
+class FeedbackEvent(_Body):
+    type: Literal["impression", "click", "purchase"]
+    item_id: ItemId
+    user_id: StrictStr | None = Field(None, min_length=1, max_length=128)
+    timestamp: StrictFloat | StrictInt | None = Field(None, ge=0, description="unix seconds; default: time received")
+
+
+class EventsRequest(_Body):
+    events: list[FeedbackEvent] = Field(min_length=1)
+
+
+class EventsResponse(BaseModel):
+    tenant: str
+    accepted: int = Field(description="events durably appended (fsynced) before this response")
+
+
+class TenantStatus(BaseModel):
+    tenant: str
+    adapter_version: str
+    published_version: str | None
+    method: str
+    zero_shot: bool
+    catalog_size: int
+    model_version: str
+    fallback_reason: str | None = Field(description="set when the published version does not load and an older one serves")
+    failed_versions: dict[str, str]
+    api_key_required: bool
+
+
+class ErrorBody(BaseModel):
+    detail: str | list | dict
