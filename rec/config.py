@@ -221,6 +221,23 @@ class MetaConfig(_Strict):
     run_name: str = "meta"
 
 
+class DemoConfig(_Strict):
+    """``rec demo``: the whole story on the synthetic default (see ``rec.demo``)."""
+
+    output_dir: str = Field("runs/demo", description="report, artifacts and serving root (replaced each run)")
+    source_tenants: int = Field(4, ge=1, le=32, description="synthetic tenants the backbone pretrains on")
+    tuned_tenants: int = Field(3, ge=1, le=16, description="new tenants adapted by the sweep")
+    sweep: str = Field("tuning/configs/quick.yaml", description="sweep YAML for the tuned tenants")
+    onboard_method: Literal["lora", "prompt", "head"] = "lora"
+    onboard_k_users: int = Field(64, ge=1, description="users of the onboarding tenant it adapts on")
+    model_variant: Literal["fp32", "int8"] = "int8"
+    catalog_dtype: Literal["fp32", "fp16", "int8"] = "int8"
+    http_port: int = Field(8000, ge=1, le=65535)
+    requests_per_tenant: int = Field(20, ge=1)
+    keep_serving: bool = Field(False, description="leave Ray Serve running after the report (Ctrl-C to stop)")
+    verbose: bool = Field(False, description="show Ray/Tune worker logs")
+
+
 class RecConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     text: TextConfig = Field(default_factory=TextConfig)
@@ -230,6 +247,7 @@ class RecConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     meta: MetaConfig = Field(default_factory=MetaConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> RecConfig:
