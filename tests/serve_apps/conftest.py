@@ -1,4 +1,1 @@
-"""Serve tests reuse the session's serving artifact root (tests/rec/serving/conftest.py)."""
-
-from tests.rec.adaptation.conftest import new_tenant, small_backbone  # noqa: F401 - fixtures reused
-from tests.rec.serving.conftest import serving_world  # noqa: F401 - fixtures reused
+"""Serve tests use the session fixtures ``serving_world`` / ``world_copy`` (tests/fixtures/serving.py)."""

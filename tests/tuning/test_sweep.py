@@ -23,7 +23,6 @@ from ray.tune.schedulers import TrialScheduler
 from rec.adaptation.artifacts import list_versions, load_adapter
 from rec.config import apply_overrides, config_from_dict
 from rec.training.checkpoint import LoadedBackbone, export_backbone
-from tests.rec.adaptation.conftest import small_backbone  # noqa: F401  (session fixture)
 from tuning.search_spaces import SweepError, load_sweep
 from tuning.sweep import METRIC, PerGroupScheduler, PerGroupSearcher, run_sweep
 

@@ -17,7 +17,6 @@ from rec.adaptation.artifacts import load_adapter
 from rec.config import AdaptConfig, LoraConfig
 from rec.text import encode_items
 from rec.training.checkpoint import export_backbone
-from tests.rec.adaptation.conftest import new_tenant, small_backbone  # noqa: F401  (session fixtures)
 
 #: name -> adaptation config; LoRA at ranks 4/8/16 (16 on a subset of projections, incl. adaptor.proj)
 ADAPTERS = {
