@@ -3,20 +3,24 @@
 A text backbone is pretrained (Ray Train, cached under ``--runs``) on one dataset; its encoder is
 then served as:
 
-    fp32             the shared ONNX graph (rec export)
-    int8             ORT dynamic int8 weights + int8 catalog (per-row scales)
-    magnitude-50     50 % global L1 unstructured pruning + short recovery fine-tune
-    ffn-50           half the FFN hidden units removed (structured) + short recovery fine-tune
-    distill-1L       a 1-block student (layer dropping) distilled from the teacher (CE + KD)
-    distill-1L-int8  the student, int8
-    merged           the classic alternative: one merged per-tenant model, catalog in the graph
+    torch-fp32           the same serving computation in torch eager: ``ServingGraph`` (the module
+                         that is exported) on the same feed, 1 thread, ``inference_mode``
+    ort-fp32             the shared ONNX graph (rec export) in ONNX Runtime
+    ort-int8             ORT dynamic int8 weights + int8 catalog (per-row scales)
+    pruned-magnitude-50  50 % global L1 unstructured pruning + short recovery fine-tune
+    pruned-ffn-50        half the FFN hidden units removed (structured) + short recovery fine-tune
+    student              a 1-block student (layer dropping) distilled from the teacher (CE + KD)
+    student-int8         the student, int8
+    ort-merged           the classic alternative: one merged per-tenant model, catalog in the graph
 
 Quality: NDCG@10 of every user's last item (full ranking over the catalog, leave-one-out test,
-history not excluded) computed through the ONNX Runtime serving path; top10_overlap = mean
-overlap of each user's top-10 with the fp32 variant's. Latency: one request = user vectors for a
-batch (feed building + one ``session.run``) + top-10 per row, ORT CPU, 1 intra-op thread, real
-histories of the test users; each variant runs in a fresh spawned process, whose peak RSS is
-``peak_rss_mb``. size_bytes = the ONNX file; catalog_bytes = the tenant's stored catalog matrix.
+history not excluded) computed through each variant's serving path; top10_overlap = mean
+overlap of each user's top-10 with torch-fp32's. Latency: one request = user vectors for a
+batch (feed building + one ``session.run`` / one eager forward) + top-10 per row, 1 thread, real
+histories of the test users; all variants are timed in one spawned process in interleaved rounds;
+``peak_rss_mb`` is the VmHWM of a fresh spawned process per variant. size_bytes = the ONNX file
+(torch-fp32: the checkpoint's weights file); catalog_bytes = the tenant's stored catalog matrix.
+The issue-4 targets are computed from the rows and written as ``targets`` in the JSON.
 
 Usage::
 
@@ -44,6 +48,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench._results import RESULTS, write_results  # noqa: E402
+from rec.io.artifacts import atomic_write_bytes  # noqa: E402
 
 COLUMNS = ["variant", "size_bytes", "catalog_bytes", "ndcg@10", "top10_overlap", "p50_ms_b1", "p50_ms_b32",
            "p50_ms_b256", "p99_ms_b32", "peak_rss_mb"]
@@ -68,13 +73,14 @@ def pretrain_config(args: argparse.Namespace):  # noqa: ANN201
 
 
 def get_backbone(args: argparse.Namespace):  # noqa: ANN201
+    """``(loaded backbone, config, checkpoint folder)``; pretrains (cached under ``--runs``) if needed."""
     from rec.io.artifacts import ArtifactError
     from rec.training.checkpoint import load_backbone
 
     cfg = pretrain_config(args)
     ckpt = Path(cfg.train.output_dir) / "checkpoint"
     try:
-        return load_backbone(ckpt), cfg
+        return load_backbone(ckpt), cfg, ckpt
     except ArtifactError:
         pass
     from rec.config import RayConfig
@@ -84,7 +90,7 @@ def get_backbone(args: argparse.Namespace):  # noqa: ANN201
     log(f"pretraining the backbone -> {ckpt}")
     with ray_session(RayConfig(num_cpus=2)):
         res = pretrain(cfg, progress=True)
-    return load_backbone(res.checkpoint), cfg
+    return load_backbone(res.checkpoint), cfg, Path(res.checkpoint)
 
 
 def with_model(loaded, model, tag: str):  # noqa: ANN001, ANN201
@@ -98,11 +104,46 @@ def with_model(loaded, model, tag: str):  # noqa: ANN001, ANN201
 
 
 # --- measurement in fresh processes ---------------------------------------------------------------
+def torch_user_vectors(checkpoint: str | Path, threads: int = 1):  # noqa: ANN201
+    """Torch-eager twin of ``SharedRanker.user_vectors``: same feed, ``ServingGraph`` run eagerly.
+
+    ``ServingGraph`` is the module ``rec export`` traces, so this is the serving computation
+    (zero LoRA inputs and all) with only the runtime changed. Returns ``fn(histories, bundles)``.
+    """
+    import torch
+
+    from rec.export.runtime import build_feed
+    from rec.export.serving_graph import ServingGraph
+    from rec.training.checkpoint import load_backbone
+
+    torch.set_num_threads(threads)
+    loaded = load_backbone(checkpoint)
+    graph = ServingGraph(loaded.model).eval()
+    max_len = int(loaded.cfg.data.max_seq_len)
+
+    def user_vectors(histories: list[np.ndarray], bundles: list) -> np.ndarray:  # noqa: ANN001
+        feed = build_feed(histories, bundles, graph.projections, max_len)
+        with torch.inference_mode():
+            return graph(*(torch.from_numpy(feed.inputs[n]) for n in graph.input_names)).numpy()
+
+    return user_vectors
+
+
 def _requester(spec: dict[str, Any]):  # noqa: ANN202
     """A function serving one request (a list of histories) with the variant described by ``spec``."""
     from rec.export.runtime import SharedRanker, make_session
     from rec.export.tenant_bundle import load_tenant_bundle
 
+    if spec["kind"] == "torch":
+        user_vectors = torch_user_vectors(spec["checkpoint"], threads=1)
+        bundle = load_tenant_bundle(spec["bundle"])
+
+        def request(rows: list[np.ndarray]) -> None:
+            users = user_vectors(rows, [bundle] * len(rows))
+            for u in users:
+                SharedRanker.top_k(bundle, u, 10)
+
+        return request
     if spec["kind"] == "shared":
         ranker = SharedRanker(spec["model_dir"], intra_op_threads=1, variant=spec["variant"])
         bundle = load_tenant_bundle(spec["bundle"])
@@ -212,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     t_start = time.perf_counter()
-    loaded, cfg = get_backbone(args)
+    loaded, cfg, ckpt = get_backbone(args)
     tenant = load_tenants(cfg.data)[0]
     emb = encode_items(list(tenant.items.text), loaded.cfg.text)
     corpus = build_corpus(loaded.cfg, [tenant])
@@ -231,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     recover(ffn, corpus, epochs=rec_epochs)
     student = make_student(teacher, [len(teacher.blocks) - 1])
     recover(student, corpus, loss_model=DistillLoss(student, teacher, alpha=0.5, tau=2.0), epochs=2 * rec_epochs)
+    # export folder names (the artifacts) -> row names follow the issue's variant names
     encoders = {"fp32": (loaded, True), "magnitude-50": (with_model(loaded, mag, "mag50"), False),
                 "ffn-50": (with_model(loaded, ffn, "ffn50"), False), "distill-1L": (with_model(loaded, student, "distill1"), True)}
 
@@ -242,21 +284,34 @@ def main(argv: list[str] | None = None) -> int:
     merged = export_merged_tenant_model(loaded, tenant, emb, None, out / "merged")
 
     variants = [  # (row name, model dir, ORT variant, catalog dtype)
-        ("fp32", dirs["fp32"], "fp32", "fp32"),
-        ("int8", dirs["fp32"], "int8", "int8"),
-        ("magnitude-50", dirs["magnitude-50"], "fp32", "fp32"),
-        ("ffn-50", dirs["ffn-50"], "fp32", "fp32"),
-        ("distill-1L", dirs["distill-1L"], "fp32", "fp32"),
-        ("distill-1L-int8", dirs["distill-1L"], "int8", "int8"),
+        ("ort-fp32", dirs["fp32"], "fp32", "fp32"),
+        ("ort-int8", dirs["fp32"], "int8", "int8"),
+        ("pruned-magnitude-50", dirs["magnitude-50"], "fp32", "fp32"),
+        ("pruned-ffn-50", dirs["ffn-50"], "fp32", "fp32"),
+        ("student", dirs["distill-1L"], "fp32", "fp32"),
+        ("student-int8", dirs["distill-1L"], "int8", "int8"),
     ]
     reps = {"1": 20 if args.quick else 40, "32": 10 if args.quick else 20, "256": 2 if args.quick else 4}
     rounds = 2 if args.quick else 8
     specs: dict[str, dict[str, Any]] = {}
-    rows, ref_top = [], None
+
+    log("quality of torch-fp32")  # the reference: the trained model in torch eager, as exported
+    import safetensors.torch
+
+    from rec.export.serving_graph import ServingGraph
+    from rec.export.tenant_bundle import load_tenant_bundle
+
+    eager, fp32_bundle = torch_user_vectors(ckpt, threads=2), load_tenant_bundle(bundles["fp32"])
+    scores = np.concatenate([eager(hists[s:s + 256], [fp32_bundle] * len(hists[s:s + 256])) @ fp32_bundle.catalog.T
+                             for s in range(0, len(hists), 256)])
+    ndcg, overlap, ref_top = quality(scores, targets, None)
+    specs["torch-fp32"] = {"kind": "torch", "checkpoint": str(ckpt), "bundle": str(bundles["fp32"])}
+    rows = [{"variant": "torch-fp32", "size_bytes": len(safetensors.torch.save(ServingGraph(loaded.model).state_dict())),
+             "catalog_bytes": read_manifest(bundles["fp32"])["files"]["catalog.safetensors"]["bytes"],
+             "ndcg@10": ndcg, "top10_overlap": overlap}]
     for name, mdir, var, cdt in variants:
         log(f"quality of {name}")
-        ndcg, overlap, top = quality(serving_topk(mdir, var, bundles[cdt], hists), targets, ref_top)
-        ref_top = top if ref_top is None else ref_top
+        ndcg, overlap, _ = quality(serving_topk(mdir, var, bundles[cdt], hists), targets, ref_top)
         m = read_manifest(mdir)
         specs[name] = {"kind": "shared", "model_dir": str(mdir), "variant": var, "bundle": str(bundles[cdt])}
         fname = "model.onnx" if var == "fp32" else "model.int8.onnx"
@@ -276,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             items[i, max_len - len(h):] = h
         scores.append(sess.run(["scores"], {"items": items, "pad": items < 0})[0])
     ndcg, overlap, _ = quality(np.concatenate(scores), targets, ref_top)
-    specs["merged"] = {"kind": "merged", "model_dir": str(merged), "max_len": max_len}
-    rows.append({"variant": "merged", "size_bytes": read_manifest(merged)["files"]["model.onnx"]["bytes"], "catalog_bytes": 0,
+    specs["ort-merged"] = {"kind": "merged", "model_dir": str(merged), "max_len": max_len}
+    rows.append({"variant": "ort-merged", "size_bytes": read_manifest(merged)["files"]["model.onnx"]["bytes"], "catalog_bytes": 0,
                  "ndcg@10": ndcg, "top10_overlap": overlap})
     plain = [h.tolist() for h in hists]
     log(f"latency: {rounds} interleaved rounds over {len(specs)} variants")
@@ -289,27 +344,71 @@ def main(argv: list[str] | None = None) -> int:
     protocol = {
         "dataset": f"ml-100k ({tenant.num_users} users, {tenant.num_items} items); backbone d_model=64, 2 blocks, "
                    f"max_seq_len={max_len}, text-only (MiniLM), pretrained with rec pretrain (Ray Train, 1 worker)",
-        "quality": "NDCG@10 of each user's last item, full ranking, history not excluded, through ONNX Runtime; "
-                   "top10_overlap vs the fp32 variant",
-        "latency": "one request = user_vectors (feed + one ORT run) + top-10 per row; ORT CPU, intra_op_num_threads=1; "
-                   f"all variants in one spawned process, {rounds} interleaved rounds x {reps} requests per batch size "
-                   "(the CPU is shared with other jobs: interleaving spreads their noise over every variant)",
+        "quality": "NDCG@10 of each user's last item, full ranking, history not excluded, through each variant's "
+                   "serving path (torch eager or ONNX Runtime); top10_overlap vs torch-fp32",
+        "latency": "one request = user vectors (feed + one ORT run, or one torch eager forward of the same ServingGraph "
+                   "on the same feed under inference_mode) + top-10 per row in numpy; ORT CPU intra_op_num_threads=1, "
+                   f"torch.set_num_threads(1); all variants in one spawned process, {rounds} interleaved rounds x {reps} "
+                   "requests per batch size (the CPU is shared with other jobs: interleaving spreads their noise over "
+                   "every variant)",
         "peak_rss_mb": "VmHWM of a fresh spawned process that loads only that variant (+ its tenant bundle) and serves "
-                       "3 requests per batch size: python + numpy + onnxruntime + model + catalog",
-        "compression": f"magnitude-50: global L1 unstructured 50% of encoder Linear weights (sparsity "
-                       f"{sparsity(mag):.2f}), {rec_epochs} recovery epochs; ffn-50: half the FFN units by norm, "
-                       f"{rec_epochs} recovery epochs; distill-1L: last block kept, {2 * rec_epochs} epochs of "
-                       "0.5*CE + 0.5*tau^2*KL (tau=2); int8: quantize_dynamic (+ int8 catalog, per-row scale); "
+                       "3 requests per batch size: python + numpy + onnxruntime (or torch + the checkpoint for "
+                       "torch-fp32) + model + catalog",
+        "size_bytes": "the ONNX file; torch-fp32: the serving graph's parameters as safetensors (the same tensors "
+                      "the ONNX file holds)",
+        "compression": f"pruned-magnitude-50: global L1 unstructured 50% of encoder Linear weights (sparsity "
+                       f"{sparsity(mag):.2f}), {rec_epochs} recovery epochs; pruned-ffn-50: half the FFN units by norm, "
+                       f"{rec_epochs} recovery epochs; student: 1 block (the last) kept, {2 * rec_epochs} epochs of "
+                       "0.5*CE + 0.5*tau^2*KL (tau=2); ort-int8/student-int8: quantize_dynamic (+ int8 catalog, per-row scale); "
                        "adaptor frozen everywhere, so all variants share the tenant's catalog",
-        "merged": "the classic per-tenant model (catalog inside the graph, scores out): size is per tenant, catalog_bytes 0",
+        "ort-merged": "the classic per-tenant model (catalog inside the graph, scores out): size is per tenant, catalog_bytes 0",
         "quick": args.quick,
         "total_wall_s": round(time.perf_counter() - t_start, 1),
     }
     name = "compression-quick" if args.quick else "compression"
-    path = write_results(name, protocol, rows, COLUMNS, results_dir=args.results_dir)
+    tg = targets_block(rows)
+    path = write_results(name, protocol, rows, COLUMNS, notes=targets_markdown(tg), results_dir=args.results_dir)
+    payload = json.loads(path.read_text())
+    payload["targets"] = tg
+    atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
+    for k, t in tg.items():
+        log(f"target {k}: {t['value']:.4f} (target {t['target']}) met={t['met']}")
     plot(rows, args.results_dir / f"{name}.png")
     log(f"wrote {path}")
     return 0
+
+
+def targets_block(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Issue 4's targets, computed from the result rows (each with ``value``, ``target``, ``met``)."""
+    r = {row["variant"]: row for row in rows}
+    fp32, int8, eager, student = r["ort-fp32"], r["ort-int8"], r["torch-fp32"], r["student"]
+
+    def entry(value: float, op: str, bound: float, what: str, **extra: Any) -> dict[str, Any]:
+        met = value <= bound if op == "<=" else value >= bound
+        return {"value": value, "target": f"{op} {bound}", "met": bool(met), "what": what, **extra}
+
+    return {
+        "int8_size_ratio": entry(int8["size_bytes"] / fp32["size_bytes"], "<=", 0.30,
+                                 "ort-int8 size_bytes / ort-fp32 size_bytes (model file)",
+                                 with_catalog=(int8["size_bytes"] + int8["catalog_bytes"])
+                                 / (fp32["size_bytes"] + fp32["catalog_bytes"])),
+        "int8_ndcg_rel_drop": entry((fp32["ndcg@10"] - int8["ndcg@10"]) / fp32["ndcg@10"], "<=", 0.01,
+                                    "(ort-fp32 NDCG@10 - ort-int8 NDCG@10) / ort-fp32 NDCG@10"),
+        "ort_vs_torch_p50_b32": entry(fp32["p50_ms_b32"] / eager["p50_ms_b32"], "<=", 0.5,
+                                      "ort-fp32 p50_ms_b32 / torch-fp32 p50_ms_b32"),
+        "student_speedup_b32": entry(fp32["p50_ms_b32"] / student["p50_ms_b32"], ">=", 2.0,
+                                     "ort-fp32 p50_ms_b32 / student p50_ms_b32"),
+        "student_ndcg_rel_change": entry((student["ndcg@10"] - fp32["ndcg@10"]) / fp32["ndcg@10"], ">=", -0.03,
+                                         "(student NDCG@10 - ort-fp32 NDCG@10) / ort-fp32 NDCG@10"),
+    }
+
+
+def targets_markdown(tg: dict[str, dict[str, Any]]) -> str:
+    lines = ["## Targets (issue 4)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in tg.values():
+        extra = f" (model + catalog: {t['with_catalog']:.4f})" if "with_catalog" in t else ""
+        lines.append(f"| {t['what']} | {t['value']:.4f}{extra} | {t['target']} | {'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
