@@ -1,21 +1,33 @@
 """Serving load benchmark: one shared ONNX model with per-row adapters vs one model per tenant.
 
-Modes (each a Serve app on 127.0.0.1, driven over HTTP by a closed loop of ``load`` clients that
-pick a tenant uniformly at random per request):
+Modes (each a Serve app on 127.0.0.1, driven over HTTP; every request picks a tenant uniformly at
+random):
 
-- ``ort-shared-fp32`` / ``ort-shared-int8``: the real app (``serve_apps.recommender``): one ORT
-  session, ``@serve.batch`` across tenants, tenant bundles in an LRU.
 - ``torch-multiplex``: the classic design: ``@serve.multiplexed`` holds one merged torch backbone
   per tenant (LoRA ``W + B A`` merged, prompt set), batches per tenant (Serve splits batches by
   model id), routed by the ``serve_multiplexed_model_id`` header.
+- ``ort-merged-multiplex``: the same design with the per-tenant ONNX model of
+  ``rec.export.onnx_export.export_merged_tenant_model`` (adapter merged, catalog baked in), one
+  ORT session per loaded tenant.
+- ``ort-shared-fp32`` / ``ort-shared-int8``: the real app (``serve_apps.recommender``): one ORT
+  session, ``@serve.batch`` across tenants, tenant bundles in an LRU.
 
-Tenants: ``--real`` synthetic tenants get real LoRA adapters (random, non-zero) published with
-``rec.serving.publish_tenant``; the ``N`` benchmark tenants are clones of those bundles (files
-copied, the manifest's tenant renamed), so tenant count drives cache/multiplex behaviour without
-N exports. ``overhead_ratio`` = end-to-end p50 / p50 of the bare model call for one row in-process
-(ORT ``raw_run`` or torch forward): what HTTP + Serve + batching add.
+Tenants: ``--real`` synthetic tenants get real LoRA adapters (random, non-zero), published with
+``rec.serving.publish_tenant`` and exported once each as a merged model. The ``N`` benchmark
+tenants are file copies of those artifacts (bundle folder or merged-model folder copied, the
+manifest's tenant renamed), so the tenant count drives cache / multiplex behaviour without N
+exports (N merged exports would take hours here).
 
-    .venv/bin/python -m bench.serve_load --tenants 1 100 1000 --duration 20 --load 8
+Load: a closed loop (``--clients`` clients, each sends its next request when the last returns)
+and an open loop (Poisson arrivals at ``--rate`` requests/s, latency counted from the scheduled
+send time, so queueing is not hidden), both bounded in time and request count.
+``overhead_ratio`` = end-to-end p50 / in-process time of the bare model call for the batch size
+the server actually ran (median of its recorded batches). An autoscaling run steps an open-loop
+load up and down against the app with ``serve_apps/config.yaml``'s autoscaling settings and
+samples the Ranker replica count (``serve.status()``) and p99 per window.
+
+    .venv/bin/python -m bench.serve_load                  # the full run (~15 min on 2 cores)
+    .venv/bin/python -m bench.serve_load --quick          # pipeline check (~3 min), writes serve_load_quick.*
 """
 
 from __future__ import annotations
@@ -27,24 +39,31 @@ import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MODES = ("ort-shared-fp32", "ort-shared-int8", "torch-multiplex")
-COLUMNS = ["mode", "tenants", "load", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "rss_mb", "overhead_ratio"]
+MODES = ("torch-multiplex", "ort-merged-multiplex", "ort-shared-fp32", "ort-shared-int8")
+MULTIPLEX = ("torch-multiplex", "ort-merged-multiplex")
+COLUMNS = ["mode", "tenants", "load", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "rss_mb", "overhead_ratio",
+           "model_rss_mb", "batch_median", "raw_ms"]
+HIST = 20  # history length of every request
+REPO = Path(__file__).resolve().parents[1]
 
 
 # --- setup ---------------------------------------------------------------------------------------
-def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path, Path, list[str]]:
-    """Backbone (random init, default model size), serving root with ``real`` LoRA tenants."""
+def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path, Path, list[str], dict[str, float]]:
+    """Backbone (random init, default model size), serving root with ``real`` LoRA tenants, and one
+    merged per-tenant ONNX model per real tenant under ``work/merged/<tenant>``."""
     import torch
 
     from rec.adaptation.artifacts import save_adapter
     from rec.adaptation.methods import prepare_model
     from rec.config import AdaptConfig, load_config
     from rec.data.synthetic import generate_tenants
+    from rec.export.onnx_export import export_merged_tenant_model
     from rec.models.backbone import build_backbone
     from rec.serving.publish import ensure_serving_model, publish_tenant
     from rec.text import encode_items
@@ -58,8 +77,12 @@ def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path,
     meta = {t.name: {"id_offset": 0, "num_items": t.num_items, "data_hash": t.content_hash()} for t in tenants}
     loaded = load_backbone(export_backbone(work / "backbone", model.state_dict(), cfg, meta, {}, "bench"))
     root = work / "root"
+    timing = {}
+    t0 = time.perf_counter()
     ensure_serving_model(root, loaded, quantize=True)
+    timing["shared_model_export_s"] = time.perf_counter() - t0
     acfg = AdaptConfig(method="lora", output_root=str(work / "adapters"))
+    publish_s, merged_s = 0.0, 0.0
     for t in tenants:
         peft_model = prepare_model(loaded.model, acfg)
         with torch.no_grad():
@@ -68,13 +91,29 @@ def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path,
                     p.normal_(0, 0.05)
         adapter = save_adapter(peft_model, acfg, t.name, acfg.output_root, {"backbone_checksum": loaded.checksum})
         emb = encode_items(list(t.items.text), cfg.text)
+        t0 = time.perf_counter()
         publish_tenant(root, loaded, t, emb, adapter)
-    return root, work / "backbone", [t.name for t in tenants]
+        publish_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        export_merged_tenant_model(loaded, t, emb, adapter, work / "merged" / t.name)
+        merged_s += time.perf_counter() - t0
+    timing["bundle_publish_s_per_tenant"] = publish_s / len(tenants)
+    timing["merged_export_s_per_tenant"] = merged_s / len(tenants)
+    return root, work / "backbone", [t.name for t in tenants], timing
 
 
-def clone_tenants(root: Path, sources: list[str], n: int) -> dict[str, list[str]]:
-    """``n`` tenants ``t0000..`` served from copies of the source bundles; returns their item ids."""
+def _clone(src: Path, dst: Path, name: str) -> None:
     from rec.io.artifacts import atomic_write_json
+
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["tenant"] = name
+    atomic_write_json(dst / "manifest.json", manifest)
+
+
+def clone_tenants(root: Path, merged: Path, sources: list[str], n: int) -> dict[str, list[str]]:
+    """``n`` tenants ``t0000..``: copies of the source bundles (published) and of their merged
+    models (``merged/<name>``); returns their item ids."""
     from rec.serving.store import ArtifactRoot
 
     store = ArtifactRoot(root)
@@ -84,25 +123,30 @@ def clone_tenants(root: Path, sources: list[str], n: int) -> dict[str, list[str]
         name = f"t{i:04d}"
         dst = store.version_dir(name, 1)
         if not dst.exists():
-            shutil.copytree(store.version_dir(src, 1), dst)
-            manifest = json.loads((dst / "manifest.json").read_text())
-            manifest["tenant"] = name
-            atomic_write_json(dst / "manifest.json", manifest)
+            _clone(store.version_dir(src, 1), dst, name)
             store.set_current(name, 1)
+        if not (merged / name).exists():
+            _clone(merged / src, merged / name, name)
         ids[name] = json.loads((dst / "item_ids.json").read_text())
     return ids
 
 
-# --- the per-tenant-model baseline ---------------------------------------------------------------
-def torch_multiplex_app(root: str, backbone: str, max_models: int):  # noqa: ANN201
+# --- the per-tenant-model baselines --------------------------------------------------------------
+def _rows(index: dict, history: list, max_len: int) -> list[int]:
+    return [index[i] for i in history if i in index][-max_len:]
+
+
+def multiplex_app(kind: str, root: str, backbone: str, merged: str, max_models: int):  # noqa: ANN201
+    """One deployment that holds up to ``max_models`` per-tenant models (``@serve.multiplexed``):
+    ``kind`` "torch" (merged torch backbone) or "ort" (the merged ONNX export, one session each)."""
     from fastapi import FastAPI
     from ray import serve
 
     api = FastAPI()
 
-    @serve.deployment(name="TorchMultiplex", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+    @serve.deployment(name="Model", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
     @serve.ingress(api)
-    class TorchMultiplex:
+    class PerTenantModels:
         def __init__(self) -> None:
             import torch
 
@@ -110,13 +154,23 @@ def torch_multiplex_app(root: str, backbone: str, max_models: int):  # noqa: ANN
 
             torch.set_num_threads(1)
             self.base = load_backbone(backbone)
+            self.max_len = int(self.base.cfg.data.max_seq_len)
+            self.batches: list[int] = []
 
             async def load(tenant: str):  # noqa: ANN202 - a plain function: Serve keeps its LRU on it
-                return self._merged(tenant)
+                return self._load(tenant)
 
             self.load = serve.multiplexed(max_num_models_per_replica=max_models)(load)
 
-        def _merged(self, tenant: str):  # noqa: ANN202
+        def _load(self, tenant: str):  # noqa: ANN202
+            if kind == "ort":
+                from rec.export.runtime import make_session
+                from rec.io.artifacts import read_manifest
+
+                folder = Path(merged) / tenant
+                read_manifest(folder)  # checksums, as a loader of published artifacts would
+                ids = json.loads((folder / "item_ids.json").read_text())
+                return make_session(folder / "model.onnx", intra_op_threads=1), None, {x: j for j, x in enumerate(ids)}, ids
             import copy
 
             import torch
@@ -129,8 +183,7 @@ def torch_multiplex_app(root: str, backbone: str, max_models: int):  # noqa: ANN
             model = copy.deepcopy(self.base.model).eval()
             with torch.no_grad():
                 for name, (a, bm) in b.lora.items():
-                    lin = model.get_submodule(name)
-                    lin.weight += torch.from_numpy(bm @ a)
+                    model.get_submodule(name).weight += torch.from_numpy(bm @ a)
                 if b.prompt is not None:
                     model.prompt = torch.nn.Parameter(torch.from_numpy(b.prompt), requires_grad=False)
             return model, torch.from_numpy(b.catalog), b.item_index, b.item_ids
@@ -140,35 +193,66 @@ def torch_multiplex_app(root: str, backbone: str, max_models: int):  # noqa: ANN
             m = await self.load(serve.get_multiplexed_model_id() or tenant_id)
             return await self.batched((m, body["history"], int(body.get("k", 10))))
 
+        @api.get("/stats")
+        async def stats(self) -> dict:
+            return {"batches": self.batches[-1000:]}
+
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
         async def batched(self, reqs: list) -> list:
-            import torch
-
             (model, catalog, index, ids) = reqs[0][0]  # one tenant per batch (split by model id)
-            rows = [[index[i] for i in h if i in index][-model.max_len:] for _, h, _ in reqs]
+            self.batches = (self.batches + [len(reqs)])[-1000:]
+            rows = [_rows(index, h, self.max_len) for _, h, _ in reqs]
             T = max(1, max(len(r) for r in rows))
-            idx = torch.zeros(len(rows), T, dtype=torch.long)
-            pad = torch.ones(len(rows), T, dtype=torch.bool)
+            idx = np.zeros((len(rows), T), np.int64)
+            pad = np.ones((len(rows), T), bool)
             for j, r in enumerate(rows):
                 if r:
-                    idx[j, T - len(r):] = torch.tensor(r)
+                    idx[j, T - len(r):] = r
                     pad[j, T - len(r):] = False
-            with torch.no_grad():
-                scores = model.scores(model.user_vector(catalog[idx], pad), catalog)
+            if kind == "ort":
+                scores = model.run(["scores"], {"items": idx, "pad": pad})[0]
+            else:
+                import torch
+
+                with torch.no_grad():
+                    it, pd = torch.from_numpy(idx), torch.from_numpy(pad)
+                    scores = model.scores(model.user_vector(catalog[it], pd), catalog).numpy()
             out = []
             for j, (_, _, k) in enumerate(reqs):
-                top = torch.topk(scores[j], k)
-                out.append({"items": [{"item_id": ids[i], "score": float(s)} for s, i in zip(top.values, top.indices.tolist())]})
+                top = np.argpartition(-scores[j], k)[:k]
+                top = top[np.argsort(-scores[j][top])]
+                out.append({"items": [{"item_id": ids[i], "score": float(scores[j][i])} for i in top]})
             return out
 
-    return TorchMultiplex.bind()
+    return PerTenantModels.bind()
 
 
-# --- load ----------------------------------------------------------------------------------------
-def drive(url: str, tenants: dict[str, list[str]], load: int, duration: float, header: bool, seed: int = 0) -> dict[str, Any]:
+# --- load generators -----------------------------------------------------------------------------
+def _request(s, url: str, tenants: dict[str, list[str]], rng: np.random.Generator, header: bool) -> bool:  # noqa: ANN001
     import requests
 
-    names = sorted(tenants)
+    names = tenants["__names__"]
+    t = names[rng.integers(len(names))]
+    hist = [tenants[t][i] for i in rng.integers(0, len(tenants[t]), HIST)]
+    headers = {"serve_multiplexed_model_id": t} if header else {}
+    try:
+        r = s.post(f"{url}/v1/tenants/{t}/recommendations", json={"history": hist, "k": 10}, headers=headers, timeout=30)
+        return r.status_code == 200 and len(r.json()["items"]) == 10
+    except (requests.RequestException, ValueError, KeyError):
+        return False
+
+
+def _summary(lat: list[float], errors: int, wall: float) -> dict[str, Any]:
+    ms = np.array(lat) * 1000 if lat else np.array([np.nan])
+    return {"rps": len(lat) / wall, "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "errors": errors, "requests": len(lat) + errors}
+
+
+def drive_closed(url: str, tenants: dict, clients: int, duration: float, header: bool, max_requests: int,
+                 seed: int = 0) -> dict[str, Any]:
+    """``clients`` closed-loop clients for ``duration`` s or ``max_requests`` requests in all."""
+    import requests
+
     lat: list[float] = []
     errors = [0]
     stop = time.perf_counter() + duration
@@ -177,38 +261,73 @@ def drive(url: str, tenants: dict[str, list[str]], load: int, duration: float, h
     def client(c: int) -> None:
         rng = np.random.default_rng([seed, c])
         with requests.Session() as s:
-            while time.perf_counter() < stop:
-                t = names[rng.integers(len(names))]
-                hist = [tenants[t][i] for i in rng.integers(0, len(tenants[t]), 20)]
-                headers = {"serve_multiplexed_model_id": t} if header else {}
+            while time.perf_counter() < stop and len(lat) + errors[0] < max_requests:
                 t0 = time.perf_counter()
-                try:
-                    r = s.post(f"{url}/v1/tenants/{t}/recommendations", json={"history": hist, "k": 10}, headers=headers, timeout=60)
-                    ok = r.status_code == 200
-                except requests.RequestException:
-                    ok = False
+                ok = _request(s, url, tenants, rng, header)
                 with lock:
                     (lat.append(time.perf_counter() - t0) if ok else errors.__setitem__(0, errors[0] + 1))
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(load)]
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     t0 = time.perf_counter()
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    wall = time.perf_counter() - t0
-    ms = np.array(lat) * 1000 if lat else np.array([np.nan])
-    return {"rps": len(lat) / wall, "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "errors": errors[0]}
+    return _summary(lat, errors[0], time.perf_counter() - t0)
 
 
-def replicas_rss_mb(app: str) -> float:
+def drive_open(url: str, tenants: dict, schedule: list[tuple[float, float]], header: bool, seed: int = 0,
+               workers: int = 96) -> list[tuple[float, float, bool]]:
+    """Open loop: Poisson arrivals, ``schedule`` = [(rate rps, seconds), ...]. Returns one
+    ``(scheduled time from start, latency from scheduled time, ok)`` per request."""
+    import requests
+
+    rng = np.random.default_rng(seed)
+    times, t = [], 0.0
+    for rate, secs in schedule:
+        end = t + secs
+        while True:
+            t += rng.exponential(1.0 / rate)
+            if t >= end:
+                t = end
+                break
+            times.append(t)
+    local = threading.local()
+    out: list[tuple[float, float, bool]] = []
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2
+
+    def one(i: int) -> None:
+        if not hasattr(local, "s"):
+            local.s = requests.Session()
+        ok = _request(local.s, url, tenants, np.random.default_rng([seed, i]), header)
+        done = time.perf_counter() - start
+        with lock:
+            out.append((times[i], done - times[i], ok))
+
+    with ThreadPoolExecutor(workers) as pool:
+        for i, ts in enumerate(times):
+            delay = start + ts - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one, i)
+    return sorted(out)
+
+
+def open_summary(recs: list[tuple[float, float, bool]], duration: float) -> dict[str, Any]:
+    lat = [r[1] for r in recs if r[2]]
+    wall = max([duration] + [r[0] + r[1] for r in recs])
+    return _summary(lat, sum(1 for r in recs if not r[2]), wall)
+
+
+# --- measurements --------------------------------------------------------------------------------
+def replica_rss_mb(app: str, deployment: str | None = None) -> float:
     import psutil
 
     total = 0
+    tag = f"ServeReplica:{app}:{deployment or ''}"
     for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if f"ServeReplica:{app}:" in cmd:
+        if tag in " ".join(p.info["cmdline"] or []):
             try:
                 total += p.memory_info().rss
             except psutil.Error:
@@ -216,100 +335,413 @@ def replicas_rss_mb(app: str) -> float:
     return round(total / 2**20, 1)
 
 
-def bare_model_ms(mode: str, root: Path, backbone: Path) -> float:
-    """p50 of the model call alone for one 20-item row, in this process (1 thread)."""
-    from rec.export.runtime import SharedRanker
-    from rec.export.tenant_bundle import load_tenant_bundle
-    from rec.serving.store import ArtifactRoot
+class RawTimer:
+    """In-process time of the bare model call for a batch of ``b`` rows (1 thread, median of 30)."""
 
-    store = ArtifactRoot(root)
-    t = store.tenants()[0]
-    b = load_tenant_bundle(store.version_dir(t, 1))
-    rows = np.arange(20) % len(b.catalog)
-    times = []
-    if mode.startswith("ort"):
-        r = SharedRanker(store.model_dir, variant=mode.rsplit("-", 1)[1])
-        feed = r.build_feed([rows], [b]).inputs
-        for _ in range(200):
+    def __init__(self, root: Path, backbone: Path, merged: Path, sources: list[str]) -> None:
+        from rec.export.tenant_bundle import load_tenant_bundle
+        from rec.serving.store import ArtifactRoot
+
+        self.root, self.backbone, self.merged = root, backbone, merged
+        store = ArtifactRoot(root)
+        self.bundles = [load_tenant_bundle(store.version_dir(t, 1)) for t in sources]
+        self.cache: dict[tuple[str, int], float] = {}
+
+    @staticmethod
+    def _median(fn, n: int = 30) -> float:  # noqa: ANN001
+        fn()
+        times = []
+        for _ in range(n):
             t0 = time.perf_counter()
-            r.raw_run(feed)
+            fn()
             times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1000)
+
+    def ms(self, mode: str, b: int) -> float:
+        key = (mode, b)
+        if key in self.cache:
+            return self.cache[key]
+        rows = [np.arange(HIST) % len(bd.catalog) for bd in self.bundles]
+        if mode.startswith("ort-shared"):
+            from rec.export.runtime import SharedRanker
+            from rec.serving.store import ArtifactRoot
+
+            r = SharedRanker(ArtifactRoot(self.root).model_dir, variant=mode.rsplit("-", 1)[1])
+            feed = r.build_feed([rows[i % len(rows)] for i in range(b)], [self.bundles[i % len(rows)] for i in range(b)]).inputs
+            ms = self._median(lambda: r.raw_run(feed))
+        elif mode == "ort-merged-multiplex":
+            from rec.export.runtime import make_session
+
+            sess = make_session(self.merged / sorted(p.name for p in self.merged.iterdir())[0] / "model.onnx", intra_op_threads=1)
+            feed = {"items": np.tile(rows[0], (b, 1)).astype(np.int64), "pad": np.zeros((b, HIST), bool)}
+            ms = self._median(lambda: sess.run(["scores"], feed))
+        else:
+            import torch
+
+            from rec.training.checkpoint import load_backbone
+
+            torch.set_num_threads(1)
+            m = load_backbone(self.backbone).model
+            cat = torch.from_numpy(self.bundles[0].catalog)
+            idx, pad = torch.from_numpy(np.tile(rows[0], (b, 1))), torch.zeros(b, HIST, dtype=torch.bool)
+
+            def run() -> None:
+                with torch.no_grad():
+                    m.scores(m.user_vector(cat[idx], pad), cat)
+
+            ms = self._median(run)
+        self.cache[key] = ms
+        return ms
+
+
+def batch_median(app: str, mode: str, url: str) -> int:
+    import requests
+    from ray import serve
+
+    if mode in MULTIPLEX:
+        batches = requests.get(f"{url}/stats", timeout=30).json()["batches"]
     else:
-        import torch
+        batches = [b for b, _ in serve.get_deployment_handle("Ranker", app_name=app).stats.remote().result()["batches"]]
+    return max(1, int(round(float(np.median(batches))))) if batches else 1
 
-        from rec.training.checkpoint import load_backbone
 
-        torch.set_num_threads(1)
-        m = load_backbone(backbone).model
-        cat = torch.from_numpy(b.catalog)
-        idx, pad = torch.from_numpy(rows)[None], torch.zeros(1, 20, dtype=torch.bool)
-        with torch.no_grad():
-            for _ in range(200):
-                t0 = time.perf_counter()
-                m.scores(m.user_vector(cat[idx], pad), cat)
-                times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+# --- autoscaling ---------------------------------------------------------------------------------
+def autoscale_run(root: Path, tenants: dict, steps: list[tuple[float, float]], overrides: dict[str, Any],
+                  window: float = 5.0) -> dict[str, Any]:
+    """The shared app with config.yaml's deployment settings (+ ``overrides`` on the Ranker's and
+    Ingress' autoscaling_config); ``steps`` of open-loop load; replicas sampled every second."""
+    import yaml
+    from ray import serve
+
+    from serve_apps.api import Ingress
+    from serve_apps.args import RecommenderArgs
+    from serve_apps.ranker import Ranker
+
+    spec = yaml.safe_load((REPO / "serve_apps" / "config.yaml").read_text())["applications"][0]
+    deps = {d["name"]: d for d in spec["deployments"]}
+    opts = {}
+    for name in ("Ingress", "Ranker"):
+        d = deps[name]
+        opts[name] = {"max_ongoing_requests": d["max_ongoing_requests"], "ray_actor_options": d["ray_actor_options"],
+                      "autoscaling_config": {**d["autoscaling_config"], **overrides.get(name, {})}}
+    plain = RecommenderArgs.model_validate({**spec["args"], "artifact_root": str(root), "tenant_cache_mb": 1024}).model_dump(mode="json")
+    app = "bench-autoscale"
+    serve.run(Ingress.options(**opts["Ingress"]).bind(plain, Ranker.options(**opts["Ranker"]).bind(plain)),
+              name=app, route_prefix=f"/{app}")
+    url = f"http://127.0.0.1:18000/{app}"
+    drive_closed(url, tenants, 4, 3.0, header=False, max_requests=400)
+    samples: list[dict[str, Any]] = []
+    stop = threading.Event()
+    t_start = time.perf_counter() + 0.2  # drive_open's start
+
+    def sampler() -> None:
+        while not stop.is_set():
+            try:
+                d = serve.status().applications[app].deployments
+                samples.append({"t": round(time.perf_counter() - t_start, 2),
+                                "ranker": d["Ranker"].replica_states.get("RUNNING", 0),
+                                "ingress": d["Ingress"].replica_states.get("RUNNING", 0)})
+            except Exception:  # noqa: BLE001 - a missed sample is only a gap in the plot
+                pass
+            stop.wait(1.0)
+
+    th = threading.Thread(target=sampler, daemon=True)
+    th.start()
+    recs = drive_open(url, tenants, steps, header=False, seed=7)
+    stop.wait(5.0)
+    stop.set()
+    th.join()
+    serve.delete(app)
+    total = sum(s for _, s in steps)
+    windows = []
+    edges, acc = [], 0.0
+    for rate, secs in steps:
+        edges.append((acc, acc + secs, rate))
+        acc += secs
+    for w0 in np.arange(0, total, window):
+        w = [r for r in recs if w0 <= r[0] < w0 + window]
+        lat = [r[1] * 1000 for r in w if r[2]]
+        rate = next(r for a0, a1, r in edges if a0 <= w0 < a1)
+        reps = [s["ranker"] for s in samples if w0 <= s["t"] < w0 + window]
+        windows.append({"t0": float(w0), "offered_rps": rate, "done_rps": len(lat) / window,
+                        "p99_ms": float(np.percentile(lat, 99)) if lat else None, "errors": sum(1 for r in w if not r[2]),
+                        "ranker_replicas_max": max(reps) if reps else None})
+    return {"app_config": opts, "steps": [{"rps": r, "seconds": s} for r, s in steps], "window_s": window,
+            "windows": windows, "samples": samples, "summary": open_summary(recs, total),
+            "max_ranker_replicas": max((s["ranker"] for s in samples), default=None),
+            "final_ranker_replicas": samples[-1]["ranker"] if samples else None}
+
+
+# --- plots ---------------------------------------------------------------------------------------
+def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    loads = list(dict.fromkeys(r["load"] for r in rows))
+    fig, axes = plt.subplots(1, 2 + len(loads) - 1, figsize=(5 * (1 + len(loads)), 4))
+    ax_rps, ax_p99 = axes[0], axes[1:]
+    for m in modes:
+        closed = [r for r in rows if r["mode"] == m and r["load"].startswith("closed")]
+        ax_rps.plot([r["tenants"] for r in closed], [r["rps"] for r in closed], marker="o", label=m)
+        for ax, ld in zip(ax_p99, loads):
+            rs = [r for r in rows if r["mode"] == m and r["load"] == ld]
+            ax.plot([r["tenants"] for r in rs], [r["p99_ms"] for r in rs], marker="o", label=m)
+    ax_rps.set(xscale="log", xlabel="tenants", ylabel="requests/s", title=f"throughput ({loads[0]})")
+    for ax, ld in zip(ax_p99, loads):
+        ax.set(xscale="log", yscale="log", xlabel="tenants", ylabel="p99 ms", title=f"p99 latency ({ld})")
+        ax.axhline(50, color="grey", ls=":", lw=1)
+    ax_rps.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(results / f"{name}_throughput_p99.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for m in modes:
+        closed = [r for r in rows if r["mode"] == m and r["load"].startswith("closed")]
+        ax.plot([r["tenants"] for r in closed], [r["model_rss_mb"] for r in closed], marker="o", label=m)
+    ax.set(xscale="log", xlabel="tenants", ylabel="MiB", title="RSS of the model-holding replica vs tenants")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(results / f"{name}_rss.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def plot_autoscale(auto: dict[str, Any], name: str, results: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = auto["windows"]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    t = [x["t0"] + auto["window_s"] / 2 for x in w]
+    a1.step([x["t0"] for x in w] + [w[-1]["t0"] + auto["window_s"]], [x["offered_rps"] for x in w] + [w[-1]["offered_rps"]],
+            where="post", label="offered rps")
+    a1.plot(t, [x["done_rps"] for x in w], marker=".", label="completed rps")
+    a1.set(ylabel="requests/s", title="autoscaling run (ort-shared-fp32, open loop)")
+    a1.legend(fontsize=8)
+    s = auto["samples"]
+    a2.step([x["t"] for x in s], [x["ranker"] for x in s], where="post", color="C2", label="Ranker replicas")
+    a2.set(xlabel="seconds", ylabel="Ranker replicas", ylim=(0, max(3, auto["max_ranker_replicas"] or 1) + 0.5))
+    b = a2.twinx()
+    b.plot(t, [x["p99_ms"] for x in w], color="C3", marker=".", label="p99 ms (window)")
+    b.set(ylabel="p99 ms", yscale="log")
+    a2.legend(loc="upper left", fontsize=8)
+    b.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path = results / f"{name}_autoscale.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+# --- targets -------------------------------------------------------------------------------------
+def targets(rows: list[dict[str, Any]], closed: str, opened: str, tenants: list[int]) -> list[dict[str, Any]]:
+    """Issue 5's targets: throughput ratio from the closed loop (capacity), p99 from the open loop
+    (a fixed, unsaturated offered load), RSS of the Ranker replica, overhead ratio, errors."""
+    def row(mode: str, n: int, load: str = closed) -> dict[str, Any] | None:
+        return next((r for r in rows if r["mode"] == mode and r["tenants"] == n and r["load"] == load), None)
+
+    out = []
+    n_max, n_min = max(tenants), min(tenants)
+    for n in tenants:
+        torch_r = row("torch-multiplex", n)
+        for mode in ("ort-shared-fp32", "ort-shared-int8"):
+            r, o = row(mode, n), row(mode, n, opened)
+            if r and torch_r and o:
+                ratio = r["rps"] / torch_r["rps"]
+                out.append({"target": f"{mode} throughput >= 3x torch-multiplex ({closed}) at p99 <= 50 ms ({opened}), {n} tenants",
+                            "measured": f"{ratio:.2f}x ({r['rps']:.1f} vs {torch_r['rps']:.1f} rps); p99 {o['p99_ms']:.0f} ms "
+                                        f"at {opened} ({r['p99_ms']:.0f} ms at {closed})",
+                            "value": round(ratio, 3), "p99_ms": round(o["p99_ms"], 1), "met": bool(ratio >= 3 and o["p99_ms"] <= 50)})
+    for mode in ("ort-shared-fp32", "ort-shared-int8"):
+        lo, hi = row(mode, n_min), row(mode, n_max)
+        if lo and hi:
+            d = hi["model_rss_mb"] - lo["model_rss_mb"]
+            out.append({"target": f"{n_max} tenants on one Ranker replica within +100 MB ({mode}, vs {n_min} tenant)",
+                        "measured": f"{d:+.1f} MB ({lo['model_rss_mb']:.0f} -> {hi['model_rss_mb']:.0f} MB)",
+                        "value": round(d, 1), "met": bool(d <= 100)})
+    shared = [r for r in rows if r["mode"].startswith("ort-shared")]
+    if shared:
+        best = min(shared, key=lambda r: r["overhead_ratio"])
+        out.append({"target": "serving overhead (end-to-end p50 / raw ORT time of the same batch) <= 1.5x (ort-shared)",
+                    "measured": f"{best['overhead_ratio']:.0f}x at best ({best['mode']}, {best['tenants']} tenants, {best['load']}: "
+                                f"p50 {best['p50_ms']:.1f} ms vs raw {best['raw_ms']:.2f} ms for batch {best['batch_median']}); "
+                                f"max {max(r['overhead_ratio'] for r in shared):.0f}x",
+                    "value": round(best["overhead_ratio"], 2), "met": bool(best["overhead_ratio"] <= 1.5)})
+    errs = sum(r["errors"] for r in rows)
+    out.append({"target": "0 errors (every row)", "measured": f"{errs} errors in {sum(r['requests'] for r in rows)} requests",
+                "value": errs, "met": errs == 0})
+    return out
+
+
+def ratios(rows: list[dict[str, Any]], closed: str) -> str:
+    """Side-by-side closed-loop throughput ratios per tenant count (modes ran back to back)."""
+    lines = ["| tenants | " + " | ".join(f"{m} rps" for m in MODES) + " | shared-fp32 / torch | shared-fp32 / merged |",
+             "|" + "---|" * (len(MODES) + 3)]
+    for n in sorted({r["tenants"] for r in rows}):
+        rps = {r["mode"]: r["rps"] for r in rows if r["tenants"] == n and r["load"] == closed}
+        cell = [f"{rps[m]:.1f}" if m in rps else "-" for m in MODES]
+        f = rps.get("ort-shared-fp32")
+        rt = f"{f / rps['torch-multiplex']:.2f}x" if f and rps.get("torch-multiplex") else "-"
+        rm = f"{f / rps['ort-merged-multiplex']:.2f}x" if f and rps.get("ort-merged-multiplex") else "-"
+        lines.append(f"| {n} | " + " | ".join(cell) + f" | {rt} | {rm} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--tenants", nargs="+", type=int, default=[1, 100, 1000])
-    ap.add_argument("--load", nargs="+", type=int, default=[8], help="concurrent closed-loop clients")
-    ap.add_argument("--duration", type=float, default=20.0, help="seconds per (mode, tenants, load)")
+    ap.add_argument("--clients", "--load", type=int, default=8, help="closed loop: concurrent clients (--load: old name)")
+    ap.add_argument("--rate", type=float, default=30.0, help="open loop: Poisson arrivals per second")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per (mode, tenants, load)")
+    ap.add_argument("--max-requests", type=int, default=3000, help="bound per (mode, tenants, load)")
     ap.add_argument("--real", type=int, default=4, help="distinct real LoRA tenants the clones copy")
     ap.add_argument("--items", type=int, default=300, help="catalog size per tenant")
-    ap.add_argument("--max-models", type=int, default=64, help="torch-multiplex: tenants per replica")
-    ap.add_argument("--name", default="serve_load")
+    ap.add_argument("--max-models", type=int, default=64, help="multiplex modes: tenants per replica")
+    ap.add_argument("--autoscale-steps", default="0.2:20,0.6:20,1.1:30,0.6:20,0.2:40",
+                    help="fraction of the measured ort-shared-fp32 closed-loop rps : seconds, ...")
+    ap.add_argument("--no-autoscale", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="pipeline check: tenants 1 10, 3 s, short autoscale")
+    ap.add_argument("--name", default=None)
     a = ap.parse_args(argv)
+    if a.quick:
+        a.tenants, a.duration, a.autoscale_steps = [1, 10], 3.0, "0.3:5,1.0:8,0.3:7"
+    name = a.name or ("serve_load_quick" if a.quick else "serve_load")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import ray
+    import requests
     from ray import serve
 
-    from bench._results import write_results
+    from bench._results import RESULTS, write_results
+    from rec.io.artifacts import atomic_write_bytes
     from rec.ray_session import LOCAL_RUNTIME_ENV
     from serve_apps.recommender import build_app
 
+    t_run = time.perf_counter()
+    load_avg = [os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    rows = []
+    rows: list[dict[str, Any]] = []
+    auto: dict[str, Any] | None = None
+    closed, opened = f"closed-{a.clients}", f"open-{a.rate:g}rps"
     try:
-        root, backbone, sources = build_world(work, a.real, a.items)
-        bare = {m: bare_model_ms(m, root, backbone) for m in a.modes}
+        root, backbone, sources, setup = build_world(work, a.real, a.items)
+        merged = work / "merged"
+        timer = RawTimer(root, backbone, merged, sources)
         ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": 18000})
+        tenants = {}
         for n in a.tenants:
-            tenants = clone_tenants(root, sources, n)
-            for mode in a.modes:
+            t0 = time.perf_counter()
+            tenants = clone_tenants(root, merged, sources, n)
+            tenants["__names__"] = sorted(k for k in tenants if k != "__names__")
+            setup[f"clone_s_{n}"] = time.perf_counter() - t0
+            for mode in a.modes:  # modes side by side per tenant count: they see the same machine load
                 app = f"bench-{mode}-{n}"
-                if mode == "torch-multiplex":
-                    serve.run(torch_multiplex_app(str(root), str(backbone), a.max_models), name=app, route_prefix=f"/{app}")
+                mux = mode in MULTIPLEX
+                if mux:
+                    app_obj = multiplex_app("ort" if mode.startswith("ort") else "torch", str(root), str(backbone), str(merged), a.max_models)
                 else:
-                    args = {"artifact_root": str(root), "model_variant": mode.rsplit("-", 1)[1], "tenant_cache_mb": 1024}
-                    serve.run(build_app(args), name=app, route_prefix=f"/{app}")
+                    app_obj = build_app({"artifact_root": str(root), "model_variant": mode.rsplit("-", 1)[1], "tenant_cache_mb": 1024})
+                serve.run(app_obj, name=app, route_prefix=f"/{app}")
                 url = f"http://127.0.0.1:18000/{app}"
-                for load in a.load:
-                    drive(url, tenants, load, min(3.0, a.duration), header=mode == "torch-multiplex")  # warm-up
-                    res = drive(url, tenants, load, a.duration, header=mode == "torch-multiplex")
-                    row = {"mode": mode, "tenants": n, "load": load, **res, "rss_mb": replicas_rss_mb(app),
-                           "overhead_ratio": res["p50_ms"] / bare[mode]}
+                warm = drive_closed(url, tenants, a.clients, 3.0, header=mux, max_requests=400)
+                if not mux:  # every bundle resident, so RSS counts all N tenants
+                    with requests.Session() as s:
+                        for t in tenants["__names__"]:
+                            s.get(f"{url}/v1/tenants/{t}", timeout=30).raise_for_status()
+                results = {closed: drive_closed(url, tenants, a.clients, a.duration, header=mux, max_requests=a.max_requests)}
+                recs = drive_open(url, tenants, [(a.rate, a.duration)], header=mux, seed=n)
+                results[opened] = open_summary(recs, a.duration)
+                bm = batch_median(app, mode, url)
+                rss_all = replica_rss_mb(app)
+                rss_model = replica_rss_mb(app, "Model" if mux else "Ranker")
+                serve.delete(app)
+                raw = timer.ms(mode, bm)
+                for load, res in results.items():
+                    row = {"mode": mode, "tenants": n, "load": load, **res, "rss_mb": rss_all,
+                           "overhead_ratio": res["p50_ms"] / raw, "model_rss_mb": rss_model, "batch_median": bm,
+                           "raw_ms": raw, "warmup_errors": warm["errors"]}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-                serve.delete(app)
+                load_avg.append(os.getloadavg())
+        if not a.no_autoscale:
+            ref = next((r["rps"] for r in rows if r["mode"] == "ort-shared-fp32" and r["load"] == closed
+                        and r["tenants"] == max(a.tenants)), 60.0)
+            steps = [(max(2.0, round(float(f) * ref, 1)), float(s)) for f, s in (x.split(":") for x in a.autoscale_steps.split(","))]
+            overrides = {"Ranker": {"downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 5,
+                                    "target_ongoing_requests": 4},
+                         "Ingress": {"downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 5}}
+            auto = autoscale_run(root, tenants, steps, overrides)
+            auto["overrides"] = overrides
+            print(json.dumps({k: auto[k] for k in ("steps", "summary", "max_ranker_replicas", "final_ranker_replicas")}), flush=True)
+            load_avg.append(os.getloadavg())
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
+    tgt = targets(rows, closed, opened, a.tenants)
     protocol = {
-        "model": "default ModelConfig (random init), LoRA rank 8 on every projection, catalogs of "
-                 f"{a.items} items; {a.real} real adapters cloned to N tenants",
-        "load": f"closed loop, {a.load} clients, uniform tenant per request, 20-item history, k=10, "
-                f"{a.duration} s after a warm-up",
-        "serve": "local Ray (2 CPUs); ort-shared: Ingress 0.25 CPU + Ranker 0.25 CPU, batch 16 / 5 ms; "
-                 "torch-multiplex: one 0.5-CPU replica, batch 16 / 5 ms per tenant",
-        "rss_mb": "sum of the app's replica processes after the run",
-        "overhead_ratio": "end-to-end p50 / in-process p50 of the bare model call for one row",
+        "model": "default ModelConfig (d_model 64, 2 blocks, random init), LoRA rank 8 on every projection (random "
+                 f"non-zero B), catalogs of {a.items} items; {a.real} real adapters, each published as a bundle and "
+                 "exported once as a merged per-tenant ONNX model (export_merged_tenant_model, parity-checked)",
+        "tenants": "N tenants t0000.. are FILE COPIES of the real artifacts (bundle folders / merged-model folders copied, "
+                   "manifest tenant renamed): tenant count drives caching, multiplex LRU and memory, not export time. "
+                   f"Export cost per real tenant: merged {setup['merged_export_s_per_tenant']:.1f} s, bundle publish "
+                   f"{setup['bundle_publish_s_per_tenant']:.1f} s",
+        "load": f"{closed}: {a.clients} closed-loop clients; {opened}: Poisson arrivals, latency from the scheduled send "
+                f"time; each {a.duration:g} s and <= {a.max_requests} requests, after a 3 s closed warm-up (shared modes "
+                "also GET every tenant once so all N bundles are resident); uniform tenant per request, "
+                f"{HIST}-item history, k=10; a response counts only if HTTP 200 with 10 items",
+        "serve": "local Ray (2 CPUs), HTTP on 127.0.0.1; ort-shared: serve_apps.recommender (Ingress 0.25 CPU -> Ranker "
+                 "0.25 CPU, batch 16 / 5 ms across tenants, tenant_cache_mb 1024); torch-/ort-merged-multiplex: one 0.5-CPU "
+                 f"replica, FastAPI + @serve.multiplexed ({a.max_models} models), batch 16 / 5 ms per tenant, no Ingress hop",
+        "rss_mb": "sum of the app's replica processes after the run; model_rss_mb: the model-holding replica (Ranker or Model)",
+        "overhead_ratio": "end-to-end p50 / in-process median time of the bare model call (ORT session.run, or the torch "
+                          "forward for torch-multiplex) for a batch of batch_median rows = the median batch size the "
+                          "server recorded; raw_ms is that time",
+        "autoscaling": "ort-shared-fp32 with serve_apps/config.yaml's deployment options (Ranker 0.5 CPU, 1-3 replicas; "
+                       "Ingress 0.25 CPU, 1-2) with overrides {overrides}, open-loop steps as fractions of the measured "
+                       "ort-shared-fp32 closed-loop rps; replicas from serve.status() every 1 s, p99 per 5 s window "
+                       "(by scheduled time)".replace("{overrides}", json.dumps(auto["overrides"]) if auto else "-"),
+        "machine_load": f"load average (1/5/15 min) before/after each tenant count: {[tuple(round(x, 1) for x in la) for la in load_avg]}; "
+                        "the 2 cores are shared with other jobs: compare modes within a tenant count (run back to back)",
+        "setup_s": {k: round(v, 1) for k, v in setup.items()},
+        "wall_s": round(time.perf_counter() - t_run, 1),
     }
-    write_results(a.name, protocol, rows, COLUMNS)
+    results_dir = RESULTS
+    pngs = plot_matrix(rows, name, results_dir)
+    notes = f"## Closed-loop throughput side by side ({closed})\n\n{ratios(rows, closed)}\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n" + "\n".join(
+        f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in tgt)
+    if auto:
+        pngs.append(plot_autoscale(auto, name, results_dir))
+        notes += ("\n\n## Autoscaling run\n\n| t0 s | offered rps | completed rps | p99 ms | errors | Ranker replicas (max) |\n"
+                  "|---|---|---|---|---|---|\n" + "\n".join(
+                      f"| {w['t0']:.0f} | {w['offered_rps']:.0f} | {w['done_rps']:.1f} | "
+                      f"{_ms(w['p99_ms'])} | "
+                      f"{w['errors']} | {w['ranker_replicas_max']} |" for w in auto["windows"]))
+    notes += "\n\nPlots: " + ", ".join(f"`{p.name}`" for p in pngs)
+    jpath = write_results(name, protocol, rows, COLUMNS, notes=notes)
+    payload = json.loads(jpath.read_text())
+    payload["targets"] = tgt
+    payload["autoscaling"] = auto
+    payload["plots"] = [p.name for p in pngs]
+    atomic_write_bytes(jpath, json.dumps(payload, indent=2, default=str).encode())
+    print(notes)
+    print(f"wall {protocol['wall_s']} s")
     return 0
 
 
