@@ -18,7 +18,6 @@ names. ``full`` is a whole checkpoint by nature.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,13 @@ from torch import nn
 
 from rec.config import AdaptConfig
 from rec.data.schema import validate_tenant_id
-from rec.io.artifacts import ArtifactError, artifact_writer, next_version_dir, read_manifest
+from rec.io.artifacts import ArtifactError, artifact_writer, complete_versions, next_version_dir, read_manifest
 from rec.models.backbone import Backbone
 
 __all__ = ["save_adapter", "load_adapter", "list_versions", "latest_version", "adapter_method"]
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
-_VERSION_RE = re.compile(r"^v(\d+)$")
 
 
 def _tensors(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
@@ -88,15 +86,7 @@ def save_adapter(
 
 def list_versions(root: str | Path, tenant: str) -> list[int]:
     """Complete versions (with a manifest) of a tenant's adapters, ascending."""
-    folder = Path(root) / validate_tenant_id(tenant)
-    if not folder.is_dir():
-        return []
-    out = []
-    for p in folder.iterdir():
-        m = _VERSION_RE.match(p.name)
-        if m and (p / "manifest.json").is_file():
-            out.append(int(m.group(1)))
-    return sorted(out)
+    return complete_versions(Path(root) / validate_tenant_id(tenant))
 
 
 def latest_version(root: str | Path, tenant: str) -> Path | None:

@@ -173,6 +173,21 @@ def read_manifest(folder: str | Path, verify: bool = True, kind: str | None = No
     return manifest
 
 
+def complete_versions(folder: str | Path) -> list[int]:
+    """Versions ``N`` of the ``v<N>`` folders under ``folder`` that hold a manifest, ascending.
+
+    A manifest is written last (see :func:`artifact_writer`), so a folder without one is a
+    crashed or in-flight write and is not a version.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        int(p.name[1:]) for p in folder.iterdir()
+        if p.name[:1] == "v" and p.name[1:].isdigit() and (p / MANIFEST).is_file()
+    )
+
+
 def next_version_dir(root: str | Path) -> Path:
     """Return ``root/v<N+1>`` where ``v<N>`` is the highest complete version under ``root``."""
     root = Path(root)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rec.data.schema import validate_tenant_id
-from rec.io.artifacts import ArtifactError, atomic_write_json
+from rec.io.artifacts import ArtifactError, atomic_write_json, complete_versions
 
 __all__ = ["ArtifactRoot", "POINTER"]
 
@@ -78,15 +78,7 @@ class ArtifactRoot:
 
     def versions(self, tenant: str) -> list[int]:
         """Complete versions (folders with a manifest) of a tenant, ascending."""
-        folder = self.tenant_dir(tenant)
-        if not folder.is_dir():
-            return []
-        out = []
-        for p in folder.iterdir():
-            m = _VERSION_RE.match(p.name)
-            if m and (p / "manifest.json").is_file():
-                out.append(int(m.group(1)))
-        return sorted(out)
+        return complete_versions(self.tenant_dir(tenant))
 
     def current_version(self, tenant: str) -> int | None:
         """The version the pointer names, or None when the tenant is not live.

@@ -1,6 +1,6 @@
 import pytest
 
-from rec.io.artifacts import ArtifactError, artifact_writer, next_version_dir, read_manifest
+from rec.io.artifacts import ArtifactError, artifact_writer, complete_versions, next_version_dir, read_manifest
 
 
 def test_write_and_verify(tmp_path):
@@ -60,3 +60,14 @@ def test_next_version(tmp_path):
     (tmp_path / "t" / "v1").mkdir(parents=True)
     (tmp_path / "t" / "v3").mkdir()
     assert next_version_dir(tmp_path / "t").name == "v4"
+
+
+def test_complete_versions_skip_folders_without_a_manifest(tmp_path):
+    assert complete_versions(tmp_path / "absent") == []
+    for v in (1, 3, 10):
+        with artifact_writer(tmp_path / f"v{v}", "thing", {}) as d:
+            (d / "x").write_text("x")
+    (tmp_path / "v4").mkdir()  # a crashed write: no manifest
+    (tmp_path / "vx").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    assert complete_versions(tmp_path) == [1, 3, 10]
