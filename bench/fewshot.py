@@ -1,0 +1,779 @@
+"""Few-shot benchmark: adapt one text-only backbone to unseen tenants from K of their users.
+
+One backbone (MiniLM item text -> adaptor -> SASRec transformer, no item IDs, so it can score any
+catalog) is pretrained with Ray Train on the source tenants. For every target tenant, seed and K,
+each method trains on K users and is tested with full ranking on the same held-out users:
+
+    popularity         item counts over the K users' sequences (K=0: a uniform ranking, exact expectation)
+    zero-shot          the pretrained backbone, nothing trained (reported at K=0)
+    scratch-sasrec-id  ID-only SASRec (the Backbone with use_text=false + item IDs) trained from scratch
+    scratch-backbone   our text backbone, randomly initialised, trained from scratch
+    head/prompt/lora/full   rec.adaptation methods on the pretrained backbone
+    lora-meta          LoRA on the Reptile meta-init (rec.adaptation.meta, from the pretrained backbone)
+    lora-tuned         LoRA with the hyper-parameters of an Optuna+ASHA Ray Tune sweep (tuning.sweep)
+
+Incremental: the backbone, meta-init and sweeps are cached under ``runs_dir``; every finished
+(dataset, method, k, seed) row is appended to ``bench/results/<name>_progress.jsonl`` and skipped on
+re-run; results (JSON, markdown, PNG) are rebuilt from that file. Protocol: bench/README.md.
+
+Usage::
+
+    python bench/fewshot.py --quick                                  # pipeline check, a few minutes
+    nohup python bench/fewshot.py --seeds 0 > /tmp/bench_fewshot.log 2>&1 &   # the real run
+    python bench/fewshot.py --targets office toy --seeds 0 --ks 16 64 --methods lora full
+    python bench/fewshot.py --report-only                            # rebuild results from progress
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: make `bench`, `rec` and `tuning` importable
+
+from bench._results import RESULTS, write_results  # noqa: E402
+from rec.config import AdaptConfig, ConfigError, RayConfig, RecConfig, TenantSource, apply_overrides, config_from_dict  # noqa: E402
+from rec.data.schema import ItemTable, Tenant  # noqa: E402
+
+METHODS = ("popularity", "zero-shot", "scratch-sasrec-id", "scratch-backbone", "head", "prompt", "lora", "full",
+           "lora-meta", "lora-tuned")
+SCRATCH = ("scratch-sasrec-id", "scratch-backbone")
+KValue = int | Literal["all"]
+ROW_KEYS = ["dataset", "method", "k", "seed", "hr@10", "ndcg@10", "adapt_s", "adapter_bytes"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- the benchmark's config (bench/fewshot.yaml) ------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScratchSettings(_Strict):
+    epochs: int = Field(60, ge=1)
+    patience: int = Field(5, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class TuneSettings(_Strict):
+    k: int = Field(64, ge=1, description="K of the sweep; its best config is reused for every K")
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int | None = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    search_space: dict[str, Any] = Field(default_factory=dict)
+
+
+class QuickSettings(_Strict):
+    targets: list[str]
+    ks: list[KValue]
+    seeds: list[int]
+    sources: list[str]
+    source_max_users: int = Field(100, ge=10)
+    epochs: int = Field(2, ge=1)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    tune_num_samples: int = Field(2, ge=1)
+
+
+class BenchConfig(_Strict):
+    runs_dir: str = "runs/bench-fewshot"
+    sources: list[TenantSource] = Field(min_length=1)
+    targets: list[TenantSource] = Field(min_length=1)
+    ks: list[KValue] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    methods: list[Literal[METHODS]] = Field(min_length=1)  # type: ignore[valid-type]
+    num_eval_users: int = Field(500, ge=1)
+    pretrain: dict[str, Any] = Field(default_factory=dict, description="dotted RecConfig overrides")
+    meta: dict[str, Any] = Field(default_factory=dict, description="dotted meta.* overrides")
+    adapt: dict[str, Any] = Field(default_factory=dict, description="dotted adapt.* overrides")
+    scratch: ScratchSettings = Field(default_factory=ScratchSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    quick: QuickSettings
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchConfig:
+        errs = []
+        for field in ("sources", "targets"):
+            names = [s.name for s in getattr(self, field)]
+            if None in names or len(set(names)) != len(names):
+                errs.append(f"{field}: every entry needs a unique `name`, got {names}")
+        errs += [f"ks: {k} must be >= 0 or 'all'" for k in self.ks if isinstance(k, int) and k < 0]
+        for key, section in (("pretrain", self.pretrain), ("meta", self.meta), ("adapt", self.adapt), ("quick.meta", self.quick.meta)):
+            try:
+                rec_config(section)
+            except ConfigError as e:
+                errs.append(f"{key}: {e}")
+        bad = [n for n in self.quick.targets if n not in {t.name for t in self.targets}]
+        bad += [n for n in self.quick.sources if n not in {s.name for s in self.sources}]
+        errs += [f"quick: unknown source/target names {bad}"] if bad else []
+        if errs:
+            raise ValueError("; ".join(errs))
+        return self
+
+
+def rec_config(overrides: dict[str, Any], tree: dict[str, Any] | None = None) -> RecConfig:
+    """A RecConfig from dotted overrides (values as YAML/JSON), on top of ``tree``."""
+    return config_from_dict(apply_overrides(tree or {}, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
+
+
+def load_bench_config(path: str | Path) -> BenchConfig:
+    """Read and validate bench/fewshot.yaml. Raises ``ConfigError`` naming every bad key."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"benchmark config {p} not found: pass --config bench/fewshot.yaml")
+    try:
+        return BenchConfig.model_validate(yaml.safe_load(p.read_text()) or {})
+    except ValidationError as e:
+        msgs = [f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{p}: " + "; ".join(msgs)) from None
+
+
+def k_users(k: KValue) -> int | None:
+    return None if k == "all" else int(k)
+
+
+# --- data ----------------------------------------------------------------------------------------
+def compact_catalog(t: Tenant) -> Tenant:
+    """Keep only items some user interacted with (pretraining sources only: less text to encode,
+    smaller softmax). Targets keep their whole catalog: evaluation ranks every item."""
+    used = np.unique(t.item_index)
+    remap = np.full(t.num_items, -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    items = ItemTable(t.items.ids[used], [t.items.text[i] for i in used])
+    return Tenant(t.name, items, t.users, t.offsets, remap[t.item_index], t.timestamps, t.source)
+
+
+@dataclass
+class TargetData:
+    name: str
+    src: TenantSource
+    tenant: Tenant
+    text_emb: np.ndarray  # (N, text_dim)
+
+
+class Context:
+    """Lazily built, cached artifacts shared by all rows: backbone, meta-init, targets, sweeps."""
+
+    def __init__(self, bc: BenchConfig, runs: Path, quick: bool) -> None:
+        self.bc, self.runs, self.quick = bc, runs, quick
+        self._base = self._meta = None
+        self._targets: dict[str, TargetData] = {}
+        self._tenants: list[Tenant] | None = None
+        self.tune_info: dict[str, dict] = {}
+
+    # sources
+    def source_specs(self) -> list[TenantSource]:
+        if not self.quick:
+            return list(self.bc.sources)
+        q = self.bc.quick
+        return [s.model_copy(update={"max_users": q.source_max_users}) for s in self.bc.sources if s.name in q.sources]
+
+    def source_tenants(self) -> list[Tenant]:
+        from rec.data.loaders import load_source
+
+        if self._tenants is None:
+            self._tenants = [compact_catalog(load_source(s, min_seq_len=3)) for s in self.source_specs()]
+        return self._tenants
+
+    def pretrain_config(self) -> RecConfig:
+        over = {"text.cache_dir": str(ROOT / ".cache" / "rec-text"), **self.bc.pretrain,
+                "train.output_dir": str(self.runs / "backbone"), "train.run_name": "fewshot-backbone", "eval.ks": [10]}
+        if self.quick:
+            over["train.epochs"] = self.bc.quick.epochs
+        return rec_config(over, {"data": {"sources": [s.model_dump(mode="json") for s in self.source_specs()]}})
+
+    def backbone(self):  # noqa: ANN201 - LoadedBackbone
+        """The pretrained source backbone; pretrained with Ray Train unless its checkpoint exists."""
+        from rec.training.checkpoint import load_backbone
+
+        if self._base is None:
+            ckpt = self.runs / "backbone" / "checkpoint"
+            if not (ckpt / "manifest.json").is_file():
+                from rec.ray_session import ray_session
+                from rec.training.corpus import build_corpus
+                from rec.training.ray_train import pretrain
+
+                cfg = self.pretrain_config()
+                t0 = time.perf_counter()
+                tenants = self.source_tenants()
+                corpus = build_corpus(cfg, tenants=tenants)
+                log(f"pretraining corpus: {[(t.name, t.num_users, t.num_items) for t in tenants]}, "
+                    f"{corpus.num_train_rows} rows, built in {time.perf_counter() - t0:.0f} s")
+                with ray_session(RayConfig(num_cpus=2)):
+                    res = pretrain(cfg, corpus=corpus)
+                stats = {t.name: t.stats() for t in tenants}
+                (self.runs / "backbone" / "sources.json").write_text(json.dumps(stats, indent=2))
+                log(f"pretrained in {res.train_s:.0f} s, {res.epochs} epochs; test ndcg@10 "
+                    + " ".join(f"{n}={m['ndcg@10']:.4f}" for n, m in res.test_metrics.items()))
+            self._base = load_backbone(ckpt)
+        return self._base
+
+    def meta(self):  # noqa: ANN201 - LoadedBackbone
+        """The Reptile meta-init (started from the pretrained backbone), trained unless cached."""
+        from rec.training.checkpoint import load_backbone
+
+        if self._meta is None:
+            ckpt = self.runs / "meta" / "checkpoint"
+            if not (ckpt / "manifest.json").is_file():
+                from rec.adaptation.meta import meta_train
+                from rec.ray_session import ray_session
+                from rec.training.corpus import build_corpus
+
+                base = self.backbone()
+                over = {**self.bc.meta, **(self.bc.quick.meta if self.quick else {}),
+                        "meta.output_dir": str(self.runs / "meta"), "meta.run_name": "fewshot-meta"}
+                cfg = rec_config(over, base.cfg.model_dump(mode="json"))
+                corpus = build_corpus(cfg, tenants=self.source_tenants())
+                with ray_session(RayConfig(num_cpus=2)):
+                    res = meta_train(cfg, corpus=corpus, init=base)
+                log(f"meta-init in {res.train_s:.0f} s, {res.epochs} outer epochs")
+            self._meta = load_backbone(ckpt)
+        return self._meta
+
+    def target(self, name: str) -> TargetData:
+        from rec.data.loaders import load_source
+        from rec.text import encode_items
+
+        if name not in self._targets:
+            src = next(t for t in self.bc.targets if t.name == name)
+            tenant = load_source(src, min_seq_len=3)
+            emb = encode_items(list(tenant.items.text), self.backbone().cfg.text)
+            self._targets[name] = TargetData(name, src, tenant, emb)
+            log(f"target {name}: {tenant.num_users} users, {tenant.num_items} items")
+        return self._targets[name]
+
+    # configs
+    def adapt_config(self, td: TargetData, method: str, k: KValue, seed: int, extra: dict | None = None) -> AdaptConfig:
+        over = {**self.bc.adapt, **(extra or {}), "adapt.method": "lora" if method.startswith("lora") else method,
+                "adapt.tenant": td.name, "adapt.k_users": 1 if k == 0 else k_users(k), "adapt.seed": seed,
+                "adapt.num_eval_users": self.bc.num_eval_users, "adapt.torch_threads": 1}
+        if self.quick:
+            over["adapt.epochs"] = self.bc.quick.epochs
+        return rec_config(over).adapt
+
+    def tuned(self, td: TargetData, seed: int) -> dict[str, Any]:
+        """Best adapt.* overrides of the (target, seed) sweep at K=tune.k; swept once, then cached."""
+        from rec.ray_session import ray_session
+        from tuning.search_spaces import SweepSpec
+        from tuning.sweep import run_sweep
+
+        t = self.bc.tune
+        name = f"fewshot-{td.name}-k{t.k}-s{seed}"
+        cache = self.runs / "tune" / name / "fewshot_best.json"
+        if not cache.is_file():
+            base = self.backbone()
+            space = {**t.search_space, "adapt.method": "lora"}
+            if self.quick:
+                space["adapt.epochs"] = self.bc.quick.epochs
+            spec = SweepSpec(name=name, tenants=[td.name], k_users=[t.k], search_space=space, search="optuna",
+                             scheduler={"type": "asha", "grace_period": t.grace_period, "reduction_factor": t.reduction_factor},
+                             num_samples=self.bc.quick.tune_num_samples if self.quick else t.num_samples,
+                             max_concurrent_trials=t.max_concurrent_trials, cpus_per_trial=t.cpus_per_trial, seed=seed, publish=False)
+            tree = {"data": {"sources": [td.src.model_dump(mode="json")]}, "text": base.cfg.text.model_dump(mode="json"),
+                    "eval": {"ks": [10]}, "ray": {"num_cpus": 2}}
+            over = {**self.bc.adapt, "adapt.seed": seed, "adapt.num_eval_users": self.bc.num_eval_users}
+            if self.quick:
+                over["adapt.epochs"] = self.bc.quick.epochs
+            cfg = rec_config(over, tree)
+            t0 = time.perf_counter()
+            with ray_session(RayConfig(num_cpus=2)):
+                res = run_sweep(spec, cfg, base, storage_path=self.runs / "tune", verbose=0)
+            if not res.best:
+                raise RuntimeError(f"sweep {name}: no successful trial ({res.errors} errors), see {res.experiment_dir}")
+            best = res.best[0]
+            info = {"overrides": {k: v for k, v in best["best_config"].items() if k not in ("adapt.tenant", "adapt.k_users")},
+                    "val_ndcg@10": best["val_ndcg@10"], "trial_id": best["trial_id"], "trials": len(res.rows),
+                    "tune_s": round(time.perf_counter() - t0, 1)}
+            cache.write_text(json.dumps(info, indent=2))
+            log(f"sweep {name}: {info}")
+        info = json.loads(cache.read_text())
+        self.tune_info[f"{td.name}/s{seed}"] = info
+        return info["overrides"]
+
+
+# --- methods -------------------------------------------------------------------------------------
+def uniform_metrics(n_items: int) -> dict[str, float]:
+    """Exact expected HR@10/NDCG@10 of a uniformly random ranking of ``n_items`` (popularity, K=0)."""
+    top = min(10, n_items)
+    return {"hr@10": top / n_items, "ndcg@10": float(sum(1.0 / np.log2(r + 2.0) for r in range(top)) / n_items)}
+
+
+def popularity(split, n_items: int, seed: int) -> dict[str, float]:  # noqa: ANN001 - KShotSplit
+    """Counts over the K users' sequences; ties broken by a seeded random order (not optimistically)."""
+    from rec.metrics import metrics_from_ranks, rank_of_target
+
+    counts = np.bincount(np.concatenate(split.train.sequences()), minlength=n_items).astype(np.float64)
+    scores = counts + np.random.default_rng(seed).random(n_items) * 0.5  # (N,)
+    _, _, targets = split.eval_examples("test")
+    ranks = rank_of_target(np.broadcast_to(scores, (len(targets), n_items)), np.asarray(targets, np.int64))
+    return metrics_from_ranks(ranks, ks=[10])
+
+
+def train_from_scratch(model, tc, emb, max_len: int, s: ScratchSettings, seed: int) -> tuple[dict, dict, int]:  # noqa: ANN001
+    """The adaptation loop (AdamW, early stopping on validation NDCG@10) for a fresh model."""
+    import torch
+
+    from rec.training.corpus import Corpus
+    from rec.training.loop import CorpusLoss, evaluate_tenant, train_epoch
+
+    corpus, loss_model = Corpus([tc], max_len, None), CorpusLoss(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    best = evaluate_tenant(model, tc, emb, "valid", [10])
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bad = epochs = 0
+    for epoch in range(s.epochs):
+        rows = np.random.default_rng([seed, epoch]).permutation(len(tc.train_inputs))
+        train_epoch(loss_model, opt, corpus, rows, [emb], s.batch_size, grad_clip=1.0)
+        val, epochs = evaluate_tenant(model, tc, emb, "valid", [10]), epoch + 1
+        if val["ndcg@10"] > best["ndcg@10"]:
+            best, bad = val, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= s.patience:
+                break
+    model.load_state_dict(best_state)
+    return best, evaluate_tenant(model, tc, emb, "test", [10]), epochs
+
+
+def state_bytes(model) -> int:  # noqa: ANN001
+    """Size of the model's weights as one safetensors file (a from-scratch model is its own adapter)."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, f"{tmp}/m.safetensors")
+        return os.path.getsize(f"{tmp}/m.safetensors")
+
+
+def run_row(ctx: Context, td: TargetData, method: str, k: KValue, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """One (dataset, method, k, seed): returns (row metrics, extra diagnostics)."""
+    import torch
+
+    from rec.data.splits import k_shot_split
+
+    n_eval = ctx.bc.num_eval_users
+    if k == 0 and method == "popularity":
+        return {**uniform_metrics(td.tenant.num_items), "adapt_s": 0.0, "adapter_bytes": 0}, {}
+    # zero-shot trains nothing: any K gives the same held-out users; 1 keeps the split cheap
+    split = k_shot_split(td.tenant, 1 if k == 0 else k_users(k), None, seed, n_eval)
+    extra: dict[str, Any] = {"train_users": 0 if k == 0 else len(split.train_rows), "eval_users": len(split.eval)}
+    if method == "popularity":
+        t0 = time.perf_counter()
+        m = popularity(split, td.tenant.num_items, seed)
+        return {**m, "adapt_s": time.perf_counter() - t0, "adapter_bytes": 4 * td.tenant.num_items}, extra
+    if method in SCRATCH:
+        from rec.adaptation.adapt import fewshot_corpus
+        from rec.config import ModelConfig
+        from rec.models.backbone import build_backbone
+
+        base = ctx.backbone()
+        torch.set_num_threads(1)
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        max_len = base.cfg.data.max_seq_len
+        tc = fewshot_corpus(split, td.text_emb, max_len)
+        if method == "scratch-sasrec-id":
+            mcfg = ModelConfig.model_validate({**base.cfg.model.model_dump(), "use_text": False, "use_id_embedding": True})
+            model, tc, emb = build_backbone(mcfg, num_item_ids=tc.num_items), replace(tc, id_offset=0, text_emb=None), None
+        else:
+            model, emb = build_backbone(base.cfg.model), torch.from_numpy(td.text_emb)
+        s = ctx.bc.scratch.model_copy(update={"epochs": ctx.bc.quick.epochs}) if ctx.quick else ctx.bc.scratch
+        valid, test, epochs = train_from_scratch(model, tc, emb, max_len, s, seed)
+        extra.update(val_ndcg=valid["ndcg@10"], epochs=epochs, trainable_params=sum(p.numel() for p in model.parameters()))
+        return {**test, "adapt_s": time.perf_counter() - t0, "adapter_bytes": state_bytes(model)}, extra
+    from rec.adaptation.adapt import adapt_tenant, publish_adapter
+    from rec.config import EvalConfig
+
+    base = ctx.meta() if method == "lora-meta" else ctx.backbone()
+    tuned = ctx.tuned(td, seed) if method == "lora-tuned" else None
+    acfg = ctx.adapt_config(td, method, k, seed, tuned)
+    res = adapt_tenant(base, td.tenant, acfg, EvalConfig(ks=[10]), text_emb=td.text_emb, split=split)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = publish_adapter(res, base, acfg, root=tmp) / "adapter_model.safetensors"
+        nbytes = weights.stat().st_size if weights.is_file() else 0
+    extra.update(val_ndcg=res.valid["ndcg@10"], epochs=res.epochs, trainable_params=res.trainable_params, backbone=base.checksum[:12])
+    if tuned is not None:
+        extra["tuned"] = tuned
+    return {**res.test, "adapt_s": res.adapt_s, "adapter_bytes": nbytes}, extra
+
+
+# --- progress file -------------------------------------------------------------------------------
+def row_key(r: dict[str, Any]) -> tuple:
+    return (r["dataset"], r["method"], str(r["k"]), int(r["seed"]))
+
+
+def settings_hash(ctx: Context, td_src: TenantSource, method: str) -> str:
+    """What a row depends on besides (dataset, method, k, seed); a changed config re-runs the row."""
+    part: dict[str, Any] = {"target": td_src.model_dump(mode="json"), "num_eval_users": ctx.bc.num_eval_users, "quick": ctx.quick}
+    if method in SCRATCH:
+        part["scratch"] = ctx.bc.scratch.model_dump()
+    elif method not in ("popularity", "zero-shot"):
+        part["adapt"] = ctx.bc.adapt
+    if method == "lora-tuned":
+        part["tune"] = ctx.bc.tune.model_dump()
+    if method == "lora-meta":
+        part["meta"] = ctx.bc.meta
+    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def read_progress(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            log(f"{path}:{i + 1}: unreadable line skipped (interrupted write?)")
+    return out
+
+
+def append_progress(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --- the run -------------------------------------------------------------------------------------
+@dataclass
+class Selection:
+    targets: list[str]
+    ks: list[KValue]
+    seeds: list[int]
+    methods: list[str]
+
+
+def plan(sel: Selection) -> list[tuple[int, str, KValue, str]]:
+    """(seed, target, k, method) in run order: seed, then K ascending (zero-shot with K=0), then target.
+
+    K-major inside a seed so a partial run covers every target at the cheap small K first.
+    """
+    out = []
+    for seed in sel.seeds:
+        ks = ([0] if "zero-shot" in sel.methods and 0 not in sel.ks else []) + list(sel.ks)
+        for k in sorted(ks, key=lambda k: (k == "all", k if k != "all" else 0)):
+            for t in sel.targets:
+                if k == 0:
+                    out += [(seed, t, 0, m) for m in sel.methods if m == "zero-shot" or (m == "popularity" and 0 in sel.ks)]
+                else:
+                    out += [(seed, t, k, m) for m in sel.methods if m != "zero-shot"]
+    return out
+
+
+def run(ctx: Context, sel: Selection, progress: Path, report) -> None:  # noqa: ANN001
+    done = {row_key(r): r.get("settings") for r in read_progress(progress) if r.get("status") == "ok"}
+    todo = plan(sel)
+    log(f"{len(todo)} rows planned, progress file {progress}")
+    last_block, last_report = None, time.monotonic()
+    for i, (seed, name, k, method) in enumerate(todo):
+        src = next(t for t in ctx.bc.targets if t.name == name)
+        h = settings_hash(ctx, src, method)
+        key = (name, method, str(k), seed)
+        if done.get(key) == h:
+            continue
+        if last_block is not None and (last_block != (seed, k) or time.monotonic() - last_report > 1800):
+            report()  # results so far: after every (seed, K) block, and every 30 min
+            last_report = time.monotonic()
+        last_block = (seed, k)
+        row: dict[str, Any] = {"dataset": name, "method": method, "k": k, "seed": seed}
+        try:
+            td = ctx.target(name)
+            if k not in (0, "all") and k > len(td.tenant.users) - ctx.bc.num_eval_users:
+                log(f"skip {name} {method} K={k}: more than the {len(td.tenant.users) - ctx.bc.num_eval_users} non-held-out users")
+                continue
+            metrics, extra = run_row(ctx, td, method, k, seed)
+        except Exception as e:  # noqa: BLE001 - a long unattended run logs the failure and moves on
+            log(f"FAILED {name} {method} K={k} seed={seed}: {e}\n{traceback.format_exc()}")
+            append_progress(progress, {**row, "status": "failed", "error": str(e)[:500], "settings": h})
+            continue
+        row.update({"hr@10": metrics["hr@10"], "ndcg@10": metrics["ndcg@10"], "adapt_s": round(metrics["adapt_s"], 2),
+                    "adapter_bytes": int(metrics["adapter_bytes"])})
+        append_progress(progress, {**row, "status": "ok", "settings": h, "extra": extra, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log(f"[{i + 1}/{len(todo)}] {name:<10} {method:<17} K={k!s:<4} seed={seed} ndcg@10={row['ndcg@10']:.4f} "
+            f"hr@10={row['hr@10']:.4f} adapt_s={row['adapt_s']:.1f} bytes={row['adapter_bytes']} "
+            + " ".join(f"{a}={b}" for a, b in extra.items() if a in ("epochs", "train_users")))
+
+
+# --- report --------------------------------------------------------------------------------------
+def final_rows(progress: list[dict[str, Any]], bc: BenchConfig) -> list[dict[str, Any]]:
+    """The latest successful row per (dataset, method, k, seed), in config order."""
+    latest = {}
+    for r in progress:
+        if r.get("status") == "ok":
+            latest[row_key(r)] = {c: r[c] for c in ROW_KEYS}
+    ds = {t.name: i for i, t in enumerate(bc.targets)}
+    ks = {str(k): i for i, k in enumerate([0, 16, 64, 256, "all"])}
+    order = lambda r: (ds.get(r["dataset"], 99), METHODS.index(r["method"]), ks.get(str(r["k"]), 50), r["seed"])  # noqa: E731
+    return sorted(latest.values(), key=order)
+
+
+def means(rows: list[dict[str, Any]], col: str = "ndcg@10") -> dict[tuple, tuple[float, float, int]]:
+    """(dataset, method, k as str) -> (mean, std, n seeds)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"], str(r["k"])), []).append(float(r[col]))
+    return {g: (float(np.mean(v)), float(np.std(v)), len(v)) for g, v in groups.items()}
+
+
+def _k_order(ks: set[str]) -> list[str]:
+    return sorted(ks, key=lambda k: (k == "all", int(k) if k != "all" else 0))
+
+
+def pivot_tables(rows: list[dict[str, Any]]) -> str:
+    mean = means(rows)
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        ks = _k_order({g[2] for g in mean if g[0] == ds})
+        methods = [m for m in METHODS if any(g[0] == ds and g[1] == m for g in mean)]
+        lines = [f"**{ds}** — mean NDCG@10 over seeds (n seeds in brackets when < max)", "",
+                 "| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        nmax = max(v[2] for g, v in mean.items() if g[0] == ds)
+        for m in methods:
+            cells = []
+            for k in ks:
+                v = mean.get((ds, m, k))
+                cells.append("" if v is None else f"{v[0]:.4f}" + (f" ({v[2]})" if v[2] < nmax else ""))
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def cost_table(rows: list[dict[str, Any]]) -> str:
+    """Per method: adapter size and mean adaptation time per K (over datasets and seeds)."""
+    t, b = means(rows, "adapt_s"), means(rows, "adapter_bytes")
+    ks = _k_order({g[2] for g in t})
+    lines = ["| method | adapter bytes (median over datasets) | " + " | ".join(f"adapt_s K={k}" for k in ks) + " |",
+             "|---|---|" + "---|" * len(ks)]
+    for m in [m for m in METHODS if any(g[1] == m for g in t)]:
+        sizes = [v[0] for g, v in b.items() if g[1] == m]
+        cells = []
+        for k in ks:
+            vals = [v[0] for g, v in t.items() if g[1] == m and g[2] == k]
+            cells.append(f"{np.mean(vals):.1f}" if vals else "")
+        lines.append(f"| {m} | {int(np.median(sizes)):,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_checks(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The issue's three targets per dataset, on mean NDCG@10 over the seeds that ran."""
+    mean = means(rows)
+    g = lambda ds, m, k: mean.get((ds, m, str(k)), (None,))[0]  # noqa: E731
+    lines = ["| dataset | LoRA / best scratch @K=64 (target ≥ 2) | LoRA / full @K=all (target ≥ 0.95) | "
+             "zero-shot / popularity@K=16 (target ≥ 1.2) | zero-shot / uniform (K=0) |", "|---|---|---|---|---|"]
+    summary: dict[str, Any] = {}
+
+    def ratio(a, b, target):  # noqa: ANN001, ANN202
+        if a is None or b is None:
+            return "not run", None
+        r = a / b if b > 0 else float("inf")
+        return f"{r:.2f} {'✓' if r >= target else '✗'}", r >= target
+
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        scratch = [v for v in (g(ds, "scratch-sasrec-id", 64), g(ds, "scratch-backbone", 64)) if v is not None]
+        c1 = ratio(g(ds, "lora", 64), max(scratch) if scratch else None, 2.0)
+        c2 = ratio(g(ds, "lora", "all"), g(ds, "full", "all"), 0.95)
+        c3 = ratio(g(ds, "zero-shot", 0), g(ds, "popularity", 16), 1.2)
+        c4 = ratio(g(ds, "zero-shot", 0), g(ds, "popularity", 0), 1.2)
+        lines.append(f"| {ds} | {c1[0]} | {c2[0]} | {c3[0]} | {c4[0]} |")
+        summary[ds] = {"lora_2x_scratch_k64": c1[1], "lora_within_5pct_full_kall": c2[1],
+                       "zero_shot_above_popularity_k16": c3[1], "zero_shot_above_uniform": c4[1]}
+    return "\n".join(lines), summary
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean = means(rows)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    ks_all = _k_order({g[2] for g in mean})
+    xpos = {k: i for i, k in enumerate(ks_all)}
+    ncol = min(3, len(datasets))
+    nrow = -(-len(datasets) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow), squeeze=False)
+    for ax, ds in zip(axes.flat, datasets):
+        for m in METHODS:
+            pts = sorted(((xpos[k], *mean[(ds, mm, k)][:2]) for (d, mm, k) in mean if d == ds and mm == m), key=lambda p: p[0])
+            if not pts:
+                continue
+            x, y, e = zip(*pts)
+            if m == "zero-shot":
+                ax.axhline(y[0], ls="--", lw=1, color="black", label=f"zero-shot ({y[0]:.3f})")
+                continue
+            ax.errorbar(x, y, yerr=e if any(e) else None, marker="o", ms=3, lw=1.2, capsize=2, label=m,
+                        ls=":" if m in SCRATCH or m == "popularity" else "-")
+        ax.set_xticks(range(len(ks_all)), [f"K={k}" for k in ks_all])
+        ax.set(title=ds, ylabel="test NDCG@10 (full ranking)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, ncol=2)
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+PROTOCOL = (
+    "Targets never seen in pretraining. Per (target, seed): k_shot_split holds out num_eval_users users "
+    "(seeded permutation; identical for every K and method), and the first K of the remaining users "
+    "(nested over K) are the only target data a method trains on. Test = each held-out user's last item "
+    "given all earlier ones (leave-one-out), full ranking over the target's whole catalog, history not "
+    "excluded, ties optimistic (popularity breaks count ties randomly); validation (early stopping, Tune "
+    "objective) = the same users' second-last item. K='all' = every non-held-out user of the (subsampled) target."
+)
+
+
+def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], failed: list[str], summary: dict) -> dict[str, Any]:
+    bc = ctx.bc
+    ran: dict[str, Any] = {}
+    for r in rows:
+        d = ran.setdefault(r["dataset"], {"seeds": set(), "ks": set(), "methods": set(), "rows": 0})
+        d["seeds"].add(r["seed"])
+        d["ks"].add(str(r["k"]))
+        d["methods"].add(r["method"])
+        d["rows"] += 1
+    ran = {ds: {"seeds": sorted(d["seeds"]), "ks": _k_order(d["ks"]), "methods": [m for m in METHODS if m in d["methods"]],
+                "rows": d["rows"]} for ds, d in ran.items()}
+    expected = len(plan(Selection([t.name for t in bc.targets], list(bc.ks), list(bc.seeds), list(bc.methods))))
+    bb = ctx.runs / "backbone" / "checkpoint" / "manifest.json"
+    bbm = json.loads(bb.read_text()) if bb.is_file() else {}
+    mm = ctx.runs / "meta" / "checkpoint" / "manifest.json"
+    mmeta = json.loads(mm.read_text()) if mm.is_file() else {}
+    sources_json = ctx.runs / "backbone" / "sources.json"
+    tune_done = {p.parent.name: json.loads(p.read_text()) for p in sorted((ctx.runs / "tune").glob("*/fewshot_best.json"))}
+    return {
+        "protocol": PROTOCOL,
+        "status": f"{'complete' if len(rows) >= expected else 'PARTIAL'}: {len(rows)} of {expected} configured rows "
+                  f"({len(bc.targets)} targets x seeds {list(bc.seeds)} x Ks {list(bc.ks)} x {len(bc.methods)} methods)",
+        "ran": ran,
+        "last_invocation": {"targets": sel.targets, "ks": sel.ks, "seeds": sel.seeds, "methods": sel.methods},
+        "failed_rows": failed,
+        "quick": ctx.quick,
+        "sources": [s.model_dump(mode="json", exclude_defaults=True) for s in ctx.source_specs()],
+        "source_stats_after_sampling_and_catalog_compaction": json.loads(sources_json.read_text()) if sources_json.is_file() else None,
+        "targets": [t.model_dump(mode="json", exclude_defaults=True) for t in bc.targets],
+        "num_eval_users": bc.num_eval_users,
+        "pretraining": {"overrides": bc.pretrain, "how": "rec.training.ray_train.pretrain (Ray Train TorchTrainer, 1 worker), "
+                        "early stopping on the sources' validation NDCG@10; source catalogs = items the sampled users touched",
+                        "checksum": bbm.get("files", {}).get("model.safetensors", {}).get("sha256"),
+                        "train_s": bbm.get("train_s"), "epochs_run": bbm.get("epochs_run"),
+                        "source_test_metrics": bbm.get("metrics", {}).get("test")},
+        "meta_init": {"overrides": bc.meta, "how": "rec.adaptation.meta.meta_train (Reptile on Ray Train) from the pretrained backbone",
+                      "train_s": mmeta.get("train_s"), "epochs_run": mmeta.get("epochs_run")},
+        "adaptation": {"adapt_overrides": bc.adapt, "defaults": AdaptConfig().model_dump(mode="json", exclude={"tenant", "output_root"}),
+                       "note": "torch_threads=1; adapt_s = rec.adaptation.adapt.adapt_tenant's own timer (corpus, training "
+                               "with per-epoch validation, test); adapter_bytes = adapter_model.safetensors of the published "
+                               "adapter (0 for zero-shot)"},
+        "scratch": {**bc.scratch.model_dump(), "note": "same architecture as the backbone; scratch-sasrec-id: use_text=false + "
+                    "an ID embedding over the target catalog; adapter_bytes = whole model as safetensors"},
+        "popularity": "counts over the K users' sequences, random tie-break; adapter_bytes = 4 bytes per item; K=0: exact "
+                      "expectation of a uniformly random ranking (10/N HR@10)",
+        "lora_tuned": {**bc.tune.model_dump(), "note": "one Optuna-TPE + ASHA sweep (tuning.sweep.run_sweep) per (target, seed) at "
+                       "K=k on the held-out users' validation item; its best config is used for every K; adapt_s excludes "
+                       "the sweep (tune_s below)", "sweeps": tune_done},
+        "targets_met": summary,
+    }
+
+
+def report(ctx: Context, sel: Selection, progress: Path, name: str, results_dir: Path) -> Path | None:
+    prog = read_progress(progress)
+    rows = final_rows(prog, ctx.bc)
+    if not rows:
+        log(f"no finished rows in {progress}: nothing to report")
+        return None
+    ok = {row_key(r) for r in prog if r.get("status") == "ok"}
+    failed = sorted({f"{r['dataset']}/{r['method']}/K={r['k']}/seed={r['seed']}: {r.get('error', '')[:120]}"
+                     for r in prog if r.get("status") == "failed" and row_key(r) not in ok})
+    checks, summary = target_checks(rows)
+    notes = "\n\n".join([
+        "## Mean NDCG@10 over seeds (method × K)", pivot_tables(rows),
+        "## Targets (ratios of mean NDCG@10)", checks,
+        "## Cost per method (mean over datasets and seeds)", cost_table(rows),
+    ])
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = write_results(name, protocol_dict(ctx, sel, rows, failed, summary), rows, columns=ROW_KEYS, notes=notes,
+                         results_dir=results_dir)
+    plot(rows, results_dir / f"{name}_ndcg_vs_k.png")
+    log(f"wrote {path} ({len(rows)} rows) and {name}_ndcg_vs_k.png")
+    return path
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def _k(v: str) -> KValue:
+    if v == "all":
+        return v
+    try:
+        k = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"K {v!r}: use a non-negative integer or 'all'") from None
+    if k < 0:
+        raise argparse.ArgumentTypeError(f"K {k} must be >= 0")
+    return k
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=ROOT / "bench" / "fewshot.yaml")
+    p.add_argument("--targets", nargs="+", help="target names from the config (default: all)")
+    p.add_argument("--ks", nargs="+", type=_k, help="K values: integers or 'all' (default: the config's)")
+    p.add_argument("--seeds", nargs="+", type=int)
+    p.add_argument("--methods", nargs="+", choices=METHODS)
+    p.add_argument("--quick", action="store_true", help="tiny pipeline check (the config's quick: section)")
+    p.add_argument("--report-only", action="store_true", help="rebuild JSON/markdown/PNG from the progress file")
+    p.add_argument("--name", help="results name (default fewshot, or fewshot-quick)")
+    p.add_argument("--progress", type=Path, help="progress JSONL (default <results-dir>/<name>_progress.jsonl)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--runs-dir", type=Path, help="override the config's runs_dir")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bc = load_bench_config(args.config)
+    q = bc.quick
+    names = [t.name for t in bc.targets]
+    unknown = [t for t in args.targets or [] if t not in names]
+    if unknown:
+        raise SystemExit(f"unknown targets {unknown}; the config has {names}")
+    sel = Selection(args.targets or (q.targets if args.quick else names), args.ks or (q.ks if args.quick else list(bc.ks)),
+                    args.seeds or (q.seeds if args.quick else list(bc.seeds)), args.methods or list(bc.methods))
+    name = args.name or ("fewshot-quick" if args.quick else "fewshot")
+    runs = args.runs_dir or (ROOT / bc.runs_dir if not Path(bc.runs_dir).is_absolute() else Path(bc.runs_dir))
+    runs = Path(str(runs) + "-quick") if args.quick and not args.runs_dir else runs
+    progress = args.progress or args.results_dir / f"{name}_progress.jsonl"
+    ctx = Context(bc, runs, args.quick)
+    t0 = time.perf_counter()
+    if not args.report_only:
+        run(ctx, sel, progress, lambda: report(ctx, sel, progress, name, args.results_dir))
+        log(f"run finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    report(ctx, sel, progress, name, args.results_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
