@@ -25,6 +25,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides, e.g. train.epochs=3")
 
 
+def _flag_overrides(*pairs: tuple[object, str]) -> list[str]:
+    """``key=value`` overrides for the CLI flags that were given: ``(args.workers, "train.num_workers")``.
+
+    Flags are shortcuts for config keys, so they go before the user's own dotted overrides (which win).
+    """
+    return [f"{key}={value}" for value, key in pairs if value is not None]
+
+
 def _load(args: argparse.Namespace, extra: list[str] | None = None):  # noqa: ANN202
     from rec.config import load_config
 
@@ -48,13 +56,8 @@ def _print_metrics(title: str, metrics: dict[str, dict[str, float]]) -> None:
 
 # --- subcommands --------------------------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    extra = []
-    if args.address:
-        extra.append(f"ray.address={args.address}")
-    if args.workers:
-        extra.append(f"train.num_workers={args.workers}")
-    if args.output_dir:
-        extra.append(f"train.output_dir={args.output_dir}")
+    extra = _flag_overrides((args.address, "ray.address"), (args.workers, "train.num_workers"),
+                            (args.output_dir, "train.output_dir"))
     cfg = _load(args, extra)
     from rec.ray_session import ray_session
     from rec.training.ray_train import pretrain
@@ -92,10 +95,7 @@ def _pick_tenant(cfg, name: str | None):  # noqa: ANN001, ANN202
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    extra = []
-    for flag, key in ((args.method, "adapt.method"), (args.k_users, "adapt.k_users"), (args.out, "adapt.output_root"), (args.tenant, "adapt.tenant")):
-        if flag is not None:
-            extra.append(f"{key}={flag}")
+    extra = _flag_overrides((args.method, "adapt.method"), (args.k_users, "adapt.k_users"), (args.out, "adapt.output_root"), (args.tenant, "adapt.tenant"))
     cfg = _load(args, extra)
     from rec.adaptation.adapt import adapt_tenant, publish_adapter
     from rec.training.checkpoint import load_backbone
@@ -114,10 +114,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_meta(args: argparse.Namespace) -> int:
-    extra = []
-    for flag, key in ((args.address, "ray.address"), (args.workers, "train.num_workers"), (args.output_dir, "meta.output_dir")):
-        if flag is not None:
-            extra.append(f"{key}={flag}")
+    extra = _flag_overrides((args.address, "ray.address"), (args.workers, "train.num_workers"), (args.output_dir, "meta.output_dir"))
     from rec.training.checkpoint import load_backbone
 
     base = load_backbone(args.backbone) if args.backbone else None
@@ -139,10 +136,7 @@ def cmd_meta(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    extra = []
-    for flag, key in ((args.address, "ray.address"), (args.storage_path, "ray.storage_path")):
-        if flag is not None:
-            extra.append(f"{key}={flag}")
+    extra = _flag_overrides((args.address, "ray.address"), (args.storage_path, "ray.storage_path"))
     from tuning.search_spaces import load_sweep
     from tuning.sweep import SweepInterrupted, run_sweep
 
@@ -247,10 +241,7 @@ def cmd_export_tenant(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    extra = []
-    for flag, key in ((args.out, "demo.output_dir"), (args.port, "demo.http_port")):
-        if flag is not None:
-            extra.append(f"{key}={flag}")
+    extra = _flag_overrides((args.out, "demo.output_dir"), (args.port, "demo.http_port"))
     if args.keep_serving:
         extra.append("demo.keep_serving=true")
     cfg = _load(args, extra)
