@@ -39,14 +39,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench`, `rec` and `tuning` importable
 
 from bench._results import RESULTS, write_results  # noqa: E402
-from rec.config import AdaptConfig, ConfigError, RayConfig, RecConfig, TenantSource, apply_overrides, config_from_dict  # noqa: E402
+from rec.config import AdaptConfig, ConfigError, RayConfig, RecConfig, TenantSource, apply_overrides, config_from_dict, read_yaml_mapping  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
 
 METHODS = ("popularity", "zero-shot", "scratch-sasrec-id", "scratch-backbone", "head", "prompt", "lora", "full",
@@ -138,10 +137,9 @@ def rec_config(overrides: dict[str, Any], tree: dict[str, Any] | None = None) ->
 def load_bench_config(path: str | Path) -> BenchConfig:
     """Read and validate bench/fewshot.yaml. Raises ``ConfigError`` naming every bad key."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"benchmark config {p} not found: pass --config bench/fewshot.yaml")
+    tree = read_yaml_mapping(p, "benchmark config", ConfigError, "pass --config bench/fewshot.yaml")
     try:
-        return BenchConfig.model_validate(yaml.safe_load(p.read_text()) or {})
+        return BenchConfig.model_validate(tree)
     except ValidationError as e:
         msgs = [f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()]
         raise ConfigError(f"{p}: " + "; ".join(msgs)) from None

@@ -317,6 +317,25 @@ def config_from_dict(tree: dict[str, Any], model: type[BaseModel] = RecConfig) -
         raise ConfigError(f"invalid config: {_format_errors(e)}") from None
 
 
+def read_yaml_mapping(path: str | Path, what: str, error: type[Exception], hint: str) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; any problem raises ``error`` naming the file.
+
+    Args:
+        what: How the message names the file, e.g. "config file", "sweep file".
+        hint: What to do when the file is missing.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} {p} not found: {hint}")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise error(f"{what} {p} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise error(f"{what} {p}: top level must be a mapping, got {type(tree).__name__}")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = RecConfig) -> Any:
     """Load a YAML config (or defaults when ``path`` is None) and apply dotted overrides.
 
@@ -325,15 +344,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     tree: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found: pass an existing YAML file (see configs/)")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {p}: top level must be a mapping of sections, got {type(tree).__name__}")
+        tree = read_yaml_mapping(path, "config file", ConfigError, "pass an existing YAML file (see configs/)")
     tree = apply_overrides(tree, list(overrides or []))
     return config_from_dict(tree, model)
 

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rec.config import ConfigError, RecConfig, config_from_dict
+from rec.config import ConfigError, RecConfig, config_from_dict, read_yaml_mapping
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -290,16 +289,8 @@ def load_sweep(source: str | Path | dict[str, Any]) -> SweepSpec:
     if isinstance(source, dict):
         tree = source
     else:
-        p = Path(source)
-        where = str(p)
-        if not p.is_file():
-            raise SweepError(f"sweep file {p} not found: pass a YAML file such as tuning/configs/quick.yaml")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SweepError(f"sweep file {p} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise SweepError(f"sweep file {p}: top level must be a mapping, got {type(tree).__name__}")
+        where = str(Path(source))
+        tree = read_yaml_mapping(source, "sweep file", SweepError, "pass a YAML file such as tuning/configs/quick.yaml")
     try:
         return SweepSpec.model_validate(tree)
     except ValidationError as e:
