@@ -36,117 +36,23 @@ import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench`, `rec` and `tuning` importable
 
 from bench._results import RESULTS, write_results  # noqa: E402
-from rec.config import AdaptConfig, ConfigError, RayConfig, RecConfig, TenantSource, apply_overrides, config_from_dict, read_yaml_mapping  # noqa: E402
+from bench.fewshot_config import (  # noqa: E402
+    METHODS, ROW_KEYS, SCRATCH, BenchConfig, KValue, ScratchSettings, k_users, load_bench_config, rec_config,
+)
+from bench.fewshot_report import cost_table, k_order, pivot_tables, plot, target_checks  # noqa: E402
+from rec.config import AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
-
-METHODS = ("popularity", "zero-shot", "scratch-sasrec-id", "scratch-backbone", "head", "prompt", "lora", "full",
-           "lora-meta", "lora-tuned")
-SCRATCH = ("scratch-sasrec-id", "scratch-backbone")
-KValue = int | Literal["all"]
-ROW_KEYS = ["dataset", "method", "k", "seed", "hr@10", "ndcg@10", "adapt_s", "adapter_bytes"]
-
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# --- the benchmark's config (bench/fewshot.yaml) ------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ScratchSettings(_Strict):
-    epochs: int = Field(60, ge=1)
-    patience: int = Field(5, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
-    batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.0, ge=0.0)
-
-
-class TuneSettings(_Strict):
-    k: int = Field(64, ge=1, description="K of the sweep; its best config is reused for every K")
-    num_samples: int = Field(8, ge=1)
-    max_concurrent_trials: int | None = Field(2, ge=1)
-    cpus_per_trial: float = Field(1.0, gt=0.0)
-    grace_period: int = Field(2, ge=1)
-    reduction_factor: int = Field(2, ge=2)
-    search_space: dict[str, Any] = Field(default_factory=dict)
-
-
-class QuickSettings(_Strict):
-    targets: list[str]
-    ks: list[KValue]
-    seeds: list[int]
-    sources: list[str]
-    source_max_users: int = Field(100, ge=10)
-    epochs: int = Field(2, ge=1)
-    meta: dict[str, Any] = Field(default_factory=dict)
-    tune_num_samples: int = Field(2, ge=1)
-
-
-class BenchConfig(_Strict):
-    runs_dir: str = "runs/bench-fewshot"
-    sources: list[TenantSource] = Field(min_length=1)
-    targets: list[TenantSource] = Field(min_length=1)
-    ks: list[KValue] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
-    methods: list[Literal[METHODS]] = Field(min_length=1)  # type: ignore[valid-type]
-    num_eval_users: int = Field(500, ge=1)
-    pretrain: dict[str, Any] = Field(default_factory=dict, description="dotted RecConfig overrides")
-    meta: dict[str, Any] = Field(default_factory=dict, description="dotted meta.* overrides")
-    adapt: dict[str, Any] = Field(default_factory=dict, description="dotted adapt.* overrides")
-    scratch: ScratchSettings = Field(default_factory=ScratchSettings)
-    tune: TuneSettings = Field(default_factory=TuneSettings)
-    quick: QuickSettings
-
-    @model_validator(mode="after")
-    def _check(self) -> BenchConfig:
-        errs = []
-        for field in ("sources", "targets"):
-            names = [s.name for s in getattr(self, field)]
-            if None in names or len(set(names)) != len(names):
-                errs.append(f"{field}: every entry needs a unique `name`, got {names}")
-        errs += [f"ks: {k} must be >= 0 or 'all'" for k in self.ks if isinstance(k, int) and k < 0]
-        for key, section in (("pretrain", self.pretrain), ("meta", self.meta), ("adapt", self.adapt), ("quick.meta", self.quick.meta)):
-            try:
-                rec_config(section)
-            except ConfigError as e:
-                errs.append(f"{key}: {e}")
-        bad = [n for n in self.quick.targets if n not in {t.name for t in self.targets}]
-        bad += [n for n in self.quick.sources if n not in {s.name for s in self.sources}]
-        errs += [f"quick: unknown source/target names {bad}"] if bad else []
-        if errs:
-            raise ValueError("; ".join(errs))
-        return self
-
-
-def rec_config(overrides: dict[str, Any], tree: dict[str, Any] | None = None) -> RecConfig:
-    """A RecConfig from dotted overrides (values as YAML/JSON), on top of ``tree``."""
-    return config_from_dict(apply_overrides(tree or {}, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
-
-
-def load_bench_config(path: str | Path) -> BenchConfig:
-    """Read and validate bench/fewshot.yaml. Raises ``ConfigError`` naming every bad key."""
-    p = Path(path)
-    tree = read_yaml_mapping(p, "benchmark config", ConfigError, "pass --config bench/fewshot.yaml")
-    try:
-        return BenchConfig.model_validate(tree)
-    except ValidationError as e:
-        msgs = [f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"{p}: " + "; ".join(msgs)) from None
-
-
-def k_users(k: KValue) -> int | None:
-    return None if k == "all" else int(k)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -526,116 +432,6 @@ def final_rows(progress: list[dict[str, Any]], bc: BenchConfig) -> list[dict[str
     return sorted(latest.values(), key=order)
 
 
-def means(rows: list[dict[str, Any]], col: str = "ndcg@10") -> dict[tuple, tuple[float, float, int]]:
-    """(dataset, method, k as str) -> (mean, std, n seeds)."""
-    groups: dict[tuple, list[float]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["method"], str(r["k"])), []).append(float(r[col]))
-    return {g: (float(np.mean(v)), float(np.std(v)), len(v)) for g, v in groups.items()}
-
-
-def _k_order(ks: set[str]) -> list[str]:
-    return sorted(ks, key=lambda k: (k == "all", int(k) if k != "all" else 0))
-
-
-def pivot_tables(rows: list[dict[str, Any]]) -> str:
-    mean = means(rows)
-    out = []
-    for ds in dict.fromkeys(r["dataset"] for r in rows):
-        ks = _k_order({g[2] for g in mean if g[0] == ds})
-        methods = [m for m in METHODS if any(g[0] == ds and g[1] == m for g in mean)]
-        lines = [f"**{ds}** — mean NDCG@10 over seeds (n seeds in brackets when < max)", "",
-                 "| method | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-        nmax = max(v[2] for g, v in mean.items() if g[0] == ds)
-        for m in methods:
-            cells = []
-            for k in ks:
-                v = mean.get((ds, m, k))
-                cells.append("" if v is None else f"{v[0]:.4f}" + (f" ({v[2]})" if v[2] < nmax else ""))
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
-        out.append("\n".join(lines))
-    return "\n\n".join(out)
-
-
-def cost_table(rows: list[dict[str, Any]]) -> str:
-    """Per method: adapter size and mean adaptation time per K (over datasets and seeds)."""
-    t, b = means(rows, "adapt_s"), means(rows, "adapter_bytes")
-    ks = _k_order({g[2] for g in t})
-    lines = ["| method | adapter bytes (median over datasets) | " + " | ".join(f"adapt_s K={k}" for k in ks) + " |",
-             "|---|---|" + "---|" * len(ks)]
-    for m in [m for m in METHODS if any(g[1] == m for g in t)]:
-        sizes = [v[0] for g, v in b.items() if g[1] == m]
-        cells = []
-        for k in ks:
-            vals = [v[0] for g, v in t.items() if g[1] == m and g[2] == k]
-            cells.append(f"{np.mean(vals):.1f}" if vals else "")
-        lines.append(f"| {m} | {int(np.median(sizes)):,} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def target_checks(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """The issue's three targets per dataset, on mean NDCG@10 over the seeds that ran."""
-    mean = means(rows)
-    g = lambda ds, m, k: mean.get((ds, m, str(k)), (None,))[0]  # noqa: E731
-    lines = ["| dataset | LoRA / best scratch @K=64 (target ≥ 2) | LoRA / full @K=all (target ≥ 0.95) | "
-             "zero-shot / popularity@K=16 (target ≥ 1.2) | zero-shot / uniform (K=0) |", "|---|---|---|---|---|"]
-    summary: dict[str, Any] = {}
-
-    def ratio(a, b, target):  # noqa: ANN001, ANN202
-        if a is None or b is None:
-            return "not run", None
-        r = a / b if b > 0 else float("inf")
-        return f"{r:.2f} {'✓' if r >= target else '✗'}", r >= target
-
-    for ds in dict.fromkeys(r["dataset"] for r in rows):
-        scratch = [v for v in (g(ds, "scratch-sasrec-id", 64), g(ds, "scratch-backbone", 64)) if v is not None]
-        c1 = ratio(g(ds, "lora", 64), max(scratch) if scratch else None, 2.0)
-        c2 = ratio(g(ds, "lora", "all"), g(ds, "full", "all"), 0.95)
-        c3 = ratio(g(ds, "zero-shot", 0), g(ds, "popularity", 16), 1.2)
-        c4 = ratio(g(ds, "zero-shot", 0), g(ds, "popularity", 0), 1.2)
-        lines.append(f"| {ds} | {c1[0]} | {c2[0]} | {c3[0]} | {c4[0]} |")
-        summary[ds] = {"lora_2x_scratch_k64": c1[1], "lora_within_5pct_full_kall": c2[1],
-                       "zero_shot_above_popularity_k16": c3[1], "zero_shot_above_uniform": c4[1]}
-    return "\n".join(lines), summary
-
-
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mean = means(rows)
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    ks_all = _k_order({g[2] for g in mean})
-    xpos = {k: i for i, k in enumerate(ks_all)}
-    ncol = min(3, len(datasets))
-    nrow = -(-len(datasets) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.9 * nrow), squeeze=False)
-    for ax, ds in zip(axes.flat, datasets):
-        for m in METHODS:
-            pts = sorted(((xpos[k], *mean[(ds, mm, k)][:2]) for (d, mm, k) in mean if d == ds and mm == m), key=lambda p: p[0])
-            if not pts:
-                continue
-            x, y, e = zip(*pts)
-            if m == "zero-shot":
-                ax.axhline(y[0], ls="--", lw=1, color="black", label=f"zero-shot ({y[0]:.3f})")
-                continue
-            ax.errorbar(x, y, yerr=e if any(e) else None, marker="o", ms=3, lw=1.2, capsize=2, label=m,
-                        ls=":" if m in SCRATCH or m == "popularity" else "-")
-        ax.set_xticks(range(len(ks_all)), [f"K={k}" for k in ks_all])
-        ax.set(title=ds, ylabel="test NDCG@10 (full ranking)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, ncol=2)
-    for ax in list(axes.flat)[len(datasets):]:
-        ax.axis("off")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    plt.close(fig)
-
-
 PROTOCOL = (
     "Targets never seen in pretraining. Per (target, seed): k_shot_split holds out num_eval_users users "
     "(seeded permutation; identical for every K and method), and the first K of the remaining users "
@@ -655,7 +451,7 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
         d["ks"].add(str(r["k"]))
         d["methods"].add(r["method"])
         d["rows"] += 1
-    ran = {ds: {"seeds": sorted(d["seeds"]), "ks": _k_order(d["ks"]), "methods": [m for m in METHODS if m in d["methods"]],
+    ran = {ds: {"seeds": sorted(d["seeds"]), "ks": k_order(d["ks"]), "methods": [m for m in METHODS if m in d["methods"]],
                 "rows": d["rows"]} for ds, d in ran.items()}
     expected = len(plan(Selection([t.name for t in bc.targets], list(bc.ks), list(bc.seeds), list(bc.methods))))
     bb = ctx.runs / "backbone" / "checkpoint" / "manifest.json"

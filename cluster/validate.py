@@ -10,7 +10,7 @@ kind               files                                 validated by
 =================  ====================================  ==================================================
 rec-config         configs/*.yaml                        ``rec.config.load_config`` (what ``rec --config`` reads)
 sweep              tuning/configs/*.yaml                 ``tuning.search_spaces.load_sweep`` + ``check_against``
-bench              bench/fewshot*.yaml                   ``bench.fewshot.load_bench_config``
+bench              bench/fewshot*.yaml                   ``bench.fewshot_config.load_bench_config``
 ray-launcher       cluster/*-cluster.yaml                ray's ``ray-schema.json`` (jsonschema), then Ray's own
                                                          ``prepare_config`` + ``validate_config`` (what ``ray up``
                                                          runs before touching a cloud) and, for ``provider: local``,
@@ -136,7 +136,7 @@ def validate_sweep(path: Path) -> None:
 def validate_bench(path: Path) -> None:
     from rec.config import ConfigError
 
-    fewshot = importlib.import_module("bench.fewshot")
+    fewshot = importlib.import_module("bench.fewshot_config")
     try:
         fewshot.load_bench_config(path)
     except ConfigError as e:

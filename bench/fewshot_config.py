@@ -1,0 +1,110 @@
+"""The few-shot benchmark's config (bench/fewshot.yaml, bench/fewshot-2core.yaml): schema, loader, names.
+
+Kept apart from the runner so validators (``cluster/validate.py``, the every-YAML test) can load it
+without importing the benchmark's machinery.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rec.config import ConfigError, RecConfig, TenantSource, apply_overrides, config_from_dict, read_yaml_mapping
+
+METHODS = ("popularity", "zero-shot", "scratch-sasrec-id", "scratch-backbone", "head", "prompt", "lora", "full",
+           "lora-meta", "lora-tuned")
+SCRATCH = ("scratch-sasrec-id", "scratch-backbone")
+KValue = int | Literal["all"]
+ROW_KEYS = ["dataset", "method", "k", "seed", "hr@10", "ndcg@10", "adapt_s", "adapter_bytes"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScratchSettings(_Strict):
+    epochs: int = Field(60, ge=1)
+    patience: int = Field(5, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class TuneSettings(_Strict):
+    k: int = Field(64, ge=1, description="K of the sweep; its best config is reused for every K")
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int | None = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    search_space: dict[str, Any] = Field(default_factory=dict)
+
+
+class QuickSettings(_Strict):
+    targets: list[str]
+    ks: list[KValue]
+    seeds: list[int]
+    sources: list[str]
+    source_max_users: int = Field(100, ge=10)
+    epochs: int = Field(2, ge=1)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    tune_num_samples: int = Field(2, ge=1)
+
+
+class BenchConfig(_Strict):
+    runs_dir: str = "runs/bench-fewshot"
+    sources: list[TenantSource] = Field(min_length=1)
+    targets: list[TenantSource] = Field(min_length=1)
+    ks: list[KValue] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    methods: list[Literal[METHODS]] = Field(min_length=1)  # type: ignore[valid-type]
+    num_eval_users: int = Field(500, ge=1)
+    pretrain: dict[str, Any] = Field(default_factory=dict, description="dotted RecConfig overrides")
+    meta: dict[str, Any] = Field(default_factory=dict, description="dotted meta.* overrides")
+    adapt: dict[str, Any] = Field(default_factory=dict, description="dotted adapt.* overrides")
+    scratch: ScratchSettings = Field(default_factory=ScratchSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    quick: QuickSettings
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchConfig:
+        errs = []
+        for field in ("sources", "targets"):
+            names = [s.name for s in getattr(self, field)]
+            if None in names or len(set(names)) != len(names):
+                errs.append(f"{field}: every entry needs a unique `name`, got {names}")
+        errs += [f"ks: {k} must be >= 0 or 'all'" for k in self.ks if isinstance(k, int) and k < 0]
+        for key, section in (("pretrain", self.pretrain), ("meta", self.meta), ("adapt", self.adapt), ("quick.meta", self.quick.meta)):
+            try:
+                rec_config(section)
+            except ConfigError as e:
+                errs.append(f"{key}: {e}")
+        bad = [n for n in self.quick.targets if n not in {t.name for t in self.targets}]
+        bad += [n for n in self.quick.sources if n not in {s.name for s in self.sources}]
+        errs += [f"quick: unknown source/target names {bad}"] if bad else []
+        if errs:
+            raise ValueError("; ".join(errs))
+        return self
+
+
+def rec_config(overrides: dict[str, Any], tree: dict[str, Any] | None = None) -> RecConfig:
+    """A RecConfig from dotted overrides (values as YAML/JSON), on top of ``tree``."""
+    return config_from_dict(apply_overrides(tree or {}, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
+
+
+def load_bench_config(path: str | Path) -> BenchConfig:
+    """Read and validate bench/fewshot.yaml. Raises ``ConfigError`` naming every bad key."""
+    p = Path(path)
+    tree = read_yaml_mapping(p, "benchmark config", ConfigError, "pass --config bench/fewshot.yaml")
+    try:
+        return BenchConfig.model_validate(tree)
+    except ValidationError as e:
+        msgs = [f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{p}: " + "; ".join(msgs)) from None
+
+
+def k_users(k: KValue) -> int | None:
+    return None if k == "all" else int(k)
