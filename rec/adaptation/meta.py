@@ -38,7 +38,7 @@ from rec.config import MetaConfig, RecConfig
 from rec.training.checkpoint import LoadedBackbone, export_backbone, load_train_state, save_train_state
 from rec.training.corpus import Corpus, build_corpus
 from rec.training.loop import CorpusLoss, evaluate_corpus, train_epoch
-from rec.training.ray_train import PRIMARY_METRIC, _flat, fit_on_ray_train, run_storage
+from rec.training.ray_train import PRIMARY_METRIC, _flat, fit_on_ray_train, restore_from_checkpoint, run_storage
 
 __all__ = ["MetaResult", "episode_plan", "meta_epoch", "meta_loop_per_worker", "meta_train", "reptile_step", "weights_digest"]
 
@@ -201,13 +201,9 @@ def meta_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         model.load_state_dict(ray.get(init) if isinstance(init, ray.ObjectRef) else init)
     outer_opt = torch.optim.SGD(model.parameters(), lr=mcfg.outer_lr)
     state: dict[str, Any] = {"epoch": -1, "resumed_from": None, "history": [], "init_from": loop_cfg["init_from"]}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            weights, _, opt_state, state = load_train_state(Path(d) / "state")
-        model.load_state_dict(weights)
-        outer_opt.load_state_dict(opt_state)
-        state["resumed_from"] = state["epoch"]
+    restored = restore_from_checkpoint(model, outer_opt)
+    if restored is not None:
+        state = restored[1]
     model.to(device)
     if world > 1:  # one theta for all ranks, whatever each one loaded
         for t in model.state_dict().values():

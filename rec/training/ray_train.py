@@ -68,13 +68,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     # retained checkpoints, and a restarted run must still know its earlier epochs.
     state = {"epoch": -1, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "resumed_from": None, "history": []}
     best_weights = {k: v.clone() for k, v in model.state_dict().items()}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            weights, best_weights, opt_state, state = load_train_state(Path(d) / "state")
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(opt_state)
-        state["resumed_from"] = state["epoch"]
+    restored = restore_from_checkpoint(model, optimizer)
+    if restored is not None:
+        best_weights, state = restored
 
     loss_model = ray.train.torch.prepare_model(CorpusLoss(model, cfg.model.loss, cfg.model.num_negatives))
     device = ray.train.torch.get_device()
@@ -138,6 +134,25 @@ class PretrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_s: float = 0.0
     epochs: int = 0
+
+
+def restore_from_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, Any]] | None:
+    """Inside a Ray Train worker: load the run's latest checkpoint (a restart or ``train.resume``).
+
+    Loads the weights and optimizer state in place and returns ``(best_weights, state)`` with
+    ``state["resumed_from"]`` set to the epoch it continues after, or None on a fresh start.
+    """
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        weights, best_weights, opt_state, state = load_train_state(Path(d) / "state")
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(opt_state)
+    state["resumed_from"] = state["epoch"]
+    return best_weights, state
 
 
 def run_storage(cfg: RecConfig, out: Path, run_name: str) -> str:
