@@ -43,9 +43,9 @@ environment, runs as written):
 - GLOO_SOCKET_IFNAME=eth0: the namespaces share one hostname, which resolves to a loopback address.
 - `--num-cpus=1` per host, to keep the shared machine usable.
 
-Runs of this module on one machine take turns (a file lock; see `_one_run_per_machine`). Skipped
-with the reason when not root, or `ip netns`, sshd (Debian: openssh-server), ssh or rsync
-is missing. Cleanup always runs: every process inside the namespaces is killed by pid, then the
+Runs of this module on one machine take turns (a file lock; see `_one_run_per_machine`). It installs
+openssh-server, openssh-client and rsync with apt-get when they are missing; it is skipped with the
+reason only when not root, when `ip netns` is unavailable, or when that install fails. Cleanup always runs: every process inside the namespaces is killed by pid, then the
 namespaces, veths and the bridge are deleted, and the files `ray up` leaves are removed.
 """
 
@@ -92,9 +92,35 @@ def _run(*cmd: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, **kw)
 
 
+def _install_missing() -> str | None:
+    """Install openssh-server/client and rsync with apt when root and missing (the issue asks the
+    harness to install what it needs). Returns why it could not, or None."""
+    if os.path.exists(SSHD) and all(shutil.which(t) for t in ("ssh", "ssh-keygen", "rsync")):
+        return None
+    if shutil.which("apt-get") is None:
+        return "openssh-server/rsync missing and no apt-get to install them"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "openssh-server", "openssh-client", "rsync"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        if r.returncode != 0:  # a fresh image may have no package lists yet
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, env=env, timeout=300)
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "apt-get install openssh-server rsync timed out after 300 s"
+    if r.returncode != 0:
+        return f"apt-get install openssh-server rsync failed: {r.stderr.strip()[-300:]}"
+    return None
+
+
 def _why_skip() -> str | None:
     if os.geteuid() != 0:
         return "needs root (ip netns, veth, sshd)"
+    if shutil.which("ip") is None:
+        return "`ip` (iproute2) not installed"
+    why = _install_missing()
+    if why:
+        return why
     for tool in ("ip", "ssh", "ssh-keygen", "rsync"):
         if shutil.which(tool) is None:
             return f"`{tool}` not installed"
