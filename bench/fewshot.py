@@ -79,12 +79,27 @@ class Context:
 
     def __init__(self, bc: BenchConfig, runs: Path, quick: bool) -> None:
         self.bc, self.runs, self.quick = bc, runs, quick
+        # backbone/, meta/ and tune/ depend on the pretraining settings: a changed setting gets a
+        # fresh folder instead of silently reusing a backbone trained another way
+        self.stage = runs / f"pretrain-{self.pretrain_key()}"
         self._base = self._meta = None
         self._targets: dict[str, TargetData] = {}
         self._tenants: list[Tenant] | None = None
         self.tune_info: dict[str, dict] = {}
 
+    def pretrain_key(self) -> str:
+        """Hash of what the backbone depends on: sources, held-out tenants, pretraining overrides."""
+        part = {"sources": [s.model_dump(mode="json") for s in self.source_specs()],
+                "holdout": [s.model_dump(mode="json") for s in self.holdout_specs()], "pretrain": self.bc.pretrain, "quick": self.quick}
+        return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
     # sources
+    def holdout_specs(self) -> list[TenantSource]:
+        """Held-out tenants that select the pretraining checkpoint (zero-shot), never trained on."""
+        if not self.quick:
+            return list(self.bc.holdout)
+        return [s.model_copy(update={"max_users": self.bc.quick.source_max_users}) for s in self.bc.holdout]
+
     def source_specs(self) -> list[TenantSource]:
         if not self.quick:
             return list(self.bc.sources)
@@ -100,17 +115,18 @@ class Context:
 
     def pretrain_config(self) -> RecConfig:
         over = {"text.cache_dir": str(ROOT / ".cache" / "rec-text"), **self.bc.pretrain,
-                "train.output_dir": str(self.runs / "backbone"), "train.run_name": "fewshot-backbone", "eval.ks": [10]}
+                "train.output_dir": str(self.stage / "backbone"), "train.run_name": "fewshot-backbone", "eval.ks": [10]}
         if self.quick:
             over["train.epochs"] = self.bc.quick.epochs
-        return rec_config(over, {"data": {"sources": [s.model_dump(mode="json") for s in self.source_specs()]}})
+        return rec_config(over, {"data": {"sources": [s.model_dump(mode="json") for s in self.source_specs()],
+                                          "holdout": [s.model_dump(mode="json") for s in self.holdout_specs()]}})
 
     def backbone(self):  # noqa: ANN201 - LoadedBackbone
         """The pretrained source backbone; pretrained with Ray Train unless its checkpoint exists."""
         from rec.training.checkpoint import load_backbone
 
         if self._base is None:
-            ckpt = self.runs / "backbone" / "checkpoint"
+            ckpt = self.stage / "backbone" / "checkpoint"
             if not (ckpt / "manifest.json").is_file():
                 from rec.ray_session import ray_session
                 from rec.training.corpus import build_corpus
@@ -125,9 +141,11 @@ class Context:
                 with ray_session(RayConfig(num_cpus=2)):
                     res = pretrain(cfg, corpus=corpus)
                 stats = {t.name: t.stats() for t in tenants}
-                (self.runs / "backbone" / "sources.json").write_text(json.dumps(stats, indent=2))
-                log(f"pretrained in {res.train_s:.0f} s, {res.epochs} epochs; test ndcg@10 "
+                (self.stage / "backbone" / "sources.json").write_text(json.dumps(stats, indent=2))
+                log(f"pretrained in {res.train_s:.0f} s, {res.epochs} epochs, published "
+                    + ("the untrained init" if res.best_epoch < 0 else f"epoch {res.best_epoch + 1}") + "; test ndcg@10 "
                     + " ".join(f"{n}={m['ndcg@10']:.4f}" for n, m in res.test_metrics.items()))
+                (self.stage / "backbone" / "history.json").write_text(json.dumps(res.history, indent=2))
             self._base = load_backbone(ckpt)
         return self._base
 
@@ -136,7 +154,7 @@ class Context:
         from rec.training.checkpoint import load_backbone
 
         if self._meta is None:
-            ckpt = self.runs / "meta" / "checkpoint"
+            ckpt = self.stage / "meta" / "checkpoint"
             if not (ckpt / "manifest.json").is_file():
                 from rec.adaptation.meta import meta_train
                 from rec.ray_session import ray_session
@@ -144,9 +162,9 @@ class Context:
 
                 base = self.backbone()
                 over = {**self.bc.meta, **(self.bc.quick.meta if self.quick else {}),
-                        "meta.output_dir": str(self.runs / "meta"), "meta.run_name": "fewshot-meta"}
+                        "meta.output_dir": str(self.stage / "meta"), "meta.run_name": "fewshot-meta"}
                 cfg = rec_config(over, base.cfg.model_dump(mode="json"))
-                corpus = build_corpus(cfg, tenants=self.source_tenants())
+                corpus = build_corpus(cfg, tenants=self.source_tenants(), holdout=[])
                 with ray_session(RayConfig(num_cpus=2)):
                     res = meta_train(cfg, corpus=corpus, init=base)
                 log(f"meta-init in {res.train_s:.0f} s, {res.epochs} outer epochs")
@@ -182,7 +200,7 @@ class Context:
 
         t = self.bc.tune
         name = f"fewshot-{td.name}-k{t.k}-s{seed}"
-        cache = self.runs / "tune" / name / "fewshot_best.json"
+        cache = self.stage / "tune" / name / "fewshot_best.json"
         if not cache.is_file():
             base = self.backbone()
             space = {**t.search_space, "adapt.method": "lora"}
@@ -200,7 +218,7 @@ class Context:
             cfg = rec_config(over, tree)
             t0 = time.perf_counter()
             with ray_session(RayConfig(num_cpus=2)):
-                res = run_sweep(spec, cfg, base, storage_path=self.runs / "tune", verbose=0)
+                res = run_sweep(spec, cfg, base, storage_path=self.stage / "tune", verbose=0)
             if not res.best:
                 raise RuntimeError(f"sweep {name}: no successful trial ({res.errors} errors), see {res.experiment_dir}")
             best = res.best[0]
@@ -330,8 +348,10 @@ def settings_hash(ctx: Context, td_src: TenantSource, method: str) -> str:
     part: dict[str, Any] = {"target": td_src.model_dump(mode="json"), "num_eval_users": ctx.bc.num_eval_users, "quick": ctx.quick}
     if method in SCRATCH:
         part["scratch"] = ctx.bc.scratch.model_dump()
-    elif method not in ("popularity", "zero-shot"):
-        part["adapt"] = ctx.bc.adapt
+    elif method != "popularity":
+        part["backbone"] = ctx.pretrain_key()
+        if method != "zero-shot":
+            part["adapt"] = ctx.bc.adapt
     if method == "lora-tuned":
         part["tune"] = ctx.bc.tune.model_dump()
     if method == "lora-meta":
@@ -454,12 +474,12 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
     ran = {ds: {"seeds": sorted(d["seeds"]), "ks": k_order(d["ks"]), "methods": [m for m in METHODS if m in d["methods"]],
                 "rows": d["rows"]} for ds, d in ran.items()}
     expected = len(plan(Selection([t.name for t in bc.targets], list(bc.ks), list(bc.seeds), list(bc.methods))))
-    bb = ctx.runs / "backbone" / "checkpoint" / "manifest.json"
+    bb = ctx.stage / "backbone" / "checkpoint" / "manifest.json"
     bbm = json.loads(bb.read_text()) if bb.is_file() else {}
-    mm = ctx.runs / "meta" / "checkpoint" / "manifest.json"
+    mm = ctx.stage / "meta" / "checkpoint" / "manifest.json"
     mmeta = json.loads(mm.read_text()) if mm.is_file() else {}
-    sources_json = ctx.runs / "backbone" / "sources.json"
-    tune_done = {p.parent.name: json.loads(p.read_text()) for p in sorted((ctx.runs / "tune").glob("*/fewshot_best.json"))}
+    sources_json = ctx.stage / "backbone" / "sources.json"
+    tune_done = {p.parent.name: json.loads(p.read_text()) for p in sorted((ctx.stage / "tune").glob("*/fewshot_best.json"))}
     return {
         "protocol": PROTOCOL,
         "status": f"{'complete' if len(rows) >= expected else 'PARTIAL'}: {len(rows)} of {expected} configured rows "
@@ -472,8 +492,13 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
         "source_stats_after_sampling_and_catalog_compaction": json.loads(sources_json.read_text()) if sources_json.is_file() else None,
         "targets": [t.model_dump(mode="json", exclude_defaults=True) for t in bc.targets],
         "num_eval_users": bc.num_eval_users,
-        "pretraining": {"overrides": bc.pretrain, "how": "rec.training.ray_train.pretrain (Ray Train TorchTrainer, 1 worker), "
-                        "early stopping on the sources' validation NDCG@10; source catalogs = items the sampled users touched",
+        "pretraining": {"overrides": bc.pretrain, "how": "rec.training.ray_train.pretrain (Ray Train TorchTrainer, 1 worker); "
+                        "checkpoint selection and early stopping on train.select_on (holdout: zero-shot NDCG@10 of the "
+                        "held-out tenants below, the untrained init included as a candidate); source catalogs = items the sampled users touched",
+                        "holdout": [s.model_dump(mode="json", exclude_defaults=True) for s in ctx.holdout_specs()],
+                        "selected_on": bbm.get("metrics", {}).get("selected_on"), "best_epoch": bbm.get("metrics", {}).get("best_epoch"),
+                        "holdout_test_metrics": bbm.get("metrics", {}).get("holdout_test"),
+                        "history": json.loads(hist.read_text()) if (hist := ctx.stage / "backbone" / "history.json").is_file() else None,
                         "checksum": bbm.get("files", {}).get("model.safetensors", {}).get("sha256"),
                         "train_s": bbm.get("train_s"), "epochs_run": bbm.get("epochs_run"),
                         "source_test_metrics": bbm.get("metrics", {}).get("test")},

@@ -58,6 +58,7 @@ class BenchConfig(_Strict):
     runs_dir: str = "runs/bench-fewshot"
     sources: list[TenantSource] = Field(min_length=1)
     targets: list[TenantSource] = Field(min_length=1)
+    holdout: list[TenantSource] = Field(default_factory=list, description="data.holdout of pretraining")
     ks: list[KValue] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     methods: list[Literal[METHODS]] = Field(min_length=1)  # type: ignore[valid-type]
@@ -72,14 +73,18 @@ class BenchConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> BenchConfig:
         errs = []
-        for field in ("sources", "targets"):
+        for field in ("sources", "targets", "holdout"):
             names = [s.name for s in getattr(self, field)]
             if None in names or len(set(names)) != len(names):
                 errs.append(f"{field}: every entry needs a unique `name`, got {names}")
+        paths = {s.path for s in (*self.sources, *self.targets)}
+        errs += [f"holdout: {h.name} is also a source or target (it selects the backbone, so it must be a third tenant)"
+                 for h in self.holdout if h.path in paths]
         errs += [f"ks: {k} must be >= 0 or 'all'" for k in self.ks if isinstance(k, int) and k < 0]
+        held = {"data": {"holdout": [h.model_dump(mode="json") for h in self.holdout]}}
         for key, section in (("pretrain", self.pretrain), ("meta", self.meta), ("adapt", self.adapt), ("quick.meta", self.quick.meta)):
             try:
-                rec_config(section)
+                rec_config(section, held if key == "pretrain" else None)
             except ConfigError as e:
                 errs.append(f"{key}: {e}")
         bad = [n for n in self.quick.targets if n not in {t.name for t in self.targets}]

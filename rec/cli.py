@@ -65,6 +65,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     with ray_session(cfg.ray):
         res = pretrain(cfg, progress=True)
     _print_metrics(f"test metrics (leave-one-out, full ranking) after {res.epochs} epochs, {res.train_s:.1f} s", res.test_metrics)
+    if res.holdout_test is not None:
+        chosen = "the untrained init" if res.best_epoch < 0 else f"epoch {res.best_epoch + 1}"
+        _print_metrics(f"held-out tenants, zero-shot test metrics ({chosen}, selected on {cfg.train.select_on})", res.holdout_test)
     print(f"checkpoint: {res.checkpoint}")
     return 0
 

@@ -70,6 +70,11 @@ class TenantSource(_Strict):
 
 class DataConfig(_Strict):
     sources: list[TenantSource] = Field(default_factory=list, description="empty = synthetic default")
+    holdout: list[TenantSource] = Field(
+        default_factory=list,
+        description="held-out tenants, never trained on: ranked zero-shot from item text after every "
+        "epoch (transfer validation; train.select_on=holdout selects the checkpoint on them)",
+    )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     min_seq_len: int = Field(3, ge=3, description="users with fewer interactions are dropped (need train+valid+test)")
     max_seq_len: int = Field(50, ge=2, description="history window fed to the model")
@@ -136,6 +141,11 @@ class TrainConfig(_Strict):
     run_name: str = "pretrain"
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     resume: bool = Field(True, description="continue a run with the same run_name/output_dir if one exists")
+    select_on: Literal["valid", "holdout"] = Field(
+        "valid",
+        description="what picks the published checkpoint and drives early stopping: the sources' own "
+        "validation NDCG@10, or zero-shot NDCG@10 on data.holdout (the untrained init is a candidate too)",
+    )
 
 
 class EvalConfig(_Strict):
@@ -256,6 +266,10 @@ class RecConfig(_Strict):
                 f"model.max_len={self.model.max_len} < data.max_seq_len={self.data.max_seq_len}: "
                 "raise model.max_len or lower data.max_seq_len"
             )
+        if self.train.select_on == "holdout" and not self.data.holdout:
+            raise ValueError("train.select_on=holdout needs held-out tenants: add data.holdout entries or set train.select_on=valid")
+        if self.data.holdout and not self.model.use_text:
+            raise ValueError("data.holdout tenants are ranked zero-shot from item text: set model.use_text=true or remove data.holdout")
         return self
 
 

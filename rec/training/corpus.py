@@ -7,7 +7,7 @@ catalog: rows are always scored against their own tenant's items.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from rec.data.schema import DataError, Tenant
 from rec.data.splits import leave_one_out
 from rec.training.batches import left_pad, next_item_examples
 
-__all__ = ["TenantCorpus", "Corpus", "build_corpus", "load_tenants"]
+__all__ = ["TenantCorpus", "Corpus", "build_corpus", "load_holdout", "load_tenants"]
 
 
 @dataclass
@@ -47,6 +47,12 @@ class Corpus:
     tenants: list[TenantCorpus]
     max_len: int
     text_model: str | None  # fingerprint of the text encoder, recorded in manifests
+    # Held-out tenants (``data.holdout``): never trained on, only ranked zero-shot (transfer validation).
+    holdout: list[TenantCorpus] = field(default_factory=list)
+
+    def holdout_corpus(self) -> Corpus:
+        """The held-out tenants as a corpus of their own (for ``evaluate_corpus``)."""
+        return Corpus(self.holdout, self.max_len, self.text_model)
 
     @property
     def num_item_ids(self) -> int:
@@ -117,24 +123,40 @@ def tenant_corpus(
     )
 
 
-def build_corpus(cfg: RecConfig, tenants: list[Tenant] | None = None, progress: bool = False) -> Corpus:
+def load_holdout(data_cfg: DataConfig) -> list[Tenant]:
+    """The configured held-out tenants (``data.holdout``)."""
+    from rec.data.loaders import load_source
+
+    return [load_source(src, min_seq_len=data_cfg.min_seq_len) for src in data_cfg.holdout]
+
+
+def build_corpus(
+    cfg: RecConfig, tenants: list[Tenant] | None = None, progress: bool = False, holdout: list[Tenant] | None = None
+) -> Corpus:
     """Load (or take) tenants, encode their item text, split and pad them.
 
     Args:
         cfg: The run config (data, text, model, train sections are read).
-        tenants: Use these instead of ``cfg.data``.
+        tenants: Use these instead of ``cfg.data.sources``.
         progress: Show progress bars while encoding item text.
+        holdout: Use these instead of ``cfg.data.holdout`` (tenants only ranked zero-shot, never
+            trained on; their text-only corpora have ``id_offset = -1``).
 
     Raises:
-        DataError: A tenant is empty or has no text while the model needs text.
+        DataError: A tenant is empty, has no text while the model needs text, or a held-out tenant
+            shares a name with a training tenant.
     """
     tenants = load_tenants(cfg.data) if tenants is None else tenants
+    holdout = load_holdout(cfg.data) if holdout is None else holdout
+    clash = sorted({t.name for t in tenants} & {t.name for t in holdout})
+    if clash:
+        raise DataError(f"tenants {clash} are both trained on and held out: a held-out tenant must be new; rename or drop one")
     text_model = None
     encode = None
     if cfg.model.use_text:
         from rec.text import encode_items, get_encoder
 
-        for t in tenants:
+        for t in [*tenants, *holdout]:
             if not t.items.has_text:
                 raise DataError(
                     f"tenant {t.name!r} ({t.source}) has no item text but model.use_text=true: "
@@ -147,4 +169,10 @@ def build_corpus(cfg: RecConfig, tenants: list[Tenant] | None = None, progress: 
         emb = encode(list(t.items.text), cfg.text, progress=progress) if encode else None
         out.append(tenant_corpus(t, emb, offset, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed))
         offset += t.num_items
-    return Corpus(tenants=out, max_len=cfg.data.max_seq_len, text_model=text_model)
+    held = []
+    for t in holdout:
+        emb = encode(list(t.items.text), cfg.text, progress=progress) if encode else None
+        tc = tenant_corpus(t, emb, -1, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed)
+        empty = np.zeros((0, cfg.data.max_seq_len), np.int64)
+        held.append(replace(tc, train_inputs=empty, train_targets=empty))  # never trained on
+    return Corpus(tenants=out, max_len=cfg.data.max_seq_len, text_model=text_model, holdout=held)

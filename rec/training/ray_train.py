@@ -32,6 +32,7 @@ from rec.training.batches import shard_rows
 __all__ = ["pretrain", "PretrainResult", "train_loop_per_worker"]
 
 PRIMARY_METRIC = "ndcg@10"
+log = logging.getLogger(__name__)
 
 
 def _flat(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -40,6 +41,10 @@ def _flat(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]
         if tenant != "all":
             out[f"{prefix}_{tenant}_{PRIMARY_METRIC}"] = m[PRIMARY_METRIC]
     return out
+
+
+def _epoch_name(epoch: int) -> str:
+    return "untrained init" if epoch < 0 else f"epoch {epoch + 1}"
 
 
 def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
@@ -82,14 +87,30 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         nodes = [None] * world
         dist.all_gather_object(nodes, node)
     ks = sorted(set(cfg.eval.ks) | {10})
+    holdout = corpus.holdout_corpus()
+    holdout_embs = [None if t.text_emb is None else torch.tensor(t.text_emb, device=device) for t in holdout.tenants]
+
+    def evaluate(which: Corpus, embs: list) -> dict[str, dict[str, float]]:
+        return evaluate_corpus(model, which, embs, "valid", ks, cfg.eval.batch_size, cfg.eval.exclude_history, rank, world)
+
+    select_holdout = tc.select_on == "holdout"
+    if select_holdout and state["epoch"] == -1 and not state["history"]:
+        # Transfer validation: the untrained init is a candidate, so a run whose pretraining only
+        # hurts unseen tenants publishes the init and says so, instead of a worse model.
+        hold = evaluate(holdout, holdout_embs)
+        state.update(best=hold["all"][PRIMARY_METRIC], best_epoch=-1)
+        state["history"].append({"epoch": -1, **_flat("holdout", hold)})
+        if rank == 0:
+            print(f"untrained init  holdout ndcg@10 {state['best']:.4f}", flush=True)
 
     for epoch in range(state["epoch"] + 1, tc.epochs):
         t0 = time.perf_counter()
         rows = shard_rows(corpus.num_train_rows, epoch, tc.seed, rank, world)
         loss = train_epoch(loss_model, optimizer, corpus, rows, text_embs, tc.batch_size, tc.grad_clip)
         train_s = time.perf_counter() - t0
-        val = evaluate_corpus(model, corpus, text_embs, "valid", ks, cfg.eval.batch_size, cfg.eval.exclude_history, rank, world)
-        score = val["all"][PRIMARY_METRIC]
+        val = evaluate(corpus, text_embs)
+        hold = evaluate(holdout, holdout_embs) if holdout.tenants else None
+        score = (hold if select_holdout else val)["all"][PRIMARY_METRIC]
         if score > state["best"]:
             state.update(best=score, best_epoch=epoch, bad_epochs=0)
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -102,18 +123,21 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             "train_loss": loss,
             "epoch_train_s": train_s,
             "samples_per_s": len(rows) * world / max(train_s, 1e-9),
+            "selected_on": tc.select_on,
             "best_val_ndcg@10": state["best"],
             "best_epoch": state["best_epoch"],
             "resumed_from": -1 if state["resumed_from"] is None else state["resumed_from"],
             "worker_nodes": ",".join(nodes),
             "early_stopped": stop,
             **_flat("val", val),
+            **(_flat("holdout", hold) if hold is not None else {}),
         }
         state["history"].append(metrics)
         if rank == 0:
+            held = f"  holdout ndcg@10 {hold['all'][PRIMARY_METRIC]:.4f}" if hold is not None else ""
             print(
-                f"epoch {epoch + 1}/{tc.epochs}  loss {loss:.4f}  val ndcg@10 {score:.4f}  "
-                f"best {state['best']:.4f} (epoch {state['best_epoch'] + 1})  {train_s:.1f}s"
+                f"epoch {epoch + 1}/{tc.epochs}  loss {loss:.4f}  val ndcg@10 {val['all'][PRIMARY_METRIC]:.4f}{held}  "
+                f"best {state['best']:.4f} ({_epoch_name(state['best_epoch'])})  {train_s:.1f}s"
                 + ("  early stop" if stop else ""),
                 flush=True,
             )
@@ -134,6 +158,8 @@ class PretrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_s: float = 0.0
     epochs: int = 0
+    best_epoch: int = -1  # -1: the untrained init was best (only possible with train.select_on=holdout)
+    holdout_test: dict[str, dict[str, float]] | None = None  # zero-shot test metrics on data.holdout
 
 
 def restore_from_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, Any]] | None:
@@ -236,7 +262,19 @@ def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = Fals
     model.load_state_dict(best)
     model.eval()
     text_embs = [None if t.text_emb is None else torch.from_numpy(t.text_emb) for t in corpus.tenants]
-    test = evaluate_corpus(model, corpus, text_embs, "test", sorted(set(cfg.eval.ks) | {10}), cfg.eval.batch_size, cfg.eval.exclude_history)
+    ks = sorted(set(cfg.eval.ks) | {10})
+    test = evaluate_corpus(model, corpus, text_embs, "test", ks, cfg.eval.batch_size, cfg.eval.exclude_history)
+    holdout = corpus.holdout_corpus()
+    holdout_test = None
+    if holdout.tenants:
+        embs = [None if t.text_emb is None else torch.from_numpy(t.text_emb) for t in holdout.tenants]
+        holdout_test = evaluate_corpus(model, holdout, embs, "test", ks, cfg.eval.batch_size, cfg.eval.exclude_history)
+    if state["best_epoch"] < 0:
+        log.warning(
+            "pretraining never beat the untrained init on the held-out tenants %s (zero-shot NDCG@10 %.4f): "
+            "publishing the init. Try more or closer source tenants, a lower train.lr, or train.select_on=valid.",
+            [t.name for t in holdout.tenants], state["best"],
+        )
     history = state["history"]
     tenants = {t.name: {"id_offset": t.id_offset, "num_items": t.num_items, "data_hash": t.data_hash} for t in corpus.tenants}
     ckpt = export_backbone(
@@ -244,11 +282,13 @@ def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = Fals
         {k: v.contiguous() for k, v in best.items()},
         cfg,
         tenants,
-        metrics={"test": test, "best_val_ndcg@10": state["best"], "best_epoch": state["best_epoch"]},
+        metrics={"test": test, "best_val_ndcg@10": state["best"], "best_epoch": state["best_epoch"],
+                 "selected_on": cfg.train.select_on, "holdout_test": holdout_test},
         text_model=corpus.text_model,
         extra={"protocol": "leave-one-out, full ranking over each tenant's catalog, history not excluded"
                if not cfg.eval.exclude_history else "leave-one-out, full ranking, history excluded",
-               "train_s": train_s, "epochs_run": int(state["epoch"]) + 1, "ray_run": f"{storage}/{cfg.train.run_name}"},
+               "train_s": train_s, "epochs_run": int(state["epoch"]) + 1,
+               "holdout_tenants": {t.name: t.data_hash for t in holdout.tenants}, "ray_run": f"{storage}/{cfg.train.run_name}"},
     )
-    return PretrainResult(ckpt, test, history, train_s, int(state["epoch"]) + 1)
+    return PretrainResult(ckpt, test, history, train_s, int(state["epoch"]) + 1, state["best_epoch"], holdout_test)
 
