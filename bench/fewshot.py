@@ -87,6 +87,13 @@ class Context:
         self._tenants: list[Tenant] | None = None
         self.tune_info: dict[str, dict] = {}
 
+    def adapt_defaults(self) -> dict[str, Any]:
+        """The resolved AdaptConfig the rows start from (bench overrides on the library defaults)."""
+        return rec_config(self.bc.adapt).adapt.model_dump(mode="json")
+
+    def adapt_key(self) -> str:
+        return hashlib.sha256(json.dumps(self.adapt_defaults(), sort_keys=True).encode()).hexdigest()[:8]
+
     def pretrain_key(self) -> str:
         """Hash of what the backbone depends on: sources, held-out tenants, pretraining overrides."""
         part = {"sources": [s.model_dump(mode="json") for s in self.source_specs()],
@@ -200,6 +207,7 @@ class Context:
 
         t = self.bc.tune
         name = f"fewshot-{td.name}-k{t.k}-s{seed}"
+        name = f"{name}-a{self.adapt_key()}"  # trials run with these defaults (patience, batch...): re-sweep if they change
         cache = self.stage / "tune" / name / "fewshot_best.json"
         if not cache.is_file():
             base = self.backbone()
@@ -351,7 +359,7 @@ def settings_hash(ctx: Context, td_src: TenantSource, method: str) -> str:
     elif method != "popularity":
         part["backbone"] = ctx.pretrain_key()
         if method != "zero-shot":
-            part["adapt"] = ctx.bc.adapt
+            part["adapt"] = ctx.adapt_defaults()
     if method == "lora-tuned":
         part["tune"] = ctx.bc.tune.model_dump()
     if method == "lora-meta":
@@ -479,7 +487,7 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
     mm = ctx.stage / "meta" / "checkpoint" / "manifest.json"
     mmeta = json.loads(mm.read_text()) if mm.is_file() else {}
     sources_json = ctx.stage / "backbone" / "sources.json"
-    tune_done = {p.parent.name: json.loads(p.read_text()) for p in sorted((ctx.stage / "tune").glob("*/fewshot_best.json"))}
+    tune_done = {p.parent.name: json.loads(p.read_text()) for p in sorted((ctx.stage / "tune").glob(f"*-a{ctx.adapt_key()}/fewshot_best.json"))}
     return {
         "protocol": PROTOCOL,
         "status": f"{'complete' if len(rows) >= expected else 'PARTIAL'}: {len(rows)} of {expected} configured rows "

@@ -197,11 +197,13 @@ class AdaptConfig(_Strict):
     n_first: int | None = Field(None, ge=2, description="keep only each training user's first N interactions")
     num_eval_users: int | None = Field(None, ge=1, description="held-out users (default: eval_fraction)")
     eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(40, ge=1)
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(64, ge=1)
-    patience: int = Field(3, ge=1)
+    # 8, not 3: LoRA's first update dips validation below the start (B=0 init), and with patience
+    # 3 it stopped at the untrained start on every K=all target (bench/README, few-shot section).
+    patience: int = Field(8, ge=1, description="early stopping: epochs without val NDCG@10 gain")
     seed: int = 0
     torch_threads: int = Field(1, ge=1, description="1 keeps concurrent adaptations/Tune trials from oversubscribing cores")
     prompt_length: int = Field(4, ge=1, le=64)
