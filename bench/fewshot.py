@@ -448,11 +448,17 @@ def run(ctx: Context, sel: Selection, progress: Path, report) -> None:  # noqa: 
 
 
 # --- report --------------------------------------------------------------------------------------
-def final_rows(progress: list[dict[str, Any]], bc: BenchConfig) -> list[dict[str, Any]]:
-    """The latest successful row per (dataset, method, k, seed), in config order."""
-    latest = {}
+def final_rows(progress: list[dict[str, Any]], ctx: Context) -> list[dict[str, Any]]:
+    """The latest successful row per (dataset, method, k, seed) run with the current settings, in config order.
+
+    Rows of an earlier backbone or adaptation setting (another settings hash) stay in the progress
+    file but are never reported next to current ones.
+    """
+    bc, latest = ctx.bc, {}
+    srcs = {t.name: t for t in bc.targets}
+    current = {(n, m): settings_hash(ctx, src, m) for n, src in srcs.items() for m in METHODS}
     for r in progress:
-        if r.get("status") == "ok":
+        if r.get("status") == "ok" and r.get("settings") == current.get((r["dataset"], r["method"])):
             latest[row_key(r)] = {c: r[c] for c in ROW_KEYS}
     ds = {t.name: i for i, t in enumerate(bc.targets)}
     ks = {str(k): i for i, k in enumerate([0, 16, 64, 256, "all"])}
@@ -529,7 +535,7 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
 
 def report(ctx: Context, sel: Selection, progress: Path, name: str, results_dir: Path) -> Path | None:
     prog = read_progress(progress)
-    rows = final_rows(prog, ctx.bc)
+    rows = final_rows(prog, ctx)
     if not rows:
         log(f"no finished rows in {progress}: nothing to report")
         return None
