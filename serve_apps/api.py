@@ -1,5 +1,10 @@
 """HTTP ingress (FastAPI, API v1): validation, per-tenant API keys, body limits, feedback log.
 
+The same class serves both layouts of ``serve_apps.recommender.build_app``: with a Ranker handle it
+is the ``Ingress`` of the sharded layout (each call is a Serve hop to a Ranker replica); without one
+it holds a :class:`serve_apps.ranker.TenantRanker` itself (the ``Recommender`` deployment), so a
+request costs one hop: proxy -> replica.
+
 Routes (OpenAPI at /docs and /openapi.json):
 
 - ``POST /v1/tenants/{tenant_id}/recommendations`` -> top-K for one user's history
@@ -27,7 +32,9 @@ from rec.data.schema import validate_tenant_id
 from rec.serving.auth import ApiKeyChecker
 from rec.serving.events import EventLog
 from rec.serving.store import ArtifactRoot
+from serve_apps import timing
 from serve_apps.args import Limits, RecommenderArgs
+from serve_apps.ranker import TenantRanker
 from serve_apps.schemas import (
     ErrorBody,
     EventsRequest,
@@ -52,6 +59,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        t0 = time.perf_counter()
+        try:
+            await self._limited(scope, receive, send)
+        finally:
+            timing.TIMINGS.add("asgi", time.perf_counter() - t0)
+
+    async def _limited(self, scope, receive, send) -> None:  # noqa: ANN001
         limit = self.limits["max_body_bytes"]
         too_big = JSONResponse(
             {"detail": f"request body exceeds limits.max_body_bytes={limit} bytes; send fewer ids or raise the limit"}, 413
@@ -124,10 +138,10 @@ class Ingress:
 
     Args:
         args: :class:`serve_apps.args.RecommenderArgs` as a dict.
-        ranker: Handle of the Ranker deployment.
+        ranker: Handle of the Ranker deployment, or None to rank in this replica.
     """
 
-    def __init__(self, args: dict[str, Any], ranker: DeploymentHandle) -> None:
+    def __init__(self, args: dict[str, Any], ranker: DeploymentHandle | None = None) -> None:
         self.args = RecommenderArgs.model_validate(args)
         self.limits = self.args.limits
         _LIMITS["max_body_bytes"] = self.limits.max_body_bytes
@@ -135,6 +149,7 @@ class Ingress:
         self.keys = ApiKeyChecker(self.store.keys_path, require_keys=self.args.require_api_keys)
         self.events = EventLog(self.store.events_dir)
         self.ranker = ranker
+        self.local = TenantRanker(args) if ranker is None else None
 
     # --- helpers -------------------------------------------------------------------------------
     async def _authorize(self, tenant_id: str, presented: str | None) -> None:
@@ -142,12 +157,24 @@ class Ingress:
             validate_tenant_id(tenant_id)
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
-        reason = await asyncio.to_thread(self.keys.check, tenant_id, presented)
+        decided, reason = self.keys.quick_check(tenant_id, presented)  # no thread hop unless scrypt is needed
+        if not decided:
+            reason = await asyncio.to_thread(self.keys.check, tenant_id, presented)
         if reason is not None:
             raise HTTPException(401 if not presented else 403, reason)
 
-    def _handle(self, tenant_id: str) -> DeploymentHandle:
-        return self.ranker.options(multiplexed_model_id=tenant_id) if self.args.multiplex else self.ranker
+    async def _call(self, method: str, tenant_id: str | None, *args: Any) -> Any:
+        """``method`` of the Ranker: in this replica, or over a Serve hop (multiplexed by tenant)."""
+        t0 = time.perf_counter()
+        if self.local is not None:
+            out = await getattr(self.local, method)(*args)
+        else:
+            handle = self.ranker
+            if self.args.multiplex and tenant_id is not None:
+                handle = handle.options(multiplexed_model_id=tenant_id)
+            out = await getattr(handle, method).remote(*args)
+        timing.TIMINGS.add("call", time.perf_counter() - t0)
+        return out
 
     def _check_ids(self, what: str, ids: list[str], most: int, limit_name: str) -> None:
         if len(ids) > most:
@@ -169,12 +196,13 @@ class Ingress:
         tenant_id: str = _TenantId,
         bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
         api_key: str | None = Security(_api_key),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Rank the tenant's catalog for a user given their history (the tenant's own item ids).
 
         Unknown history ids are dropped and listed in ``unknown_items``; with no known id left the
         answer is a cold-start ranking (``cold_start: true``).
         """
+        t0 = time.perf_counter()
         await self._authorize(tenant_id, _presented(bearer, api_key))
         if body.k > self.limits.max_k:
             raise HTTPException(422, f"k={body.k} exceeds limits.max_k={self.limits.max_k}")
@@ -182,7 +210,11 @@ class Ingress:
         if body.candidates is not None:
             self._check_ids("candidates", body.candidates, self.limits.max_candidates, "max_candidates")
         request = {"tenant": tenant_id, **body.model_dump()}
-        return _raise_if_error(await self._handle(tenant_id).recommend.remote(request))
+        out = _raise_if_error(await self._call("recommend", tenant_id, request))
+        timing.TIMINGS.add("handler", time.perf_counter() - t0)
+        # The Ranker builds exactly RecommendResponse's fields: skip re-validating ~10 nested items
+        # per request (response_model still documents the body in /openapi.json).
+        return JSONResponse(out)
 
     @app.post(
         "/v1/tenants/{tenant_id}/events",
@@ -220,7 +252,7 @@ class Ingress:
     ) -> dict[str, Any]:
         """Which version serves the tenant, its method (zero-shot or adapted) and catalog size."""
         await self._authorize(tenant_id, _presented(bearer, api_key))
-        st = _raise_if_error(await self._handle(tenant_id).tenant_status.remote(tenant_id))
+        st = _raise_if_error(await self._call("tenant_status", tenant_id, tenant_id))
         return {**st, "api_key_required": self.args.require_api_keys or self.store.keys_path(tenant_id).is_file()}
 
     @app.get("/healthz", summary="Liveness")
@@ -230,7 +262,21 @@ class Ingress:
     @app.get("/readyz", summary="Readiness: the Ranker answers", responses={503: {"model": ErrorBody}})
     async def readyz(self) -> dict[str, Any]:
         try:
-            info = await asyncio.wait_for(self.ranker.ready.remote(), timeout=10)
+            info = await asyncio.wait_for(self._call("ready", None), timeout=10)
         except Exception as e:  # noqa: BLE001 - not ready, whatever the cause
             raise HTTPException(503, f"ranker not ready: {type(e).__name__}: {e}") from None
         return {"status": "ready", **info}
+
+    # --- for handles (tests, benchmarks): what the Ranker of this layout reports -----------------
+    async def ready(self) -> dict[str, Any]:
+        return await self._call("ready", None)
+
+    async def stats(self, reset: bool = False) -> dict[str, Any]:
+        """The Ranker's stats (``TenantRanker.stats``); in the sharded layout this replica's timings
+        (``asgi``, ``handler``, ``call``) are returned as ``ingress_timings``."""
+        out = await self._call("stats", None, reset)
+        if self.local is None:
+            out = {**out, "ingress_timings": timing.TIMINGS.summary()}
+            if reset:
+                timing.TIMINGS.clear()
+        return out

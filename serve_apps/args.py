@@ -33,9 +33,12 @@ class RecommenderArgs(BaseModel):
 
     artifact_root: str = Field(description="serving artifact root: model/ + tenants/<t>/v<N> (see rec.serving.store)")
     model_variant: Literal["fp32", "int8"] = "fp32"
+    adapter_dtype: Literal["fp32", "fp16"] = Field(
+        "fp32", description="dtype of LoRA tensors held per tenant (fp16 halves them; scores move by ~1e-4)")
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per Ranker replica")
-    max_batch_size: int = Field(16, ge=1, le=1024, description="@serve.batch size across tenants")
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, le=1.0)
+    max_batch_size: int = Field(32, ge=1, le=1024, description="@serve.batch size across tenants")
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0.0, le=1.0, description="0: never wait for company; batches form from requests queued while the model runs")
     tenant_cache_mb: float = Field(256.0, gt=0.0, description="per-replica budget for loaded tenant bundles (LRU)")
     poll_interval_s: float = Field(1.0, ge=0.0, description="how often a replica re-checks a tenant's version pointer")
     multiplex: bool = Field(False, description="shard tenants over Ranker replicas with @serve.multiplexed (tenant id = model id)")

@@ -1,15 +1,23 @@
-"""The Ranker deployment: one ONNX Runtime session shared by every tenant, plus the tenant registry.
+"""The Ranker: one ONNX Runtime session shared by every tenant, plus the tenant registry.
 
 ``@serve.batch`` collects requests of ANY tenants into one batch and ``rec.serving.rank_batch``
 scores all its warm rows with one model call, each row carrying its own tenant's adapter tensors.
-With ``multiplex: true`` the ingress tags each call with the tenant id as the multiplexed model id,
-so Serve routes a tenant to the replicas that already hold it (tenant sharding); Serve then
-batches per tenant.
+
+:class:`TenantRanker` is a plain class, used two ways (``serve_apps.recommender.build_app``):
+
+- default: inside the HTTP deployment itself (``Recommender``), so a request goes proxy ->
+  one replica, with no Serve hop between validation and the model;
+- ``multiplex: true``: as its own deployment (:data:`Ranker`) behind the ``Ingress``; the ingress
+  tags each call with the tenant id as the multiplexed model id, so Serve routes a tenant to the
+  replicas that already hold it (tenant sharding); Serve then batches per tenant.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,14 +25,15 @@ from typing import Any
 from ray import serve
 
 from rec.export.runtime import VARIANTS, SharedRanker
-from rec.export.tenant_bundle import load_tenant_bundle
 from rec.io.artifacts import ArtifactError
+from rec.serving.bundles import load_serving_bundle
 from rec.serving.ranking import RankError, RankRequest, rank_batch
 from rec.serving.registry import TenantRegistry, TenantUnavailable, UnknownTenant
 from rec.serving.store import ArtifactRoot
+from serve_apps import timing
 from serve_apps.args import RecommenderArgs
 
-__all__ = ["Ranker", "model_info"]
+__all__ = ["Ranker", "TenantRanker", "model_info"]
 
 
 def model_info(ranker: Any) -> dict[str, Any]:
@@ -50,13 +59,13 @@ class _PinnedTenant:
         self.registry.evict(self.tenant)
 
 
-@serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
-class Ranker:
+class TenantRanker:
     """Scores recommendation requests of any tenant (see module doc).
 
     Args:
         args: :class:`serve_apps.args.RecommenderArgs` as a dict (what the Serve YAML holds).
-        bundle_loader: ``path -> TenantBundle``; default ``rec.export.tenant_bundle.load_tenant_bundle``.
+        bundle_loader: ``path -> bundle``; default ``rec.serving.bundles.load_serving_bundle``
+            (compact: catalog as stored, LoRA in ``args.adapter_dtype``).
         ranker_factory: ``(model_dir, intra_op_threads, variant) -> SharedRanker``.
     """
 
@@ -74,14 +83,14 @@ class Ranker:
         self.info = model_info(self.ranker)
         self.registry = TenantRegistry(
             self.store,
-            bundle_loader or load_tenant_bundle,
+            bundle_loader or functools.partial(load_serving_bundle, adapter_dtype=self.args.adapter_dtype),
             max_bytes=int(self.args.tenant_cache_mb * (1 << 20)),
             poll_interval_s=self.args.poll_interval_s,
             validate=self._check_backbone,
         )
         self._batched.set_max_batch_size(self.args.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
-        self.batches: list[tuple[int, int]] = []  # (rows, tenants) of the last batches, for tests/debugging
+        self.batches: deque[tuple[int, int]] = deque(maxlen=4096)  # (rows, tenants) of recent batches
         self._pin = None
         if self.args.multiplex:
             registry = self.registry
@@ -112,6 +121,7 @@ class Ranker:
 
     async def recommend(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request (validated by the ingress) -> response dict or ``{"error": {status, detail}}``."""
+        t0 = time.perf_counter()
         err = await self._maybe_pin(request["tenant"])
         if err is not None:
             return err
@@ -122,15 +132,27 @@ class Ranker:
             exclude_history=bool(request["exclude_history"]),
             candidates=None if request.get("candidates") is None else tuple(request["candidates"]),
         )
-        return await self._batched(req)
+        out = await self._batched((req, time.perf_counter()))
+        timing.TIMINGS.add("ranker", time.perf_counter() - t0)
+        return out
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batched(self, requests: list[RankRequest]) -> list[dict[str, Any]]:
-        self.batches = (self.batches + [(len(requests), len({r.tenant for r in requests}))])[-1000:]
-        out = await asyncio.to_thread(
-            rank_batch, self.ranker, self.registry, requests, self.info["max_len"], self.info["model_version"]
-        )
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _batched(self, items: list[tuple[RankRequest, float]]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        requests = [r for r, _ in items]
+        for _, entered in items:
+            timing.TIMINGS.add("queue", t0 - entered)
+        self.batches.append((len(requests), len({r.tenant for r in requests})))
+        out = await asyncio.to_thread(self._rank, requests, t0)
         return [r.to_dict() if isinstance(r, RankError) else r for r in out]
+
+    def _rank(self, requests: list[RankRequest], queued: float) -> list[dict[str, Any] | RankError]:
+        timing.TIMINGS.add("thread", time.perf_counter() - queued)
+        t: dict[str, float] = {}
+        out = rank_batch(self.ranker, self.registry, requests, self.info["max_len"], self.info["model_version"], timings=t)
+        for stage, sec in t.items():
+            timing.TIMINGS.add(stage.removesuffix("_s"), sec)
+        return out
 
     async def tenant_status(self, tenant: str) -> dict[str, Any]:
         """Status of ``tenant`` as this replica serves it, or ``{"error": ...}``."""
@@ -163,6 +185,17 @@ class Ranker:
     async def ready(self) -> dict[str, Any]:
         return {"model_version": self.info["model_version"], "tenants_loaded": len(self.registry.loaded())}
 
-    async def stats(self) -> dict[str, Any]:
-        """Replica internals for tests/benchmarks: batch sizes, loaded tenants, registry counters."""
-        return {"batches": list(self.batches), "loaded": self.registry.loaded(), "loads": self.registry.loads}
+    async def stats(self, reset: bool = False) -> dict[str, Any]:
+        """Replica internals for tests/benchmarks: recent batches as (rows, tenants), loaded tenants
+        (bytes each), registry counters, per-stage timings (``serve_apps.timing``); ``reset``
+        clears batches and timings afterwards."""
+        out = {"batches": list(self.batches), "loaded": self.registry.loaded(), "loads": self.registry.loads,
+               "timings": timing.TIMINGS.summary()}
+        if reset:
+            self.batches.clear()
+            timing.TIMINGS.clear()
+        return out
+
+
+Ranker = serve.deployment(name="Ranker", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)(TenantRanker)
+"""The Ranker as its own deployment (the ``multiplex: true`` layout, behind ``Ingress``)."""

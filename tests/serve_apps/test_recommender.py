@@ -92,7 +92,9 @@ def _wait_ready(srv: Server, timeout: float = 60) -> None:
 def _ranker_stats() -> dict:
     from ray import serve
 
-    return serve.get_deployment_handle("Ranker", app_name=APP).stats.remote().result()
+    from serve_apps.recommender import SINGLE_HOP
+
+    return serve.get_deployment_handle(SINGLE_HOP, app_name=APP).stats.remote().result()
 
 
 def offline(world, tenant: str, adapter_dir: Path | None, history: list[str]) -> np.ndarray:
@@ -139,27 +141,38 @@ def test_openapi_docs_health(server):
     assert ready["status"] == "ready" and ready["model_version"].startswith("fp32-")
 
 
-def test_shipped_config_is_a_valid_serve_deploy_file():
+def _deployment_names(app) -> set[str]:  # noqa: ANN001 - a serve Application
+    names, todo = set(), [app]
+    while todo:
+        d = todo.pop()._bound_deployment
+        names.add(d.name)
+        todo += [a for a in (*d.init_args, *d.init_kwargs.values()) if hasattr(a, "_bound_deployment")]
+    return names
+
+
+@pytest.mark.parametrize("name, layout", [("config.yaml", {"Recommender"}), ("config.sharded.yaml", {"Ingress", "Ranker"})])
+def test_shipped_configs_are_valid_serve_deploy_files(name, layout):
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
 
-    cfg = yaml.safe_load((REPO / "serve_apps" / "config.yaml").read_text())
+    from serve_apps.recommender import build_app
+
+    cfg = yaml.safe_load((REPO / "serve_apps" / name).read_text())
     schema = ServeDeploySchema.model_validate(cfg)
     app = schema.applications[0]
     assert app.import_path == "serve_apps.recommender:build_app"
     RecommenderArgs.model_validate(app.args)
     deployments = {d.name: d for d in app.deployments}
-    assert set(deployments) == {"Ingress", "Ranker"}
+    # Serve refuses a config naming a deployment the app does not have: the YAML must match the
+    # layout build_app picks from its args (one Recommender, or Ingress + Ranker when sharded).
+    assert set(deployments) == layout == _deployment_names(call_user_app_builder_with_args_if_necessary(build_app, app.args))
     for d in deployments.values():
         assert 0 < d.ray_actor_options.num_cpus < 1
         assert d.autoscaling_config["min_replicas"] >= 1
+        assert d.max_ongoing_requests >= app.args["max_batch_size"]
     with pytest.raises(ValueError, match="artifact_rot"):
         RecommenderArgs.model_validate({**app.args, "artifact_rot": "/x"})
     # What `serve run` / `serve deploy` do with the YAML: validate args through the builder's type.
-    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
-
-    from serve_apps.recommender import build_app
-
-    call_user_app_builder_with_args_if_necessary(build_app, app.args)
     with pytest.raises(ValueError, match="max_batch_sise"):
         call_user_app_builder_with_args_if_necessary(build_app, {**app.args, "max_batch_sise": 3})
 
@@ -200,9 +213,12 @@ def test_mixed_tenant_batch_equals_single_requests(server):
     for a, b in zip(single, mixed):
         assert [i["item_id"] for i in a["items"]] == [i["item_id"] for i in b["items"]]
         np.testing.assert_allclose([i["score"] for i in a["items"]], [i["score"] for i in b["items"]], atol=1e-5)
-    batches = _ranker_stats()["batches"][before:]
+    stats = _ranker_stats()
+    batches = stats["batches"][before:]
     assert max(tenants for _, tenants in batches) >= 2, f"no batch mixed tenants: {batches}"
     assert len(batches) < len(jobs)
+    # One replica holds HTTP and model: every stage of the request path is timed in it.
+    assert {"asgi", "handler", "call", "queue", "feed", "ort", "topk"} <= set(stats["timings"]), stats["timings"]
 
 
 def test_exclude_history_candidates_and_unknown_items(server):
@@ -445,8 +461,10 @@ def test_feedback_event_survives_a_replica_kill(server):
                      {"type": "click", "item_id": "a-0008"}]}
     r = server.post("/v1/tenants/books/events", ev)
     assert r.status_code == 201 and r.json() == {"tenant": "books", "accepted": 2}
+    from serve_apps.recommender import SINGLE_HOP
+
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if "Ingress" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+                if SINGLE_HOP in a["name"] and a["name"].startswith("SERVE_REPLICA")]
     assert replicas
     for a in replicas:
         ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
