@@ -9,6 +9,10 @@ Feed rules (all exact, see ``rec.export.serving_graph``): histories are truncate
 ``max_seq_len`` most recent items and left-padded to the batch's longest; prompts are left-padded
 to the batch's longest prompt with masked slots; every projection's LoRA rank is zero-padded to
 the batch's largest rank, rows without LoRA get zeros.
+
+Bundles may hold their catalog quantized (``rec.serving.bundles.ServingBundle``: ``catalog`` int8
+with a per-row ``catalog_scale``, or fp16) and LoRA tensors in fp16: rows are dequantized when
+gathered into the fp32 feed and scores are scaled per row, so no fp32 copy is ever kept.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from rec.export.errors import AdapterShapeError, FeedError
 from rec.export.tenant_bundle import TenantBundle
 from rec.io.artifacts import ArtifactError, read_manifest
 
-__all__ = ["SharedRanker", "Feed", "build_feed", "make_session", "SERVING_KIND", "VARIANTS"]
+__all__ = ["SharedRanker", "Feed", "build_feed", "catalog_rows", "catalog_scores", "make_session", "SERVING_KIND", "VARIANTS"]
 
 SERVING_KIND = "serving-model"
 VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
@@ -54,6 +58,24 @@ def _check_bundle(b: TenantBundle, proj: dict[str, tuple[int, int]], d: int | No
             )
     if b.prompt is not None and (b.prompt.ndim != 2 or (d is not None and b.prompt.shape[1] != d)):
         raise AdapterShapeError(f"tenant {b.tenant!r}: prompt has shape {b.prompt.shape}, expected (P, {d})")
+
+
+def catalog_rows(b: Any, rows: np.ndarray) -> np.ndarray:
+    """fp32 catalog rows of bundle ``b`` (dequantized when the catalog is int8 with a per-row scale)."""
+    got = b.catalog[rows]
+    scale = getattr(b, "catalog_scale", None)
+    if scale is not None:
+        return got.astype(np.float32) * scale[rows, None]
+    return got.astype(np.float32, copy=False)
+
+
+def catalog_scores(b: Any, user_vec: np.ndarray) -> np.ndarray:
+    """``catalog @ user_vec`` in fp32 for any stored catalog dtype (a fresh array)."""
+    scores = np.asarray(b.catalog @ user_vec, dtype=np.float32)
+    scale = getattr(b, "catalog_scale", None)
+    if scale is not None:
+        scores *= scale
+    return scores
 
 
 def build_feed(
@@ -91,7 +113,7 @@ def build_feed(
     for r, (h, b) in enumerate(zip(rows, bundles)):
         if len(h):
             idx[r, T - len(h) :] = h
-            hist[r, T - len(h) :] = b.catalog[h]
+            hist[r, T - len(h) :] = catalog_rows(b, h)
     P = max((0 if b.prompt is None else len(b.prompt)) for b in bundles)
     prompt = np.zeros((B, P, d), np.float32)
     prompt_pad = np.ones((B, P), bool)
@@ -224,7 +246,7 @@ class SharedRanker:
             raise FeedError(f"user vector has {user_vec.shape[0]} dims, tenant {bundle.tenant!r} catalog has {bundle.catalog.shape[1]}")
         if k < 1:
             raise FeedError(f"k must be >= 1, got {k}")
-        scores = bundle.catalog @ user_vec
+        scores = catalog_scores(bundle, user_vec)
         if exclude:
             ex = np.fromiter((i for i in exclude if 0 <= i < len(scores)), np.int64)
             scores[ex] = -np.inf

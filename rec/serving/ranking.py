@@ -2,8 +2,9 @@
 
 Every warm row (non-empty history) goes through ONE call of the shared model, each row carrying its
 own tenant's adapter tensors (``SharedRanker.user_vectors``); top-K then runs on each row's own
-catalog. Serve's ``@serve.batch`` hands batches here; the function itself needs no Serve, so it is
-tested and benchmarked directly.
+catalog. Bundles are ``rec.serving.bundles.ServingBundle`` (``rows_of``, ``item_ids``,
+``centroid``, ``num_items``). Serve's ``@serve.batch`` hands batches here; the function itself
+needs no Serve, so it is tested and benchmarked directly.
 
 Per-row problems (unknown tenant, a tenant whose bundles do not load) become that row's error; the
 other rows of the batch are still answered.
@@ -12,6 +13,7 @@ other rows of the batch are still answered.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,24 +48,6 @@ class RankError:
         return {"error": {"status": self.status, "detail": self.detail}}
 
 
-def _rows_of(bundle: Any, ids: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
-    """Catalog rows of ``ids`` in order, plus the ids the catalog does not have."""
-    index = bundle.item_index
-    rows, unknown = [], []
-    for item in ids:
-        row = index.get(item)
-        if row is None:
-            unknown.append(item)
-        else:
-            rows.append(row)
-    return np.asarray(rows, dtype=np.int64), unknown
-
-
-def _cold_vector(bundle: Any) -> np.ndarray:
-    """User vector for an empty history: the catalog centroid ranks the most typical items first."""
-    return bundle.catalog.mean(axis=0).astype(np.float32)
-
-
 @dataclass
 class _Row:
     index: int
@@ -79,8 +63,8 @@ def _answer(ranker: Any, row: _Row, user: np.ndarray | None, model_version: str)
     bundle = row.served.bundle
     cold = user is None
     if cold:
-        user = _cold_vector(bundle)
-    n = bundle.catalog.shape[0]
+        user = bundle.centroid()
+    n = bundle.num_items
     exclude = row.rows if row.req.exclude_history else np.zeros(0, np.int64)
     if row.candidate_rows is not None:
         outside = np.setdiff1d(np.arange(n, dtype=np.int64), row.candidate_rows, assume_unique=False)
@@ -98,7 +82,7 @@ def _answer(ranker: Any, row: _Row, user: np.ndarray | None, model_version: str)
     method = getattr(bundle, "method", "zero-shot")
     return {
         "tenant": row.req.tenant,
-        "items": [{"item_id": str(bundle.item_ids[r]), "score": float(s)} for r, s in zip(top_rows, scores, strict=True)],
+        "items": [{"item_id": bundle.item_ids[r], "score": float(s)} for r, s in zip(top_rows.tolist(), scores.tolist(), strict=True)],
         "adapter_version": f"v{row.served.version}",
         "method": method,
         "zero_shot": method == "zero-shot",
@@ -110,7 +94,8 @@ def _answer(ranker: Any, row: _Row, user: np.ndarray | None, model_version: str)
 
 
 def rank_batch(
-    ranker: Any, registry: TenantRegistry, requests: list[RankRequest], max_len: int, model_version: str
+    ranker: Any, registry: TenantRegistry, requests: list[RankRequest], max_len: int, model_version: str,
+    timings: dict[str, float] | None = None,
 ) -> list[dict[str, Any] | RankError]:
     """Answer a mixed-tenant batch with one shared-model call (see module doc).
 
@@ -121,10 +106,14 @@ def rank_batch(
         requests: The batch.
         max_len: Longest history the model takes; older items are dropped.
         model_version: Reported in every answer.
+        timings: Optional; receives seconds spent resolving tenants and history ids
+            (``resolve_s``), building the feed (``feed_s``), in ``session.run`` (``ort_s``) and
+            ranking + building the answers (``topk_s``).
 
     Returns:
         One response dict or :class:`RankError` per request, in order.
     """
+    t0 = time.perf_counter()
     out: list[dict[str, Any] | RankError | None] = [None] * len(requests)
     rows: list[_Row] = []
     for i, req in enumerate(requests):
@@ -139,16 +128,18 @@ def rank_batch(
         except ValueError as e:
             out[i] = RankError(422, str(e))
             continue
-        hist_rows, unknown = _rows_of(served.bundle, req.history)
+        hist_rows, unknown = served.bundle.rows_of(req.history)
         cand_rows, unknown_cand = (None, [])
         if req.candidates is not None:
-            cand_rows, unknown_cand = _rows_of(served.bundle, req.candidates)
+            cand_rows, unknown_cand = served.bundle.rows_of(req.candidates)
         rows.append(_Row(i, req, served, hist_rows[-max_len:] if len(hist_rows) else hist_rows, unknown, cand_rows, unknown_cand))
     warm = [r for r in rows if len(r.rows)]
     users: dict[int, np.ndarray] = {}
+    model_t: dict[str, float] = {}
+    t1 = time.perf_counter()
     if warm:
         try:
-            vecs = ranker.user_vectors([r.rows for r in warm], [r.served.bundle for r in warm])
+            vecs = ranker.user_vectors([r.rows for r in warm], [r.served.bundle for r in warm], timings=model_t)
             users = {r.index: vecs[j] for j, r in enumerate(warm)}
         except Exception:  # noqa: BLE001 - isolate the row that breaks the joint call
             log.exception("mixed-tenant batch failed; retrying its rows one by one")
@@ -157,7 +148,11 @@ def rank_batch(
                     users[r.index] = ranker.user_vectors([r.rows], [r.served.bundle])[0]
                 except Exception as e:  # noqa: BLE001
                     out[r.index] = RankError(503, f"tenant {r.req.tenant!r} v{r.served.version} cannot be scored: {e}")
+    t2 = time.perf_counter()
     for r in rows:
         if out[r.index] is None:
             out[r.index] = _answer(ranker, r, users.get(r.index), model_version)
+    if timings is not None:
+        timings.update(resolve_s=t1 - t0, feed_s=model_t.get("feed_s", 0.0), ort_s=model_t.get("ort_s", 0.0),
+                       topk_s=time.perf_counter() - t2)
     return out  # type: ignore[return-value]
