@@ -5,29 +5,37 @@ random):
 
 - ``torch-multiplex``: the classic design: ``@serve.multiplexed`` holds one merged torch backbone
   per tenant (LoRA ``W + B A`` merged, prompt set), batches per tenant (Serve splits batches by
-  model id), routed by the ``serve_multiplexed_model_id`` header.
+  model id), routed by the ``serve_multiplexed_model_id`` header. One 0.5-CPU deployment.
 - ``ort-merged-multiplex``: the same design with the per-tenant ONNX model of
-  ``rec.export.onnx_export.export_merged_tenant_model`` (adapter merged, catalog baked in), one
-  ORT session per loaded tenant.
-- ``ort-shared-fp32`` / ``ort-shared-int8``: the real app (``serve_apps.recommender``): one ORT
-  session, ``@serve.batch`` across tenants, tenant bundles in an LRU.
+  ``rec.export.onnx_export.export_merged_tenant_model`` (adapter merged, catalog baked in).
+- ``ort-shared-fp32``: the real app (``serve_apps.recommender``, default layout): ONE 0.5-CPU
+  deployment (FastAPI + one ORT session + ``@serve.batch`` across tenants), fp32 model, fp32
+  catalogs, fp32 LoRA.
+- ``ort-shared-int8``: the same app with the int8 model, int8 catalogs (per-row scale, published
+  with ``catalog_dtype=int8``) and fp16 LoRA in the tenant cache: the compact configuration.
+- ``ort-shared-fp32-2hop``: the previous layout, Ingress (0.25 CPU) -> Ranker (0.25 CPU), fp32:
+  what the extra Serve hop costs.
+- ``ort-shared-sharded``: ``multiplex: true`` (serve_apps/config.sharded.yaml): Ingress -> Ranker
+  with the tenant id as multiplexed model id (tenant sharding; Serve then batches per tenant).
+
+Every mode uses the same batching policy (``--max-batch`` / ``--batch-wait``).
 
 Tenants: ``--real`` synthetic tenants get real LoRA adapters (random, non-zero), published with
-``rec.serving.publish_tenant`` and exported once each as a merged model. The ``N`` benchmark
-tenants are file copies of those artifacts (bundle folder or merged-model folder copied, the
-manifest's tenant renamed), so the tenant count drives cache / multiplex behaviour without N
-exports (N merged exports would take hours here).
+``rec.serving.publish_tenant`` (fp32 and int8 catalogs, two roots) and exported once each as a
+merged model. The ``N`` benchmark tenants are file copies of those artifacts (manifest tenant
+renamed), so the tenant count drives cache / multiplex behaviour without N exports.
 
-Load: a closed loop (``--clients`` clients, each sends its next request when the last returns)
-and an open loop (Poisson arrivals at ``--rate`` requests/s, latency counted from the scheduled
-send time, so queueing is not hidden), both bounded in time and request count.
-``overhead_ratio`` = end-to-end p50 / in-process time of the bare model call for the batch size
-the server actually ran (median of its recorded batches). An autoscaling run steps an open-loop
-load up and down against the app with ``serve_apps/config.yaml``'s autoscaling settings and
-samples the Ranker replica count (``serve.status()``) and p99 per window.
+Loads per (mode, N), all bounded in time and requests (bench/load_gen.py, one asyncio/aiohttp
+client process whose own CPU is recorded): ``closed-1`` (unloaded latency: the overhead ratio),
+``closed-8``, ``closed-64`` (high concurrency: mixed-tenant batches form), and ``slo-p99-50ms``:
+the highest Poisson rate with p99 <= 50 ms and 0 errors, by bisection. The server's batch sizes
+and per-stage timings (serve_apps/timing.py) are read from the replica after each load.
+``overhead_ratio`` = end-to-end p50 / in-process ``session.run`` time for the median batch the
+server ran. An autoscaling run steps an open-loop load up and down against the app with
+``serve_apps/config.yaml``'s autoscaling settings.
 
-    .venv/bin/python -m bench.serve_load                  # the full run (~15 min on 2 cores)
-    .venv/bin/python -m bench.serve_load --quick          # pipeline check (~3 min), writes serve_load_quick.*
+    .venv/bin/python -m bench.serve_load                  # the full run (~20 min on 2 cores)
+    .venv/bin/python -m bench.serve_load --quick          # pipeline check (~4 min), writes serve_load_quick.*
 """
 
 from __future__ import annotations
@@ -44,18 +52,20 @@ from typing import Any
 
 import numpy as np
 
-from bench.load_gen import HIST, drive_closed, drive_open, open_summary
-from bench.serve_load_results import MODES, MULTIPLEX, fmt_ms, plot_autoscale, plot_matrix, ratios, targets
+from bench.load_gen import HIST, drive_closed, drive_open, max_rate_at_slo, open_summary
+from bench.serve_load_baselines import RawTimer, multiplex_app
+from bench.serve_load_results import MODES, MULTIPLEX, SHARED, VARIANT, notes_markdown, plot_autoscale, plot_matrix, targets
 
 COLUMNS = ["mode", "tenants", "load", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "rss_mb", "overhead_ratio",
-           "model_rss_mb", "batch_median", "raw_ms"]
+           "model_rss_mb", "batch_median", "batch_max", "raw_ms", "client_cpu_frac"]
 REPO = Path(__file__).resolve().parents[1]
 
 
 # --- setup ---------------------------------------------------------------------------------------
 def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path, Path, list[str], dict[str, float]]:
-    """Backbone (random init, default model size), serving root with ``real`` LoRA tenants, and one
-    merged per-tenant ONNX model per real tenant under ``work/merged/<tenant>``."""
+    """Backbone (random init, default model size), serving root ``work/root`` with ``real`` LoRA
+    tenants (fp32 catalogs), the same tenants in ``work/root-int8`` (int8 catalogs, same model), and
+    one merged per-tenant ONNX model per real tenant under ``work/merged/<tenant>``."""
     import torch
 
     from rec.adaptation.artifacts import save_adapter
@@ -75,11 +85,12 @@ def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path,
     tenants = generate_tenants(cfg.data.synthetic)
     meta = {t.name: {"id_offset": 0, "num_items": t.num_items, "data_hash": t.content_hash()} for t in tenants}
     loaded = load_backbone(export_backbone(work / "backbone", model.state_dict(), cfg, meta, {}, "bench"))
-    root = work / "root"
+    root, root8 = work / "root", work / "root-int8"
     timing = {}
     t0 = time.perf_counter()
     ensure_serving_model(root, loaded, quantize=True)
     timing["shared_model_export_s"] = time.perf_counter() - t0
+    shutil.copytree(root / "model", root8 / "model")
     acfg = AdaptConfig(method="lora", output_root=str(work / "adapters"))
     publish_s, merged_s = 0.0, 0.0
     for t in tenants:
@@ -93,6 +104,7 @@ def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path,
         t0 = time.perf_counter()
         publish_tenant(root, loaded, t, emb, adapter)
         publish_s += time.perf_counter() - t0
+        publish_tenant(root8, loaded, t, emb, adapter, catalog_dtype="int8")
         t0 = time.perf_counter()
         export_merged_tenant_model(loaded, t, emb, adapter, work / "merged" / t.name)
         merged_s += time.perf_counter() - t0
@@ -110,123 +122,48 @@ def _clone(src: Path, dst: Path, name: str) -> None:
     atomic_write_json(dst / "manifest.json", manifest)
 
 
-def clone_tenants(root: Path, merged: Path, sources: list[str], n: int) -> dict[str, list[str]]:
-    """``n`` tenants ``t0000..``: copies of the source bundles (published) and of their merged
-    models (``merged/<name>``); returns their item ids."""
+def clone_tenants(roots: list[Path], merged: Path, sources: list[str], n: int) -> dict[str, list[str]]:
+    """``n`` tenants ``t0000..``: copies of the source bundles (published, in every root) and of
+    their merged models (``merged/<name>``); returns their item ids."""
     from rec.serving.store import ArtifactRoot
 
-    store = ArtifactRoot(root)
     ids = {}
     for i in range(n):
         src = sources[i % len(sources)]
         name = f"t{i:04d}"
-        dst = store.version_dir(name, 1)
-        if not dst.exists():
-            _clone(store.version_dir(src, 1), dst, name)
-            store.set_current(name, 1)
+        for root in roots:
+            store = ArtifactRoot(root)
+            dst = store.version_dir(name, 1)
+            if not dst.exists():
+                _clone(store.version_dir(src, 1), dst, name)
+                store.set_current(name, 1)
         if not (merged / name).exists():
             _clone(merged / src, merged / name, name)
         ids[name] = json.loads((dst / "item_ids.json").read_text())
     return ids
 
 
-# --- the per-tenant-model baselines --------------------------------------------------------------
-def _rows(index: dict, history: list, max_len: int) -> list[int]:
-    return [index[i] for i in history if i in index][-max_len:]
-
-
-def multiplex_app(kind: str, root: str, backbone: str, merged: str, max_models: int):  # noqa: ANN201
-    """One deployment that holds up to ``max_models`` per-tenant models (``@serve.multiplexed``):
-    ``kind`` "torch" (merged torch backbone) or "ort" (the merged ONNX export, one session each)."""
-    from fastapi import FastAPI
-    from ray import serve
-
-    api = FastAPI()
-
-    @serve.deployment(name="Model", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
-    @serve.ingress(api)
-    class PerTenantModels:
-        def __init__(self) -> None:
-            import torch
-
-            from rec.training.checkpoint import load_backbone
-
-            torch.set_num_threads(1)
-            self.base = load_backbone(backbone)
-            self.max_len = int(self.base.cfg.data.max_seq_len)
-            self.batches: list[int] = []
-
-            async def load(tenant: str):  # noqa: ANN202 - a plain function: Serve keeps its LRU on it
-                return self._load(tenant)
-
-            self.load = serve.multiplexed(max_num_models_per_replica=max_models)(load)
-
-        def _load(self, tenant: str):  # noqa: ANN202
-            if kind == "ort":
-                from rec.export.runtime import make_session
-                from rec.io.artifacts import read_manifest
-
-                folder = Path(merged) / tenant
-                read_manifest(folder)  # checksums, as a loader of published artifacts would
-                ids = json.loads((folder / "item_ids.json").read_text())
-                return make_session(folder / "model.onnx", intra_op_threads=1), None, {x: j for j, x in enumerate(ids)}, ids
-            import copy
-
-            import torch
-
-            from rec.export.tenant_bundle import load_tenant_bundle
-            from rec.serving.store import ArtifactRoot
-
-            store = ArtifactRoot(root)
-            b = load_tenant_bundle(store.version_dir(tenant, store.current_version(tenant)))
-            model = copy.deepcopy(self.base.model).eval()
-            with torch.no_grad():
-                for name, (a, bm) in b.lora.items():
-                    model.get_submodule(name).weight += torch.from_numpy(bm @ a)
-                if b.prompt is not None:
-                    model.prompt = torch.nn.Parameter(torch.from_numpy(b.prompt), requires_grad=False)
-            return model, torch.from_numpy(b.catalog), b.item_index, b.item_ids
-
-        @api.post("/v1/tenants/{tenant_id}/recommendations")
-        async def recommend(self, tenant_id: str, body: dict) -> dict:
-            m = await self.load(serve.get_multiplexed_model_id() or tenant_id)
-            return await self.batched((m, body["history"], int(body.get("k", 10))))
-
-        @api.get("/stats")
-        async def stats(self) -> dict:
-            return {"batches": self.batches[-1000:]}
-
-        @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-        async def batched(self, reqs: list) -> list:
-            (model, catalog, index, ids) = reqs[0][0]  # one tenant per batch (split by model id)
-            self.batches = (self.batches + [len(reqs)])[-1000:]
-            rows = [_rows(index, h, self.max_len) for _, h, _ in reqs]
-            T = max(1, max(len(r) for r in rows))
-            idx = np.zeros((len(rows), T), np.int64)
-            pad = np.ones((len(rows), T), bool)
-            for j, r in enumerate(rows):
-                if r:
-                    idx[j, T - len(r):] = r
-                    pad[j, T - len(r):] = False
-            if kind == "ort":
-                scores = model.run(["scores"], {"items": idx, "pad": pad})[0]
-            else:
-                import torch
-
-                with torch.no_grad():
-                    it, pd = torch.from_numpy(idx), torch.from_numpy(pad)
-                    scores = model.scores(model.user_vector(catalog[it], pd), catalog).numpy()
-            out = []
-            for j, (_, _, k) in enumerate(reqs):
-                top = np.argpartition(-scores[j], k)[:k]
-                top = top[np.argsort(-scores[j][top])]
-                out.append({"items": [{"item_id": ids[i], "score": float(scores[j][i])} for i in top]})
-            return out
-
-    return PerTenantModels.bind()
-
-
 # --- measurements --------------------------------------------------------------------------------
+def serve_cpu_s(app: str) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the HTTP proxy and by the app's replicas, summed
+    per deployment."""
+    import psutil
+
+    out: dict[str, float] = {}
+    tag = f"ServeReplica:{app}:"
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        # the process title is ray::ServeReplica:<app>:<deployment>[.<method running now>]
+        key = "proxy" if "ProxyActor" in cmd else (cmd.split(tag, 1)[1].split()[0].split(".")[0] if tag in cmd else None)
+        if key is not None:
+            try:
+                t = p.cpu_times()
+            except psutil.Error:
+                continue
+            out[key] = out.get(key, 0.0) + t.user + t.system
+    return out
+
+
 def replica_rss_mb(app: str, deployment: str | None = None) -> float:
     import psutil
 
@@ -241,112 +178,133 @@ def replica_rss_mb(app: str, deployment: str | None = None) -> float:
     return round(total / 2**20, 1)
 
 
-class RawTimer:
-    """In-process time of the bare model call for a batch of ``b`` rows (1 thread, median of 30)."""
-
-    def __init__(self, root: Path, backbone: Path, merged: Path, sources: list[str]) -> None:
-        from rec.export.tenant_bundle import load_tenant_bundle
-        from rec.serving.store import ArtifactRoot
-
-        self.root, self.backbone, self.merged = root, backbone, merged
-        store = ArtifactRoot(root)
-        self.bundles = [load_tenant_bundle(store.version_dir(t, 1)) for t in sources]
-        self.cache: dict[tuple[str, int], float] = {}
-
-    @staticmethod
-    def _median(fn, n: int = 30) -> float:  # noqa: ANN001
-        fn()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times) * 1000)
-
-    def ms(self, mode: str, b: int) -> float:
-        key = (mode, b)
-        if key in self.cache:
-            return self.cache[key]
-        rows = [np.arange(HIST) % len(bd.catalog) for bd in self.bundles]
-        if mode.startswith("ort-shared"):
-            from rec.export.runtime import SharedRanker
-            from rec.serving.store import ArtifactRoot
-
-            r = SharedRanker(ArtifactRoot(self.root).model_dir, variant=mode.rsplit("-", 1)[1])
-            feed = r.build_feed([rows[i % len(rows)] for i in range(b)], [self.bundles[i % len(rows)] for i in range(b)]).inputs
-            ms = self._median(lambda: r.raw_run(feed))
-        elif mode == "ort-merged-multiplex":
-            from rec.export.runtime import make_session
-
-            sess = make_session(self.merged / sorted(p.name for p in self.merged.iterdir())[0] / "model.onnx", intra_op_threads=1)
-            feed = {"items": np.tile(rows[0], (b, 1)).astype(np.int64), "pad": np.zeros((b, HIST), bool)}
-            ms = self._median(lambda: sess.run(["scores"], feed))
-        else:
-            import torch
-
-            from rec.training.checkpoint import load_backbone
-
-            torch.set_num_threads(1)
-            m = load_backbone(self.backbone).model
-            cat = torch.from_numpy(self.bundles[0].catalog)
-            idx, pad = torch.from_numpy(np.tile(rows[0], (b, 1))), torch.zeros(b, HIST, dtype=torch.bool)
-
-            def run() -> None:
-                with torch.no_grad():
-                    m.scores(m.user_vector(cat[idx], pad), cat)
-
-            ms = self._median(run)
-        self.cache[key] = ms
-        return ms
-
-
-def batch_median(app: str, mode: str, url: str) -> int:
-    import requests
-    from ray import serve
+def app_for(mode: str, roots: dict[str, Path], backbone: Path, merged: Path, a: argparse.Namespace):  # noqa: ANN201
+    """(Serve application, deployment whose ``stats`` to read, deployment holding the model)."""
+    from serve_apps.api import Ingress
+    from serve_apps.args import RecommenderArgs
+    from serve_apps.ranker import Ranker
+    from serve_apps.recommender import SINGLE_HOP, build_app
 
     if mode in MULTIPLEX:
-        batches = requests.get(f"{url}/stats", timeout=30).json()["batches"]
-    else:
-        batches = [b for b, _ in serve.get_deployment_handle("Ranker", app_name=app).stats.remote().result()["batches"]]
-    return max(1, int(round(float(np.median(batches))))) if batches else 1
+        kind = "ort" if mode.startswith("ort") else "torch"
+        return multiplex_app(kind, str(roots["fp32"]), str(backbone), str(merged), a.max_models, a.max_batch, a.batch_wait), "Model", "Model"
+    variant = VARIANT[mode]
+    args = {"artifact_root": str(roots[variant]), "model_variant": variant, "adapter_dtype": "fp16" if variant == "int8" else "fp32",
+            "tenant_cache_mb": 1024, "max_batch_size": a.max_batch, "batch_wait_timeout_s": a.batch_wait,
+            "multiplex": mode == "ort-shared-sharded", "max_tenants_per_replica": a.max_models}
+    if mode == "ort-shared-fp32-2hop":  # the layout before the single-hop app: Ingress -> Ranker, no multiplexing
+        plain = RecommenderArgs.model_validate(args).model_dump(mode="json")
+        return Ingress.bind(plain, Ranker.bind(plain)), "Ingress", "Ranker"
+    if mode == "ort-shared-sharded":
+        return build_app(args), "Ingress", "Ranker"
+    return build_app(args), SINGLE_HOP, SINGLE_HOP
+
+
+def server_view(stats: dict[str, Any]) -> dict[str, Any]:
+    """Batch-size distribution and per-stage p50 timings from a replica's ``stats()``."""
+    sizes = [b for b, _ in stats.get("batches", [])]
+    mixes = [t for _, t in stats.get("batches", [])]
+    stages = {k: round(v["p50_ms"], 3) for k, v in stats.get("timings", {}).items()}
+    stages.update({f"ingress.{k}": round(v["p50_ms"], 3) for k, v in stats.get("ingress_timings", {}).items()})
+    hist = {int(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))} if sizes else {}
+    loaded = stats.get("loaded") or {}
+    return {"batch_median": max(1, int(round(float(np.median(sizes))))) if sizes else 1,
+            "batch_p90": float(np.percentile(sizes, 90)) if sizes else 1.0, "batch_max": max(sizes, default=1),
+            "batch_mean": round(float(np.mean(sizes)), 2) if sizes else 1.0, "batches": len(sizes),
+            "tenants_per_batch_mean": round(float(np.mean(mixes)), 2) if mixes else 1.0,
+            "batch_hist": hist, "stages_p50_ms": stages,
+            "bundle_kb_per_tenant": round(sum(loaded.values()) / len(loaded) / 1024, 1) if loaded else None}
+
+
+def warm_all(url: str, tenants: dict) -> None:
+    """GET every tenant's status once: the replica loads every bundle."""
+    import requests
+
+    with requests.Session() as s:
+        for t in tenants["__names__"]:
+            s.get(f"{url}/v1/tenants/{t}", timeout=30).raise_for_status()
+
+
+def measure_mode(mode: str, n: int, tenants: dict, roots: dict[str, Path], backbone: Path, merged: Path,
+                 timer: RawTimer, a: argparse.Namespace) -> list[dict[str, Any]]:
+    """Deploy ``mode``, warm it, run every load; one row per load."""
+    from ray import serve
+
+    app = f"bench-{mode}-{n}"
+    app_obj, stats_dep, model_dep = app_for(mode, roots, backbone, merged, a)
+    serve.run(app_obj, name=app, route_prefix=f"/{app}")
+    url = f"http://127.0.0.1:{a.port}/{app}"
+    mux = mode in MULTIPLEX
+    handle = serve.get_deployment_handle(stats_dep, app_name=app)
+    warm = drive_closed(url, tenants, 8, 2.0, header=mux, max_requests=300)
+    if mode in SHARED and mode != "ort-shared-sharded":  # every bundle resident, so RSS counts all N tenants
+        warm_all(url, tenants)
+    rows: list[dict[str, Any]] = []
+    for load, c in [(f"closed-{c}", c) for c in a.clients] + [("open-slo", None)]:
+        handle.stats.remote(True).result()
+        if c is not None:
+            cpu0 = serve_cpu_s(app)
+            res = drive_closed(url, tenants, c, a.duration if c > 1 else a.duration / 2, header=mux,
+                               max_requests=a.max_requests, seed=n + c)
+            cpu1 = serve_cpu_s(app)
+            per = max(1, res["requests"])
+            extra: dict[str, Any] = {"cpu_ms_per_request": {k: round((v - cpu0.get(k, 0.0)) * 1000 / per, 2) for k, v in cpu1.items()}}
+        else:
+            cap = max(r["rps"] for r in rows)
+            slo = max_rate_at_slo(url, tenants, mux, hi=1.2 * cap, slo_p99_ms=a.slo_ms, duration=a.slo_duration,
+                                  steps=a.slo_steps, seed=n)
+            best = slo["at_rate"] or {**dict.fromkeys(("p50_ms", "p95_ms", "p99_ms"), float("nan")), "requests": 0,
+                                      "client_cpu_frac": 0.0}
+            res = {**best, "rps": slo["rate"], "errors": sum(p["errors"] for p in slo["probes"])}
+            load = f"open-slo-p99<={a.slo_ms:g}ms"
+            extra = {"slo_probes": slo["probes"], "slo_hi_rps": round(1.2 * cap, 1)}
+        view = server_view(handle.stats.remote(False).result())
+        rows.append({"mode": mode, "tenants": n, "load": load, **res, **view, **extra})
+    rss_all, rss_model = replica_rss_mb(app), replica_rss_mb(app, model_dep)
+    serve.delete(app)
+    for row in rows:
+        raw = timer.ms(mode, row["batch_median"])
+        rank = timer.rank_ms(mode, row["batch_median"])
+        row.update(rss_mb=rss_all, model_rss_mb=rss_model, raw_ms=raw, overhead_ratio=row["p50_ms"] / raw,
+                   raw_ms_max_batch=timer.ms(mode, row["batch_max"]),
+                   overhead_ratio_max_batch=row["p50_ms"] / timer.ms(mode, row["batch_max"]),
+                   rank_ms=rank, overhead_vs_rank=None if rank is None else row["p50_ms"] / rank,
+                   warmup_errors=warm["errors"])
+        print(json.dumps({k: v for k, v in row.items() if k not in ("batch_hist", "slo_probes")}, default=str), flush=True)
+    return rows
 
 
 # --- autoscaling ---------------------------------------------------------------------------------
 def autoscale_run(root: Path, tenants: dict, steps: list[tuple[float, float]], overrides: dict[str, Any],
-                  window: float = 5.0) -> dict[str, Any]:
-    """The shared app with config.yaml's deployment settings (+ ``overrides`` on the Ranker's and
-    Ingress' autoscaling_config); ``steps`` of open-loop load; replicas sampled every second."""
+                  port: int, window: float = 5.0) -> dict[str, Any]:
+    """The app with config.yaml's deployment options (+ ``overrides`` on its autoscaling_config);
+    ``steps`` of open-loop load; replicas sampled every second."""
     import yaml
     from ray import serve
 
     from serve_apps.api import Ingress
     from serve_apps.args import RecommenderArgs
-    from serve_apps.ranker import Ranker
+    from serve_apps.recommender import SINGLE_HOP
 
     spec = yaml.safe_load((REPO / "serve_apps" / "config.yaml").read_text())["applications"][0]
-    deps = {d["name"]: d for d in spec["deployments"]}
-    opts = {}
-    for name in ("Ingress", "Ranker"):
-        d = deps[name]
-        opts[name] = {"max_ongoing_requests": d["max_ongoing_requests"], "ray_actor_options": d["ray_actor_options"],
-                      "autoscaling_config": {**d["autoscaling_config"], **overrides.get(name, {})}}
+    d = {x["name"]: x for x in spec["deployments"]}[SINGLE_HOP]
+    opts = {"max_ongoing_requests": d["max_ongoing_requests"], "ray_actor_options": d["ray_actor_options"],
+            "autoscaling_config": {**d["autoscaling_config"], **overrides}}
     plain = RecommenderArgs.model_validate({**spec["args"], "artifact_root": str(root), "tenant_cache_mb": 1024}).model_dump(mode="json")
     app = "bench-autoscale"
-    serve.run(Ingress.options(**opts["Ingress"]).bind(plain, Ranker.options(**opts["Ranker"]).bind(plain)),
-              name=app, route_prefix=f"/{app}")
-    url = f"http://127.0.0.1:18000/{app}"
+    serve.run(Ingress.options(name=SINGLE_HOP, **opts).bind(plain), name=app, route_prefix=f"/{app}")
+    url = f"http://127.0.0.1:{port}/{app}"
+    warm_all(url, tenants)  # the first replica is warm, as a long-running one would be; new ones start cold
     drive_closed(url, tenants, 4, 3.0, header=False, max_requests=400)
     samples: list[dict[str, Any]] = []
     stop = threading.Event()
-    t_start = time.perf_counter() + 0.2  # drive_open's start
+    t_start = time.perf_counter() + 0.05  # drive_open's start
 
     def sampler() -> None:
         while not stop.is_set():
             try:
-                d = serve.status().applications[app].deployments
-                samples.append({"t": round(time.perf_counter() - t_start, 2),
-                                "ranker": d["Ranker"].replica_states.get("RUNNING", 0),
-                                "ingress": d["Ingress"].replica_states.get("RUNNING", 0)})
+                dep = serve.status().applications[app].deployments[SINGLE_HOP]
+                samples.append({"t": round(time.perf_counter() - t_start, 2), "replicas": dep.replica_states.get("RUNNING", 0)})
             except Exception:  # noqa: BLE001 - a missed sample is only a gap in the plot
                 pass
             stop.wait(1.0)
@@ -359,159 +317,199 @@ def autoscale_run(root: Path, tenants: dict, steps: list[tuple[float, float]], o
     th.join()
     serve.delete(app)
     total = sum(s for _, s in steps)
-    windows = []
     edges, acc = [], 0.0
     for rate, secs in steps:
         edges.append((acc, acc + secs, rate))
         acc += secs
+    windows = []
     for w0 in np.arange(0, total, window):
         w = [r for r in recs if w0 <= r[0] < w0 + window]
         lat = [r[1] * 1000 for r in w if r[2]]
         rate = next(r for a0, a1, r in edges if a0 <= w0 < a1)
-        reps = [s["ranker"] for s in samples if w0 <= s["t"] < w0 + window]
+        reps = [s["replicas"] for s in samples if w0 <= s["t"] < w0 + window]
         windows.append({"t0": float(w0), "offered_rps": rate, "done_rps": len(lat) / window,
                         "p99_ms": float(np.percentile(lat, 99)) if lat else None, "errors": sum(1 for r in w if not r[2]),
-                        "ranker_replicas_max": max(reps) if reps else None})
-    return {"app_config": opts, "steps": [{"rps": r, "seconds": s} for r, s in steps], "window_s": window,
-            "windows": windows, "samples": samples, "summary": open_summary(recs, total),
-            "max_ranker_replicas": max((s["ranker"] for s in samples), default=None),
-            "final_ranker_replicas": samples[-1]["ranker"] if samples else None}
+                        "replicas_max": max(reps) if reps else None})
+    return {"deployment": SINGLE_HOP, "app_config": opts, "steps": [{"rps": r, "seconds": s} for r, s in steps],
+            "window_s": window, "windows": windows, "samples": samples, "summary": open_summary(recs, total),
+            "max_replicas": max((s["replicas"] for s in samples), default=None),
+            "final_replicas": samples[-1]["replicas"] if samples else None}
+
+
+AUTOSCALE_REF = "closed-8"  # the step fractions are of this load's ort-shared-fp32 rps at the largest tenant count
+AUTOSCALE_OVERRIDES = {"downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 5, "target_ongoing_requests": 4}
+
+
+def run_autoscale(rows: list[dict[str, Any]], root: Path, tenants: dict, a: argparse.Namespace) -> dict[str, Any]:
+    ref = next((r["rps"] for r in rows if r["mode"] == "ort-shared-fp32" and r["load"] == AUTOSCALE_REF
+                and r["tenants"] == max(a.tenants)), 60.0)
+    steps = [(max(2.0, round(float(f) * ref, 1)), float(s)) for f, s in (x.split(":") for x in a.autoscale_steps.split(","))]
+    auto = autoscale_run(root, tenants, steps, AUTOSCALE_OVERRIDES, a.port)
+    auto["overrides"] = AUTOSCALE_OVERRIDES
+    auto["reference"] = {"load": AUTOSCALE_REF, "rps": ref}
+    print(json.dumps({k: auto[k] for k in ("steps", "summary", "max_replicas", "final_replicas")}), flush=True)
+    return auto
+
+
+def autoscale_only(a: argparse.Namespace, name: str) -> int:
+    """Re-run only the autoscaling part against the rows of an existing ``<name>.json`` (same
+    world recipe), replacing its ``autoscaling`` block, plot and markdown."""
+    import ray
+    from ray import serve
+
+    from bench._results import RESULTS, write_results
+    from rec.io.artifacts import atomic_write_bytes
+    from rec.ray_session import LOCAL_RUNTIME_ENV
+
+    old = json.loads((RESULTS / f"{name}.json").read_text())
+    rows, protocol = old["rows"], old["protocol"]
+    a.tenants = sorted({r["tenants"] for r in rows})
+    work = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    try:
+        root, _, sources, _ = build_world(work, a.real, a.items)
+        tenants = clone_tenants([root], work / "merged", sources, max(a.tenants))
+        tenants["__names__"] = sorted(k for k in tenants if k != "__names__")
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": a.port})
+        auto = run_autoscale(rows, root, tenants, a)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    protocol["autoscaling"] = (f"re-run alone at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (bench.serve_load "
+                               f"--autoscale-only): ort-shared-fp32 with serve_apps/config.yaml's Recommender options "
+                               f"(0.5 CPU, 1-3 replicas), autoscaling overrides {json.dumps(AUTOSCALE_OVERRIDES)}, "
+                               f"{max(a.tenants)} tenants, open-loop steps {a.autoscale_steps} as fractions of the measured "
+                               f"ort-shared-fp32 {AUTOSCALE_REF} rps ({auto['reference']['rps']:.0f}); replicas from serve.status() "
+                               "every 1 s, p99 per 5 s window (by scheduled time)")
+    if "autoscaling" in old and old["autoscaling"]:
+        protocol["autoscaling_first_run"] = (
+            f"the full run's autoscaling part used fractions of the closed-64 (saturation) rps, peaking at "
+            f"{max(s['rps'] for s in old['autoscaling']['steps']):.0f} rps offered: the queue grew past the client's 30 s "
+            f"timeout ({old['autoscaling']['summary']['errors']} timeouts); kept in serve_load.json as autoscaling_first_run")
+    pngs = [RESULTS / p for p in old.get("plots", []) if not p.endswith("_autoscale.png")]
+    pngs.append(plot_autoscale(auto, name, RESULTS))
+    notes = notes_markdown(rows, old["targets"], auto, pngs)
+    jpath = write_results(name, protocol, rows, COLUMNS, notes=notes)
+    payload = json.loads(jpath.read_text())
+    payload.update(targets=old["targets"], autoscaling=auto, autoscaling_first_run=old.get("autoscaling"),
+                   plots=[p.name for p in pngs])
+    atomic_write_bytes(jpath, json.dumps(payload, indent=2, default=str).encode())
+    print(notes)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--tenants", nargs="+", type=int, default=[1, 100, 1000])
-    ap.add_argument("--clients", "--load", type=int, default=8, help="closed loop: concurrent clients (--load: old name)")
-    ap.add_argument("--rate", type=float, default=30.0, help="open loop: Poisson arrivals per second")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per (mode, tenants, load)")
-    ap.add_argument("--max-requests", type=int, default=3000, help="bound per (mode, tenants, load)")
+    ap.add_argument("--clients", nargs="+", type=int, default=[1, 8, 64], help="closed loops: concurrent clients")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per closed loop (closed-1: half)")
+    ap.add_argument("--max-requests", type=int, default=4000, help="bound per closed loop")
+    ap.add_argument("--slo-ms", type=float, default=50.0, help="p99 target of the rate sweep")
+    ap.add_argument("--slo-steps", type=int, default=5, help="bisection probes per sweep")
+    ap.add_argument("--slo-duration", type=float, default=3.5, help="seconds per probe")
+    ap.add_argument("--max-batch", type=int, default=32, help="@serve.batch max size (every mode)")
+    ap.add_argument("--batch-wait", type=float, default=0.0, help="@serve.batch wait (every mode)")
     ap.add_argument("--real", type=int, default=4, help="distinct real LoRA tenants the clones copy")
     ap.add_argument("--items", type=int, default=300, help="catalog size per tenant")
     ap.add_argument("--max-models", type=int, default=64, help="multiplex modes: tenants per replica")
+    ap.add_argument("--port", type=int, default=18000)
     ap.add_argument("--autoscale-steps", default="0.2:20,0.6:20,1.1:30,0.6:20,0.2:40",
-                    help="fraction of the measured ort-shared-fp32 closed-loop rps : seconds, ...")
+                    help="fraction of the measured ort-shared-fp32 closed-8 rps : seconds, ...")
     ap.add_argument("--no-autoscale", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="pipeline check: tenants 1 10, 3 s, short autoscale")
+    ap.add_argument("--autoscale-only", action="store_true", help="re-run only the autoscaling part of an existing result")
+    ap.add_argument("--quick", action="store_true", help="pipeline check: tenants 1 10, short loads and autoscale")
     ap.add_argument("--name", default=None)
     a = ap.parse_args(argv)
     if a.quick:
-        a.tenants, a.duration, a.autoscale_steps = [1, 10], 3.0, "0.3:5,1.0:8,0.3:7"
+        a.tenants, a.duration, a.slo_steps, a.slo_duration, a.autoscale_steps = [1, 10], 3.0, 3, 2.0, "0.3:5,1.0:8,0.3:7"
     name = a.name or ("serve_load_quick" if a.quick else "serve_load")
+    if a.autoscale_only:
+        return autoscale_only(a, name)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import ray
-    import requests
     from ray import serve
 
     from bench._results import RESULTS, write_results
     from rec.io.artifacts import atomic_write_bytes
     from rec.ray_session import LOCAL_RUNTIME_ENV
-    from serve_apps.recommender import build_app
 
     t_run = time.perf_counter()
     load_avg = [os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     rows: list[dict[str, Any]] = []
     auto: dict[str, Any] | None = None
-    closed, opened = f"closed-{a.clients}", f"open-{a.rate:g}rps"
     try:
         root, backbone, sources, setup = build_world(work, a.real, a.items)
+        roots = {"fp32": root, "int8": work / "root-int8"}
         merged = work / "merged"
-        timer = RawTimer(root, backbone, merged, sources)
+        timer = RawTimer(roots, backbone, merged, sources)
         ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": 18000})
-        tenants = {}
+        serve.start(http_options={"host": "127.0.0.1", "port": a.port})
+        tenants: dict[str, Any] = {}
         for n in a.tenants:
             t0 = time.perf_counter()
-            tenants = clone_tenants(root, merged, sources, n)
+            tenants = clone_tenants(list(roots.values()), merged, sources, n)
             tenants["__names__"] = sorted(k for k in tenants if k != "__names__")
             setup[f"clone_s_{n}"] = time.perf_counter() - t0
             for mode in a.modes:  # modes side by side per tenant count: they see the same machine load
-                app = f"bench-{mode}-{n}"
-                mux = mode in MULTIPLEX
-                if mux:
-                    app_obj = multiplex_app("ort" if mode.startswith("ort") else "torch", str(root), str(backbone), str(merged), a.max_models)
-                else:
-                    app_obj = build_app({"artifact_root": str(root), "model_variant": mode.rsplit("-", 1)[1], "tenant_cache_mb": 1024})
-                serve.run(app_obj, name=app, route_prefix=f"/{app}")
-                url = f"http://127.0.0.1:18000/{app}"
-                warm = drive_closed(url, tenants, a.clients, 3.0, header=mux, max_requests=400)
-                if not mux:  # every bundle resident, so RSS counts all N tenants
-                    with requests.Session() as s:
-                        for t in tenants["__names__"]:
-                            s.get(f"{url}/v1/tenants/{t}", timeout=30).raise_for_status()
-                results = {closed: drive_closed(url, tenants, a.clients, a.duration, header=mux, max_requests=a.max_requests)}
-                recs = drive_open(url, tenants, [(a.rate, a.duration)], header=mux, seed=n)
-                results[opened] = open_summary(recs, a.duration)
-                bm = batch_median(app, mode, url)
-                rss_all = replica_rss_mb(app)
-                rss_model = replica_rss_mb(app, "Model" if mux else "Ranker")
-                serve.delete(app)
-                raw = timer.ms(mode, bm)
-                for load, res in results.items():
-                    row = {"mode": mode, "tenants": n, "load": load, **res, "rss_mb": rss_all,
-                           "overhead_ratio": res["p50_ms"] / raw, "model_rss_mb": rss_model, "batch_median": bm,
-                           "raw_ms": raw, "warmup_errors": warm["errors"]}
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                rows += measure_mode(mode, n, tenants, roots, backbone, merged, timer, a)
                 load_avg.append(os.getloadavg())
         if not a.no_autoscale:
-            ref = next((r["rps"] for r in rows if r["mode"] == "ort-shared-fp32" and r["load"] == closed
-                        and r["tenants"] == max(a.tenants)), 60.0)
-            steps = [(max(2.0, round(float(f) * ref, 1)), float(s)) for f, s in (x.split(":") for x in a.autoscale_steps.split(","))]
-            overrides = {"Ranker": {"downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 5,
-                                    "target_ongoing_requests": 4},
-                         "Ingress": {"downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 5}}
-            auto = autoscale_run(root, tenants, steps, overrides)
-            auto["overrides"] = overrides
-            print(json.dumps({k: auto[k] for k in ("steps", "summary", "max_ranker_replicas", "final_ranker_replicas")}), flush=True)
+            auto = run_autoscale(rows, root, tenants, a)
             load_avg.append(os.getloadavg())
     finally:
         serve.shutdown()
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    tgt = targets(rows, closed, opened, a.tenants)
+    tgt = targets(rows, a.tenants, a.slo_ms)
     protocol = {
         "model": "default ModelConfig (d_model 64, 2 blocks, random init), LoRA rank 8 on every projection (random "
-                 f"non-zero B), catalogs of {a.items} items; {a.real} real adapters, each published as a bundle and "
-                 "exported once as a merged per-tenant ONNX model (export_merged_tenant_model, parity-checked)",
-        "tenants": "N tenants t0000.. are FILE COPIES of the real artifacts (bundle folders / merged-model folders copied, "
-                   "manifest tenant renamed): tenant count drives caching, multiplex LRU and memory, not export time. "
-                   f"Export cost per real tenant: merged {setup['merged_export_s_per_tenant']:.1f} s, bundle publish "
-                   f"{setup['bundle_publish_s_per_tenant']:.1f} s",
-        "load": f"{closed}: {a.clients} closed-loop clients; {opened}: Poisson arrivals, latency from the scheduled send "
-                f"time; each {a.duration:g} s and <= {a.max_requests} requests, after a 3 s closed warm-up (shared modes "
-                "also GET every tenant once so all N bundles are resident); uniform tenant per request, "
-                f"{HIST}-item history, k=10; a response counts only if HTTP 200 with 10 items",
-        "serve": "local Ray (2 CPUs), HTTP on 127.0.0.1; ort-shared: serve_apps.recommender (Ingress 0.25 CPU -> Ranker "
-                 "0.25 CPU, batch 16 / 5 ms across tenants, tenant_cache_mb 1024); torch-/ort-merged-multiplex: one 0.5-CPU "
-                 f"replica, FastAPI + @serve.multiplexed ({a.max_models} models), batch 16 / 5 ms per tenant, no Ingress hop",
-        "rss_mb": "sum of the app's replica processes after the run; model_rss_mb: the model-holding replica (Ranker or Model)",
+                 f"non-zero B), catalogs of {a.items} items; {a.real} real adapters, each published as a bundle (fp32 and "
+                 "int8 catalogs) and exported once as a merged per-tenant ONNX model (export_merged_tenant_model)",
+        "tenants": "N tenants t0000.. are FILE COPIES of the real artifacts (manifest tenant renamed): tenant count drives "
+                   "caching, multiplex LRU and memory, not export time. Export cost per real tenant: merged "
+                   f"{setup['merged_export_s_per_tenant']:.1f} s, bundle publish {setup['bundle_publish_s_per_tenant']:.1f} s",
+        "load": f"closed-C: C closed-loop clients for {a.duration:g} s (closed-1: {a.duration / 2:g} s), <= {a.max_requests} "
+                f"requests; open-slo-p99<={a.slo_ms:g}ms: highest Poisson rate with p99 <= {a.slo_ms:g} ms and 0 errors "
+                f"(latency from the scheduled send time), bisection over [0, 1.2 x the best closed-loop rps] with "
+                f"{a.slo_steps} probes of {a.slo_duration:g} s (its p50/p95/p99 are the best passing probe's, errors are "
+                "summed over all probes). Client: one process, asyncio + aiohttp, bodies pre-serialized; client_cpu_frac = "
+                "its CPU seconds per wall second. Uniform tenant per request, "
+                f"{HIST}-item history, k=10; a response counts only if HTTP 200 with 10 items. Each mode: 2 s warm-up "
+                "(non-sharded shared modes also GET every tenant once so all N bundles are resident)",
+        "serve": f"local Ray (2 CPUs), HTTP proxy on 127.0.0.1; every mode @serve.batch max {a.max_batch}, wait "
+                 f"{a.batch_wait:g} s. ort-shared-fp32/int8: serve_apps.recommender default layout = ONE 0.5-CPU "
+                 "deployment (Recommender); ort-shared-fp32-2hop: Ingress 0.25 CPU -> Ranker 0.25 CPU; ort-shared-sharded: "
+                 f"the same pair with multiplex (tenant = model id, {a.max_models} per replica); torch-/ort-merged-multiplex: "
+                 f"one 0.5-CPU replica, FastAPI + @serve.multiplexed ({a.max_models} models), no Ingress hop. "
+                 "ort-shared-int8 = int8 model + int8 catalogs + fp16 LoRA; every other shared mode fp32 throughout",
+        "cpu_ms_per_request": "closed loops: CPU time (user + system) of the HTTP proxy process and of each deployment's "
+                              "replica processes during the load, divided by the requests completed (psutil)",
+        "rss_mb": "sum of the app's replica processes after the loads; model_rss_mb: the model-holding replica "
+                  "(Recommender, Ranker or Model); bundle_kb_per_tenant: the registry's byte count per loaded tenant",
         "overhead_ratio": "end-to-end p50 / in-process median time of the bare model call (ORT session.run, or the torch "
-                          "forward for torch-multiplex) for a batch of batch_median rows = the median batch size the "
-                          "server recorded; raw_ms is that time",
-        "autoscaling": "ort-shared-fp32 with serve_apps/config.yaml's deployment options (Ranker 0.5 CPU, 1-3 replicas; "
-                       "Ingress 0.25 CPU, 1-2) with overrides {overrides}, open-loop steps as fractions of the measured "
-                       "ort-shared-fp32 closed-loop rps; replicas from serve.status() every 1 s, p99 per 5 s window "
-                       "(by scheduled time)".replace("{overrides}", json.dumps(auto["overrides"]) if auto else "-"),
-        "machine_load": f"load average (1/5/15 min) before/after each tenant count: {[tuple(round(x, 1) for x in la) for la in load_avg]}; "
+                          "forward for torch-multiplex) for a batch of batch_median rows (the median batch the server ran in "
+                          "that load); overhead_ratio_max_batch: the same p50 / the call for batch_max rows; "
+                          "overhead_vs_rank: p50 / in-process rank_batch (ids -> rows, feed, run, top-k, answers)",
+        "stages_p50_ms": "per-stage p50 inside the replica(s) (serve_apps/timing.py): asgi = the replica's ASGI app, "
+                         "handler = route body, call = the Ranker call (local, or the Serve hop), queue = wait in "
+                         "@serve.batch, thread = hop onto the worker thread, resolve/feed/ort/topk = rank_batch per batch",
+        "autoscaling": "ort-shared-fp32 with serve_apps/config.yaml's Recommender options (0.5 CPU, 1-3 replicas) with "
+                       "autoscaling overrides {overrides}, open-loop steps as fractions of the measured ort-shared-fp32 "
+                       f"{AUTOSCALE_REF} rps; replicas from serve.status() every 1 s, p99 per 5 s window (by scheduled time)"
+                       .replace("{overrides}", json.dumps(auto["overrides"]) if auto else "-"),
+        "machine_load": f"load average (1/5/15 min) before/after each (tenants, mode): {[tuple(round(x, 1) for x in la) for la in load_avg]}; "
                         "the 2 cores are shared with other jobs: compare modes within a tenant count (run back to back)",
         "setup_s": {k: round(v, 1) for k, v in setup.items()},
         "wall_s": round(time.perf_counter() - t_run, 1),
     }
-    results_dir = RESULTS
-    pngs = plot_matrix(rows, name, results_dir)
-    notes = f"## Closed-loop throughput side by side ({closed})\n\n{ratios(rows, closed)}\n\n## Targets\n\n| target | measured | met |\n|---|---|---|\n" + "\n".join(
-        f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in tgt)
+    pngs = plot_matrix(rows, name, RESULTS, a.slo_ms)
     if auto:
-        pngs.append(plot_autoscale(auto, name, results_dir))
-        notes += ("\n\n## Autoscaling run\n\n| t0 s | offered rps | completed rps | p99 ms | errors | Ranker replicas (max) |\n"
-                  "|---|---|---|---|---|---|\n" + "\n".join(
-                      f"| {w['t0']:.0f} | {w['offered_rps']:.0f} | {w['done_rps']:.1f} | "
-                      f"{fmt_ms(w['p99_ms'])} | "
-                      f"{w['errors']} | {w['ranker_replicas_max']} |" for w in auto["windows"]))
-    notes += "\n\nPlots: " + ", ".join(f"`{p.name}`" for p in pngs)
+        pngs.append(plot_autoscale(auto, name, RESULTS))
+    notes = notes_markdown(rows, tgt, auto, pngs)
     jpath = write_results(name, protocol, rows, COLUMNS, notes=notes)
     payload = json.loads(jpath.read_text())
     payload["targets"] = tgt

@@ -5,11 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MODES = ("torch-multiplex", "ort-merged-multiplex", "ort-shared-fp32", "ort-shared-int8")
+MODES = ("torch-multiplex", "ort-merged-multiplex", "ort-shared-fp32", "ort-shared-int8", "ort-shared-fp32-2hop",
+         "ort-shared-sharded")
 MULTIPLEX = ("torch-multiplex", "ort-merged-multiplex")
+SHARED = ("ort-shared-fp32", "ort-shared-int8", "ort-shared-fp32-2hop", "ort-shared-sharded")
+VARIANT = {"ort-shared-fp32": "fp32", "ort-shared-int8": "int8", "ort-shared-fp32-2hop": "fp32", "ort-shared-sharded": "fp32"}
+ISSUE_SHARED = ("ort-shared-fp32", "ort-shared-int8")  # issue 5's design (c): the app as shipped
 
 
-def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path) -> list[Path]:
+def _is_slo(load: str) -> bool:
+    return load.startswith("open-slo")
+
+
+def _row(rows: list[dict[str, Any]], mode: str, n: int, load: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["mode"] == mode and r["tenants"] == n and r["load"] == load), None)
+
+
+def _slo_row(rows: list[dict[str, Any]], mode: str, n: int) -> dict[str, Any] | None:
+    return next((r for r in rows if r["mode"] == mode and r["tenants"] == n and _is_slo(r["load"])), None)
+
+
+def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path, slo_ms: float) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,20 +33,20 @@ def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path) -> list[Pa
 
     paths = []
     modes = list(dict.fromkeys(r["mode"] for r in rows))
-    loads = list(dict.fromkeys(r["load"] for r in rows))
-    fig, axes = plt.subplots(1, 2 + len(loads) - 1, figsize=(5 * (1 + len(loads)), 4))
-    ax_rps, ax_p99 = axes[0], axes[1:]
+    closed = sorted({r["load"] for r in rows if r["load"].startswith("closed")}, key=lambda x: int(x.split("-")[1]))
+    top = closed[-1] if closed else None
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for m in modes:
-        closed = [r for r in rows if r["mode"] == m and r["load"].startswith("closed")]
-        ax_rps.plot([r["tenants"] for r in closed], [r["rps"] for r in closed], marker="o", label=m)
-        for ax, ld in zip(ax_p99, loads):
-            rs = [r for r in rows if r["mode"] == m and r["load"] == ld]
-            ax.plot([r["tenants"] for r in rs], [r["p99_ms"] for r in rs], marker="o", label=m)
-    ax_rps.set(xscale="log", xlabel="tenants", ylabel="requests/s", title=f"throughput ({loads[0]})")
-    for ax, ld in zip(ax_p99, loads):
-        ax.set(xscale="log", yscale="log", xlabel="tenants", ylabel="p99 ms", title=f"p99 latency ({ld})")
-        ax.axhline(50, color="grey", ls=":", lw=1)
-    ax_rps.legend(fontsize=8)
+        slo = [r for r in rows if r["mode"] == m and _is_slo(r["load"])]
+        axes[0].plot([r["tenants"] for r in slo], [r["rps"] for r in slo], marker="o", label=m)
+        hi = [r for r in rows if r["mode"] == m and r["load"] == top]
+        axes[1].plot([r["tenants"] for r in hi], [r["rps"] for r in hi], marker="o", label=m)
+        axes[2].plot([r["tenants"] for r in hi], [r["p99_ms"] for r in hi], marker="o", label=m)
+    axes[0].set(xscale="log", xlabel="tenants", ylabel="requests/s", title=f"highest rate with p99 <= {slo_ms:g} ms (open loop)")
+    axes[1].set(xscale="log", xlabel="tenants", ylabel="requests/s", title=f"throughput ({top})")
+    axes[2].set(xscale="log", yscale="log", xlabel="tenants", ylabel="p99 ms", title=f"p99 latency ({top})")
+    axes[2].axhline(slo_ms, color="grey", ls=":", lw=1)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     paths.append(results / f"{name}_throughput_p99.png")
     fig.savefig(paths[-1], dpi=110)
@@ -38,10 +54,10 @@ def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path) -> list[Pa
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for m in modes:
-        closed = [r for r in rows if r["mode"] == m and r["load"].startswith("closed")]
-        ax.plot([r["tenants"] for r in closed], [r["model_rss_mb"] for r in closed], marker="o", label=m)
+        hi = [r for r in rows if r["mode"] == m and r["load"] == top]
+        ax.plot([r["tenants"] for r in hi], [r["model_rss_mb"] for r in hi], marker="o", label=m)
     ax.set(xscale="log", xlabel="tenants", ylabel="MiB", title="RSS of the model-holding replica vs tenants")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(results / f"{name}_rss.png")
     fig.savefig(paths[-1], dpi=110)
@@ -61,11 +77,11 @@ def plot_autoscale(auto: dict[str, Any], name: str, results: Path) -> Path:
     a1.step([x["t0"] for x in w] + [w[-1]["t0"] + auto["window_s"]], [x["offered_rps"] for x in w] + [w[-1]["offered_rps"]],
             where="post", label="offered rps")
     a1.plot(t, [x["done_rps"] for x in w], marker=".", label="completed rps")
-    a1.set(ylabel="requests/s", title="autoscaling run (ort-shared-fp32, open loop)")
+    a1.set(ylabel="requests/s", title=f"autoscaling run (ort-shared-fp32, {auto['deployment']}, open loop)")
     a1.legend(fontsize=8)
     s = auto["samples"]
-    a2.step([x["t"] for x in s], [x["ranker"] for x in s], where="post", color="C2", label="Ranker replicas")
-    a2.set(xlabel="seconds", ylabel="Ranker replicas", ylim=(0, max(3, auto["max_ranker_replicas"] or 1) + 0.5))
+    a2.step([x["t"] for x in s], [x["replicas"] for x in s], where="post", color="C2", label=f"{auto['deployment']} replicas")
+    a2.set(xlabel="seconds", ylabel="replicas", ylim=(0, max(3, auto["max_replicas"] or 1) + 0.5))
     b = a2.twinx()
     b.plot(t, [x["p99_ms"] for x in w], color="C3", marker=".", label="p99 ms (window)")
     b.set(ylabel="p99 ms", yscale="log")
@@ -83,54 +99,130 @@ def fmt_ms(v: float | None) -> str:
 
 
 # --- targets -------------------------------------------------------------------------------------
-def targets(rows: list[dict[str, Any]], closed: str, opened: str, tenants: list[int]) -> list[dict[str, Any]]:
-    """Issue 5's targets: throughput ratio from the closed loop (capacity), p99 from the open loop
-    (a fixed, unsaturated offered load), RSS of the Ranker replica, overhead ratio, errors."""
-    def row(mode: str, n: int, load: str = closed) -> dict[str, Any] | None:
-        return next((r for r in rows if r["mode"] == mode and r["tenants"] == n and r["load"] == load), None)
-
+def targets(rows: list[dict[str, Any]], tenants: list[int], slo_ms: float) -> list[dict[str, Any]]:
+    """Issue 5's targets: throughput AT the SLO (the open-loop rate sweep) of the shared app vs
+    torch-multiplex, RSS of the model replica 1 -> max tenants, overhead ratio, errors."""
     out = []
     n_max, n_min = max(tenants), min(tenants)
     for n in tenants:
-        torch_r = row("torch-multiplex", n)
-        for mode in ("ort-shared-fp32", "ort-shared-int8"):
-            r, o = row(mode, n), row(mode, n, opened)
-            if r and torch_r and o:
+        torch_r = _slo_row(rows, "torch-multiplex", n)
+        for mode in ISSUE_SHARED:
+            r = _slo_row(rows, mode, n)
+            if not (r and torch_r):
+                continue
+            if torch_r["rps"] > 0:
                 ratio = r["rps"] / torch_r["rps"]
-                out.append({"target": f"{mode} throughput >= 3x torch-multiplex ({closed}) at p99 <= 50 ms ({opened}), {n} tenants",
-                            "measured": f"{ratio:.2f}x ({r['rps']:.1f} vs {torch_r['rps']:.1f} rps); p99 {o['p99_ms']:.0f} ms "
-                                        f"at {opened} ({r['p99_ms']:.0f} ms at {closed})",
-                            "value": round(ratio, 3), "p99_ms": round(o["p99_ms"], 1), "met": bool(ratio >= 3 and o["p99_ms"] <= 50)})
-    for mode in ("ort-shared-fp32", "ort-shared-int8"):
-        lo, hi = row(mode, n_min), row(mode, n_max)
+                text = (f"{ratio:.2f}x ({r['rps']:.0f} vs {torch_r['rps']:.0f} rps at p99 <= {slo_ms:g} ms; "
+                        f"p99 {r['p99_ms']:.0f} vs {torch_r['p99_ms']:.0f} ms)")
+            else:  # torch met the SLO at no probed rate: its capacity is below the lowest one probed
+                lowest = min(p["rate"] for p in torch_r["slo_probes"])
+                ratio = r["rps"] / lowest
+                text = (f">= {ratio:.2f}x (lower bound: {r['rps']:.0f} rps vs torch-multiplex meeting p99 <= {slo_ms:g} ms "
+                        f"at no probed rate, lowest {lowest:.0f} rps)")
+            out.append({"target": f"{mode} >= 3x torch-multiplex throughput at p99 <= {slo_ms:g} ms, {n} tenants",
+                        "measured": text, "value": round(ratio, 3), "met": bool(ratio >= 3 and r["rps"] > 0)})
+    top = max((r["load"] for r in rows if r["load"].startswith("closed")), key=lambda x: int(x.split("-")[1]), default=None)
+    for mode in ISSUE_SHARED:
+        lo, hi = _row(rows, mode, n_min, top), _row(rows, mode, n_max, top)
         if lo and hi:
             d = hi["model_rss_mb"] - lo["model_rss_mb"]
-            out.append({"target": f"{n_max} tenants on one Ranker replica within +100 MB ({mode}, vs {n_min} tenant)",
-                        "measured": f"{d:+.1f} MB ({lo['model_rss_mb']:.0f} -> {hi['model_rss_mb']:.0f} MB)",
+            out.append({"target": f"{n_max} tenants on one replica within +100 MB ({mode}, vs {n_min} tenant)",
+                        "measured": f"{d:+.1f} MB ({lo['model_rss_mb']:.0f} -> {hi['model_rss_mb']:.0f} MB); "
+                                    f"{hi['bundle_kb_per_tenant']} KB per tenant in the cache",
                         "value": round(d, 1), "met": bool(d <= 100)})
-    shared = [r for r in rows if r["mode"].startswith("ort-shared")]
+    shared = [r for r in rows if r["mode"] in ISSUE_SHARED and not _is_slo(r["load"])]
     if shared:
         best = min(shared, key=lambda r: r["overhead_ratio"])
+        big = max(shared, key=lambda r: r["batch_max"])
         out.append({"target": "serving overhead (end-to-end p50 / raw ORT time of the same batch) <= 1.5x (ort-shared)",
-                    "measured": f"{best['overhead_ratio']:.0f}x at best ({best['mode']}, {best['tenants']} tenants, {best['load']}: "
-                                f"p50 {best['p50_ms']:.1f} ms vs raw {best['raw_ms']:.2f} ms for batch {best['batch_median']}); "
-                                f"max {max(r['overhead_ratio'] for r in shared):.0f}x",
+                    "measured": f"{best['overhead_ratio']:.0f}x at best ({best['mode']}, {best['tenants']} tenants, "
+                                f"{best['load']}: p50 {best['p50_ms']:.1f} ms vs session.run {best['raw_ms']:.2f} ms for batch "
+                                f"{best['batch_median']}; vs the whole in-process rank_batch {best['overhead_vs_rank']:.0f}x); "
+                                f"at the largest batch formed ({big['batch_max']} rows, {big['mode']} {big['tenants']} tenants "
+                                f"{big['load']}): {big['overhead_ratio_max_batch']:.0f}x",
                     "value": round(best["overhead_ratio"], 2), "met": bool(best["overhead_ratio"] <= 1.5)})
     errs = sum(r["errors"] for r in rows)
-    out.append({"target": "0 errors (every row)", "measured": f"{errs} errors in {sum(r['requests'] for r in rows)} requests",
-                "value": errs, "met": errs == 0})
+    out.append({"target": "0 errors (every row, every sweep probe)", "measured": f"{errs} errors in {sum(r['requests'] for r in rows)} "
+                "counted requests", "value": errs, "met": errs == 0})
     return out
 
 
-def ratios(rows: list[dict[str, Any]], closed: str) -> str:
-    """Side-by-side closed-loop throughput ratios per tenant count (modes ran back to back)."""
-    lines = ["| tenants | " + " | ".join(f"{m} rps" for m in MODES) + " | shared-fp32 / torch | shared-fp32 / merged |",
-             "|" + "---|" * (len(MODES) + 3)]
+# --- markdown ------------------------------------------------------------------------------------
+def _side_by_side(rows: list[dict[str, Any]], pick, title: str) -> str:  # noqa: ANN001
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    lines = [f"### {title}", "", "| tenants | " + " | ".join(modes) + " | fp32 / torch | int8 / torch |",
+             "|" + "---|" * (len(modes) + 3)]
     for n in sorted({r["tenants"] for r in rows}):
-        rps = {r["mode"]: r["rps"] for r in rows if r["tenants"] == n and r["load"] == closed}
-        cell = [f"{rps[m]:.1f}" if m in rps else "-" for m in MODES]
-        f = rps.get("ort-shared-fp32")
-        rt = f"{f / rps['torch-multiplex']:.2f}x" if f and rps.get("torch-multiplex") else "-"
-        rm = f"{f / rps['ort-merged-multiplex']:.2f}x" if f and rps.get("ort-merged-multiplex") else "-"
-        lines.append(f"| {n} | " + " | ".join(cell) + f" | {rt} | {rm} |")
+        got = {m: pick(rows, m, n) for m in modes}
+        cell = [f"{got[m]['rps']:.0f}" if got[m] else "-" for m in modes]
+        t = got.get("torch-multiplex")
+        ratio = [f"{got[m]['rps'] / t['rps']:.2f}x" if got.get(m) and t and t["rps"] > 0 else "-" for m in ISSUE_SHARED]
+        lines.append(f"| {n} | " + " | ".join(cell) + " | " + " | ".join(ratio) + " |")
     return "\n".join(lines)
+
+
+def _batches(rows: list[dict[str, Any]]) -> str:
+    lines = ["### Batches the server formed (shared modes: one model call per batch, any tenant mix)", "",
+             "| mode | tenants | load | batches | median | p90 | max | mean | tenants per batch (mean) | sizes: count |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["load"] != "closed-1":
+            hist = ", ".join(f"{k}: {v}" for k, v in sorted(r["batch_hist"].items(), key=lambda kv: int(kv[0])))
+            lines.append(f"| {r['mode']} | {r['tenants']} | {r['load']} | {r['batches']} | {r['batch_median']} | "
+                         f"{r['batch_p90']:.0f} | {r['batch_max']} | {r['batch_mean']} | {r['tenants_per_batch_mean']} | {hist} |")
+    return "\n".join(lines)
+
+
+STAGES = ("asgi", "handler", "call", "ranker", "queue", "thread", "resolve", "feed", "ort", "topk")
+
+
+def _decomposition(rows: list[dict[str, Any]]) -> str:
+    lines = ["### Where an unloaded request's time goes (closed-1, p50 ms; stages inside the replica(s))", "",
+             "| mode | tenants | end-to-end | outside the model replica (client + HTTP + proxy + Serve) | "
+             + " | ".join(STAGES) + " | ingress asgi (2-hop) | session.run in-process | rank_batch in-process | overhead ratio |",
+             "|" + "---|" * (len(STAGES) + 7)]
+    for r in rows:
+        if r["load"] != "closed-1" or r["mode"] not in SHARED:
+            continue
+        st = r["stages_p50_ms"]
+        front = st.get("ingress.asgi", st.get("asgi"))
+        outside = r["p50_ms"] - front if front is not None else None
+        cells = [f"{st[s]:.2f}" if s in st else "-" for s in STAGES]
+        lines.append(f"| {r['mode']} | {r['tenants']} | {r['p50_ms']:.2f} | {'-' if outside is None else f'{outside:.2f}'} | "
+                     + " | ".join(cells) + f" | {st.get('ingress.asgi', float('nan')):.2f} | {r['raw_ms']:.3f} | "
+                     f"{r['rank_ms']:.3f} | {r['overhead_ratio']:.0f}x |")
+    return "\n".join(lines)
+
+
+def _cpu(rows: list[dict[str, Any]], load: str) -> str:
+    lines = [f"### CPU per request at saturation ({load}; ms of CPU per completed request, psutil)", "",
+             "| mode | tenants | rps | HTTP proxy | replicas (by deployment) | load generator |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["load"] == load and r.get("cpu_ms_per_request"):
+            cpu = dict(r["cpu_ms_per_request"])
+            proxy = cpu.pop("proxy", None)
+            reps = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            client = r["client_cpu_frac"] * r["wall_s"] * 1000 / max(1, r["requests"])
+            lines.append(f"| {r['mode']} | {r['tenants']} | {r['rps']:.0f} | {'-' if proxy is None else f'{proxy:.2f}'} | {reps} | {client:.2f} |")
+    return "\n".join(lines)
+
+
+def notes_markdown(rows: list[dict[str, Any]], tgt: list[dict[str, Any]], auto: dict[str, Any] | None,
+                   pngs: list[Path]) -> str:
+    top = max((r["load"] for r in rows if r["load"].startswith("closed")), key=lambda x: int(x.split("-")[1]))
+    parts = [
+        _side_by_side(rows, _slo_row, "Highest open-loop rate with p99 <= SLO and 0 errors (rps)"),
+        _side_by_side(rows, lambda rs, m, n: _row(rs, m, n, top), f"Closed-loop throughput, {top} (rps)"),
+        _batches(rows),
+        _decomposition(rows),
+        _cpu(rows, top),
+        "## Targets\n\n| target | measured | met |\n|---|---|---|\n" + "\n".join(
+            f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in tgt),
+    ]
+    if auto:
+        parts.append(f"## Autoscaling run ({auto['deployment']})\n\n| t0 s | offered rps | completed rps | p99 ms | errors | replicas (max) |\n"
+                     "|---|---|---|---|---|---|\n" + "\n".join(
+                         f"| {w['t0']:.0f} | {w['offered_rps']:.0f} | {w['done_rps']:.1f} | {fmt_ms(w['p99_ms'])} | "
+                         f"{w['errors']} | {w['replicas_max']} |" for w in auto["windows"]))
+    parts.append("Plots: " + ", ".join(f"`{p.name}`" for p in pngs))
+    return "\n\n".join(parts)
