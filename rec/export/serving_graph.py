@@ -16,7 +16,11 @@ Every tenant is served by the same ONNX model. What makes a row "tenant X" is fe
   than the batch's is zero-padded, which is also exact.
 
 Output ``user [B,D]`` is the state after the last item divided by the backbone's temperature, so
-``scores = user @ catalog.T`` on the tenant's catalog matrix.
+``scores = user @ catalog.T`` on the tenant's catalog matrix. The graph computes what that needs
+and no more (``Backbone.encode(..., last_only=True)``): the last block runs its query, output
+projection and FFN for the last position only (keys and values for all), and attention uses an
+additive float mask, which exports without the NaN guard of boolean-mask SDPA; equal to the full
+encoder's last row up to float rounding (~1e-7).
 
 The text adaptor's LoRA (``adaptor.proj``) is not a graph input: it changes item vectors, not the
 user encoder, so it is baked into the tenant's catalog matrix once per item.
@@ -108,7 +112,7 @@ class ServingGraph(nn.Module):
         for i, w in enumerate(self._wrappers):
             w.ab = (lora[2 * i], lora[2 * i + 1])
         try:
-            hidden = self.backbone.encode(hist, pad, prompt, prompt_pad)
+            hidden = self.backbone.encode(hist, pad, prompt, prompt_pad, last_only=True)
         finally:
             for w in self._wrappers:
                 w.ab = None
@@ -129,5 +133,5 @@ class MergedGraph(nn.Module):
 
     def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         hist = self.catalog[items.clamp(min=0)]
-        user = self.backbone.encode(hist, pad)[:, -1, :]
+        user = self.backbone.encode(hist, pad, last_only=True)[:, -1, :]
         return self.backbone.scores(user, self.catalog)

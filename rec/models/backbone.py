@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rec.models.layers import TransformerBlock, attention_mask, positions
+from rec.models.layers import TransformerBlock, attention_bias, attention_mask, positions
 
 __all__ = ["Backbone", "TextAdaptor", "build_backbone"]
 
@@ -134,6 +134,7 @@ class Backbone(nn.Module):
         pad: torch.Tensor,
         prompt: torch.Tensor | None = None,
         prompt_pad: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Hidden states for every position.
 
@@ -144,6 +145,10 @@ class Backbone(nn.Module):
                 Prefix tokens sit before the padding, so every real item attends to them.
             prompt_pad: Optional ``(B, P)`` bool, True at prefix slots a row does not use (masked
                 like padding), so rows with different prompts, or none, share one batch.
+            last_only: The serving path: only the state after the most recent item, ``(B, 1, D)``.
+                The last block computes queries and FFN for that position only (keys and values
+                of all), and attention takes an additive float mask, which exports to ONNX
+                without a NaN guard. Same values as ``encode(...)[:, -1:]`` up to float rounding.
 
         Returns:
             ``(B, T, D)``; position ``T-1`` is the state after the most recent item.
@@ -162,9 +167,12 @@ class Backbone(nn.Module):
                 prompt_pad = torch.zeros(pad.shape[0], P, dtype=torch.bool, device=pad.device)
             pad = torch.cat([prompt_pad, pad], dim=1)
         mask = attention_mask(pad)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.final_norm(x[:, P:])
+        if last_only:
+            mask = attention_bias(mask, x.dtype)
+        n = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=last_only and i == n - 1)
+        return self.final_norm(x[:, -1:] if last_only else x[:, P:])
 
     def user_vector(self, hist: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """``(B, D)``: the hidden state after the last item (left padding puts it at ``T-1``)."""

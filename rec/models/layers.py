@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CausalSelfAttention", "FeedForward", "TransformerBlock", "attention_mask", "positions"]
+__all__ = ["CausalSelfAttention", "FeedForward", "TransformerBlock", "attention_mask", "attention_bias",
+           "additive_mask_attention", "positions"]
 
 
 def attention_mask(pad: torch.Tensor) -> torch.Tensor:
@@ -32,6 +33,40 @@ def attention_mask(pad: torch.Tensor) -> torch.Tensor:
     allowed = causal[None, :, :] & ~pad[:, None, :]  # (B, T, T)
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=pad.device)[None]
     return allowed[:, None, :, :]
+
+
+def attention_bias(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The boolean ``mask`` of :func:`attention_mask` as an additive float mask: 0 allowed, dtype min not.
+
+    Same attention as the boolean mask (every query row keeps at least itself, so no row is all
+    masked and the masked keys get zero weight). The serving graph uses it: the ONNX
+    exporter lowers boolean-mask ``scaled_dot_product_attention`` with a ``Where(IsNaN)`` guard
+    against all-masked rows after every softmax, a float mask without it (measured in
+    bench/README.md, compression section).
+    """
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.full((), torch.finfo(dtype).min, dtype=dtype, device=mask.device))
+
+
+#: Logits more than this far below their row's maximum are raised to that floor before the softmax.
+#: Their weight stays e^-60 ~ 1e-26 of the row maximum's, zero at float32 precision; without the
+#: floor, masked logits (dtype min) send ONNX Runtime's CPU exp down a denormal slow path, which ran
+#: the serving graph's softmax 7x slower (bench/README.md, compression section).
+LOGIT_FLOOR = 60.0
+
+
+def additive_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Dot-product attention ``softmax(q k^T / sqrt(d) + bias) v`` with an additive float mask, written out.
+
+    ``q (B,h,S,d)``, ``k``/``v (B,h,T,d)``, ``bias`` broadcastable to ``(B,h,S,T)`` (see
+    :func:`attention_bias`). Same values as ``F.scaled_dot_product_attention`` with the boolean mask
+    up to rounding: every row keeps its own position, and masked keys get weight e^-60 of the row
+    maximum's (:data:`LOGIT_FLOOR`), below float32 resolution.
+    Inference only (no dropout); it exports to plain MatMul/Softmax with no NaN guard.
+    """
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias
+    logits = logits - logits.amax(dim=-1, keepdim=True)
+    return logits.clamp(min=-LOGIT_FLOOR).softmax(dim=-1) @ v
 
 
 def positions(pad: torch.Tensor) -> torch.Tensor:
@@ -58,17 +93,27 @@ class CausalSelfAttention(nn.Module):
         self.o_proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: ``(B, T, D)``, mask: ``(B, 1, T, T)`` bool -> ``(B, T, D)``."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x: ``(B, T, D)``, mask: ``(B, 1, T, T)`` bool or additive float -> ``(B, T, D)``.
+
+        ``last_only``: queries of the last position only (keys and values of all), ``(B, 1, D)``:
+        exactly that row of the full output, for callers that need only the last state.
+        """
         B, T, D = x.shape
         h = self.n_heads
 
-        def split(t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, h, T, D/h)
-            return t.view(B, T, h, D // h).transpose(1, 2)
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, S, D) -> (B, h, S, D/h)
+            return t.view(B, -1, h, D // h).transpose(1, 2)
 
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, D)
+        xq = x[:, -1:] if last_only else x
+        if last_only:
+            mask = mask[:, :, -1:, :]
+        q, k, v = split(self.q_proj(xq)), split(self.k_proj(x)), split(self.v_proj(x))
+        if mask.dtype == torch.bool or self.training:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            y = additive_mask_attention(q, k, v, mask)
+        y = y.transpose(1, 2).reshape(B, xq.shape[1], D)
         return self.o_proj(y)
 
 
@@ -96,7 +141,11 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(d_model, ffn_hidden, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``(B, T, D)`` -> ``(B, T, D)``, or ``(B, 1, D)`` (the last position's output) if ``last_only``."""
+        if last_only:
+            x = x[:, -1:] + self.drop(self.attn(self.ln1(x), mask, last_only=True))
+        else:
+            x = x + self.drop(self.attn(self.ln1(x), mask))
         x = x + self.drop(self.ffn(self.ln2(x)))
         return x
