@@ -1,10 +1,12 @@
 """Compression benchmark: size, quality and latency of the serving model variants.
 
-A text backbone is pretrained (Ray Train, cached under ``--runs``) on one dataset; its encoder is
+A text backbone is pretrained on ml-100k (Ray Train, cached under ``--runs``); its encoder is
 then served as:
 
-    torch-fp32           the same serving computation in torch eager: ``ServingGraph`` (the module
-                         that is exported) on the same feed, 1 thread, ``inference_mode``
+    torch-fp32           the tenant's model in PyTorch eager, as a user would serve it:
+                         ``Backbone.user_vector`` on the history (SDPA attention, every position)
+    torch-fp32-graph     the exported computation in torch eager: ``ServingGraph`` (the module
+                         ``rec export`` traces: last position only, per-row LoRA inputs) on the same feed
     ort-fp32             the shared ONNX graph (rec export) in ONNX Runtime
     ort-int8             ORT dynamic int8 weights + int8 catalog (per-row scales)
     pruned-magnitude-50  50 % global L1 unstructured pruning + short recovery fine-tune
@@ -13,18 +15,22 @@ then served as:
     student-int8         the student, int8
     ort-merged           the classic alternative: one merged per-tenant model, catalog in the graph
 
-Quality: NDCG@10 of every user's last item (full ranking over the catalog, leave-one-out test,
-history not excluded) computed through each variant's serving path; top10_overlap = mean
-overlap of each user's top-10 with torch-fp32's. Latency: one request = user vectors for a
-batch (feed building + one ``session.run`` / one eager forward) + top-10 per row, 1 thread, real
-histories of the test users; all variants are timed in one spawned process in interleaved rounds;
-``peak_rss_mb`` is the VmHWM of a fresh spawned process per variant. size_bytes = the ONNX file
-(torch-fp32: the checkpoint's weights file); catalog_bytes = the tenant's stored catalog matrix.
-The issue-4 targets are computed from the rows and written as ``targets`` in the JSON.
+Quality, on the few-shot benchmark's target tenants that have item text: ml-100k (every user; the
+tenant the backbone and every compressed variant trained on) and seeded user samples of
+scientific, office and beauty (zero-shot: never trained on). NDCG@10 of each user's last item
+(full ranking, history not excluded) through each variant's serving path, per dataset and
+pooled over all users; top10_overlap = mean overlap of each user's top-10 with torch-fp32's.
+Latency: one request = user vectors for a batch of ml-100k histories (the longest: 94 % fill the
+50-item window) + top-10 per row, 1 thread; all variants timed in one spawned process in
+interleaved rounds; ``peak_rss_mb`` = VmHWM of a fresh spawned process per variant. size_bytes =
+the ONNX file (torch rows: the encoder weights as safetensors); catalog_bytes = the tenant's
+stored catalog matrix (pooled rows: all four). Latency and RSS are in the pooled rows
+(``dataset`` = ``all``). The issue-4 targets are computed from the rows and written as
+``targets`` in the JSON.
 
 Usage::
 
-    python bench/compression.py --quick     # pipeline check (~3 min)
+    python bench/compression.py --quick     # pipeline check (~4 min)
     python bench/compression.py             # the recorded run
 """
 
@@ -47,11 +53,19 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench` and `rec` importa
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bench._results import RESULTS, write_results  # noqa: E402
+from bench._results import RESULTS, markdown_table, write_results  # noqa: E402
 from rec.io.artifacts import atomic_write_bytes  # noqa: E402
 
-COLUMNS = ["variant", "size_bytes", "catalog_bytes", "ndcg@10", "top10_overlap", "p50_ms_b1", "p50_ms_b32",
+COLUMNS = ["variant", "dataset", "size_bytes", "catalog_bytes", "ndcg@10", "top10_overlap", "p50_ms_b1", "p50_ms_b32",
            "p50_ms_b256", "p99_ms_b32", "peak_rss_mb"]
+LATENCY_KEYS = ["p50_ms_b1", "p50_ms_b32", "p50_ms_b256", "p99_ms_b32", "peak_rss_mb"]
+#: (name, loader format, folder under --datasets): the few-shot targets with item text besides ml-100k
+ZERO_SHOT_TENANTS = (("scientific", "unisrec", "amazon-scientific-unisrec"),
+                     ("office", "lcrec", "amazon2014-office-lcrec"),
+                     ("beauty", "seqrec", "seqrec-benchmark/amazon2014-beauty"))
+#: the distilled student: teacher blocks kept, distillation epochs (x2 in --quick: 1), CE weight, lr
+STUDENT = {"keep": [0], "epochs": 12, "alpha": 0.5, "lr": 5e-4, "tau": 2.0}
+LATENCY_DATASET = "ml-100k"
 
 
 def log(msg: str) -> None:
@@ -93,6 +107,19 @@ def get_backbone(args: argparse.Namespace):  # noqa: ANN201
     return load_backbone(res.checkpoint), cfg, Path(res.checkpoint)
 
 
+def eval_tenants(args: argparse.Namespace, cfg) -> list:  # noqa: ANN001
+    """ml-100k (the training tenant, every user) + seeded user samples of the zero-shot tenants."""
+    from rec.config import TenantSource
+    from rec.data.loaders import load_source
+    from rec.training.corpus import load_tenants
+
+    n = 200 if args.quick else args.users
+    out = [load_tenants(cfg.data)[0]]
+    for name, fmt, folder in ZERO_SHOT_TENANTS:
+        out.append(load_source(TenantSource(format=fmt, path=str(args.datasets / folder), name=name, max_users=n, seed=0)))
+    return out
+
+
 def with_model(loaded, model, tag: str):  # noqa: ANN001, ANN201
     """A LoadedBackbone-like object around an in-memory (compressed) encoder."""
     from rec.training.checkpoint import LoadedBackbone
@@ -103,67 +130,77 @@ def with_model(loaded, model, tag: str):  # noqa: ANN001, ANN201
     return LoadedBackbone(model.eval(), loaded.cfg, loaded.tenants, loaded.manifest, h.hexdigest())
 
 
-# --- measurement in fresh processes ---------------------------------------------------------------
-def torch_user_vectors(checkpoint: str | Path, threads: int = 1):  # noqa: ANN201
-    """Torch-eager twin of ``SharedRanker.user_vectors``: same feed, ``ServingGraph`` run eagerly.
+def left_pad(rows: list[np.ndarray], max_len: int) -> np.ndarray:
+    """``[B, T]`` int64 item rows, -1 = padding, T = the batch's longest history (at most ``max_len``)."""
+    rows = [np.asarray(h[-max_len:], np.int64) for h in rows]
+    out = np.full((len(rows), max(1, max(len(h) for h in rows))), -1, np.int64)
+    for i, h in enumerate(rows):
+        if len(h):
+            out[i, out.shape[1] - len(h):] = h
+    return out
 
-    ``ServingGraph`` is the module ``rec export`` traces, so this is the serving computation
-    (zero LoRA inputs and all) with only the runtime changed. Returns ``fn(histories, bundles)``.
-    """
+
+# --- the variants' serving paths -----------------------------------------------------------------
+def _users_fn(spec: dict[str, Any], dataset: str, threads: int = 1):  # noqa: ANN202
+    """``(fn(histories) -> user vectors [B, D] or scores [B, N], bundle, gives_scores)`` for one variant."""
+    from rec.export.tenant_bundle import load_tenant_bundle
+
+    if spec["kind"] == "merged":
+        from rec.export.runtime import make_session
+
+        sess, max_len = make_session(Path(spec["merged"][dataset]) / "model.onnx"), spec["max_len"]
+
+        def scores(rows: list[np.ndarray]) -> np.ndarray:
+            items = left_pad(rows, max_len)
+            return sess.run(["scores"], {"items": items, "pad": items < 0})[0]
+
+        return scores, None, True
+    bundle = load_tenant_bundle(spec["bundles"][dataset])
+    if spec["kind"] == "shared":
+        from rec.export.runtime import SharedRanker
+
+        ranker = SharedRanker(spec["model_dir"], intra_op_threads=threads, variant=spec["variant"])
+        return (lambda rows: ranker.user_vectors(rows, [bundle] * len(rows))), bundle, False
     import torch
 
-    from rec.export.runtime import build_feed
-    from rec.export.serving_graph import ServingGraph
     from rec.training.checkpoint import load_backbone
 
     torch.set_num_threads(threads)
-    loaded = load_backbone(checkpoint)
-    graph = ServingGraph(loaded.model).eval()
+    loaded = load_backbone(spec["checkpoint"])
     max_len = int(loaded.cfg.data.max_seq_len)
+    if spec["kind"] == "torch":  # the tenant's model, as a user serves it in PyTorch
+        model, cat = loaded.model.eval(), torch.from_numpy(bundle.catalog)
 
-    def user_vectors(histories: list[np.ndarray], bundles: list) -> np.ndarray:  # noqa: ANN001
-        feed = build_feed(histories, bundles, graph.projections, max_len)
+        def users(rows: list[np.ndarray]) -> np.ndarray:
+            idx = torch.from_numpy(left_pad(rows, max_len))
+            with torch.inference_mode():
+                return (model.user_vector(cat[idx.clamp(min=0)], idx < 0) / model.temperature).numpy()
+
+        return users, bundle, False
+    from rec.export.runtime import build_feed  # "torch-graph": the exported module, eager
+    from rec.export.serving_graph import ServingGraph
+
+    graph = ServingGraph(loaded.model).eval()
+
+    def graph_users(rows: list[np.ndarray]) -> np.ndarray:
+        feed = build_feed(rows, [bundle] * len(rows), graph.projections, max_len)
         with torch.inference_mode():
             return graph(*(torch.from_numpy(feed.inputs[n]) for n in graph.input_names)).numpy()
 
-    return user_vectors
+    return graph_users, bundle, False
 
 
 def _requester(spec: dict[str, Any]):  # noqa: ANN202
-    """A function serving one request (a list of histories) with the variant described by ``spec``."""
-    from rec.export.runtime import SharedRanker, make_session
-    from rec.export.tenant_bundle import load_tenant_bundle
+    """One request of the latency protocol: user vectors (or scores) + the top-10 of every row."""
+    from rec.export.runtime import SharedRanker
 
-    if spec["kind"] == "torch":
-        user_vectors = torch_user_vectors(spec["checkpoint"], threads=1)
-        bundle = load_tenant_bundle(spec["bundle"])
-
-        def request(rows: list[np.ndarray]) -> None:
-            users = user_vectors(rows, [bundle] * len(rows))
-            for u in users:
-                SharedRanker.top_k(bundle, u, 10)
-
-        return request
-    if spec["kind"] == "shared":
-        ranker = SharedRanker(spec["model_dir"], intra_op_threads=1, variant=spec["variant"])
-        bundle = load_tenant_bundle(spec["bundle"])
-
-        def request(rows: list[np.ndarray]) -> None:
-            users = ranker.user_vectors(rows, [bundle] * len(rows))
-            for u in users:
-                ranker.top_k(bundle, u, 10)
-
-        return request
-    sess = make_session(Path(spec["model_dir"]) / "model.onnx")
-    max_len = spec["max_len"]
+    fn, bundle, gives_scores = _users_fn(spec, LATENCY_DATASET)
+    if gives_scores:
+        return lambda rows: np.argpartition(-fn(rows), 10, axis=1)[:, :10]
 
     def request(rows: list[np.ndarray]) -> None:
-        items = np.full((len(rows), max_len), -1, np.int64)
-        for i, h in enumerate(rows):
-            h = h[-max_len:]
-            items[i, max_len - len(h):] = h
-        scores = sess.run(["scores"], {"items": items, "pad": items < 0})[0]
-        np.argpartition(-scores, 10, axis=1)[:, :10]
+        for u in fn(rows):
+            SharedRanker.top_k(bundle, u, 10)
 
     return request
 
@@ -177,7 +214,7 @@ def _latency(specs: dict[str, dict[str, Any]], histories: list[list[int]], reps:
     hists = [np.asarray(h, np.int64) for h in histories]
     reqs = {name: _requester(spec) for name, spec in specs.items()}
     times: dict[str, dict[int, list[float]]] = {n: {1: [], 32: [], 256: []} for n in reqs}
-    for r in range(rounds):
+    for _ in range(rounds):
         for b in (1, 32, 256):
             batches = _batches(hists, b, reps[str(b)])
             for name, req in reqs.items():
@@ -216,52 +253,61 @@ def in_fresh_process(fn, *args):  # noqa: ANN001, ANN201
 
 
 # --- quality ---------------------------------------------------------------------------------------
-def serving_topk(model_dir: Path, variant: str, bundle_dir: Path, hists: list[np.ndarray]) -> np.ndarray:
-    from rec.export.runtime import SharedRanker
-    from rec.export.tenant_bundle import load_tenant_bundle
+def variant_scores(spec: dict[str, Any], dataset: str, hists: list[np.ndarray]) -> np.ndarray:
+    """Full-catalog scores ``[U, N]`` of every history through the variant's serving path (2 threads)."""
+    fn, bundle, gives_scores = _users_fn(spec, dataset, threads=2)
+    parts = []
+    for s in range(0, len(hists), 256):
+        out = fn(hists[s:s + 256])
+        parts.append(out if gives_scores else out @ bundle.catalog.T)
+    return np.concatenate(parts)
 
-    ranker, bundle = SharedRanker(model_dir, variant=variant), load_tenant_bundle(bundle_dir)
-    scores = np.concatenate([ranker.user_vectors(hists[s:s + 256], [bundle] * len(hists[s:s + 256])) @ bundle.catalog.T
-                             for s in range(0, len(hists), 256)])
-    return scores
 
+def quality(scores: np.ndarray, targets: np.ndarray, ref_top: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user NDCG@10, per-user top-10 overlap with ``ref_top`` (1 if None), and the top-10."""
+    from rec.metrics import rank_of_target
 
-def quality(scores: np.ndarray, targets: np.ndarray, ref_top: np.ndarray | None) -> tuple[float, float, np.ndarray]:
-    from rec.metrics import metrics_from_ranks, rank_of_target
-
-    ndcg = metrics_from_ranks(rank_of_target(scores, targets), ks=[10])["ndcg@10"]
+    ranks = rank_of_target(scores, targets)
+    ndcg = np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
-    overlap = 1.0 if ref_top is None else float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)]))
-    return float(ndcg), overlap, top
+    overlap = np.ones(len(top)) if ref_top is None else np.array([len(set(a) & set(b)) / 10 for a, b in zip(top, ref_top)])
+    return ndcg, overlap, top
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 recovery epoch, fewer timing reps")
+    p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 recovery epoch, 200 users, fewer timing reps")
+    p.add_argument("--users", type=int, default=1000, help="seeded users per zero-shot tenant")
     p.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-compression")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    import safetensors.torch
     import torch
 
     from rec.compression import DistillLoss, ffn_prune, magnitude_prune, make_permanent, make_student, recover, sparsity
     from rec.export.onnx_export import export_merged_tenant_model, export_serving_model, parity_data_from_tenant
+    from rec.export.serving_graph import ServingGraph
     from rec.export.tenant_bundle import export_tenant_bundle
     from rec.io.artifacts import read_manifest
     from rec.text import encode_items
-    from rec.training.corpus import build_corpus, load_tenants
+    from rec.training.corpus import build_corpus
 
     torch.set_num_threads(2)
     t_start = time.perf_counter()
     loaded, cfg, ckpt = get_backbone(args)
-    tenant = load_tenants(cfg.data)[0]
-    emb = encode_items(list(tenant.items.text), loaded.cfg.text)
-    corpus = build_corpus(loaded.cfg, [tenant])
-    seqs = [tenant.sequence(u) for u in range(tenant.num_users)]
-    hists, targets = [s[:-1] for s in seqs], np.array([s[-1] for s in seqs], np.int64)
-    real = parity_data_from_tenant(loaded, tenant, emb, max_users=256)
+    tenants = eval_tenants(args, cfg)
+    embs = {t.name: encode_items(list(t.items.text), loaded.cfg.text) for t in tenants}
+    data = {}
+    for t in tenants:
+        seqs = [s for s in (t.sequence(u) for u in range(t.num_users)) if len(s) >= 2]
+        data[t.name] = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs], np.int64))
+    train_tenant = tenants[0]
+    corpus = build_corpus(loaded.cfg, [train_tenant])
+    real = parity_data_from_tenant(loaded, train_tenant, embs[train_tenant.name], max_users=256)
     out = args.runs / "variants"
     rec_epochs = 1 if args.quick else 3
+    st_epochs = 1 if args.quick else STUDENT["epochs"]
 
     log("compressing")
     teacher = loaded.model
@@ -270,104 +316,108 @@ def main(argv: list[str] | None = None) -> int:
     make_permanent(mag)
     ffn = ffn_prune(teacher, 0.5)
     recover(ffn, corpus, epochs=rec_epochs)
-    student = make_student(teacher, [len(teacher.blocks) - 1])
-    recover(student, corpus, loss_model=DistillLoss(student, teacher, alpha=0.5, tau=2.0), epochs=2 * rec_epochs)
+    student = make_student(teacher, STUDENT["keep"])
+    recover(student, corpus, loss_model=DistillLoss(student, teacher, alpha=STUDENT["alpha"], tau=STUDENT["tau"]),
+            epochs=st_epochs, lr=STUDENT["lr"])
     # export folder names (the artifacts) -> row names follow the issue's variant names
     encoders = {"fp32": (loaded, True), "magnitude-50": (with_model(loaded, mag, "mag50"), False),
                 "ffn-50": (with_model(loaded, ffn, "ffn50"), False), "distill-1L": (with_model(loaded, student, "distill1"), True)}
 
     log("exporting")
-    dirs: dict[str, Path] = {}
-    for name, (lb, q) in encoders.items():
-        dirs[name] = export_serving_model(lb, out / name, quantize=q, real_data=real)
-    bundles = {dt: export_tenant_bundle(loaded, tenant, emb, None, out / f"bundle-{dt}", catalog_dtype=dt) for dt in ("fp32", "int8")}
-    merged = export_merged_tenant_model(loaded, tenant, emb, None, out / "merged")
+    dirs = {name: export_serving_model(lb, out / name, quantize=q, real_data=real) for name, (lb, q) in encoders.items()}
+    bundles = {dt: {t.name: export_tenant_bundle(loaded, t, embs[t.name], None, out / f"bundle-{t.name}-{dt}", catalog_dtype=dt)
+                    for t in tenants} for dt in ("fp32", "int8")}
+    merged = {t.name: export_merged_tenant_model(loaded, t, embs[t.name], None, out / f"merged-{t.name}") for t in tenants}
+    max_len = int(loaded.cfg.data.max_seq_len)
+    specs: dict[str, dict[str, Any]] = {
+        "torch-fp32": {"kind": "torch", "checkpoint": str(ckpt), "bundles": bundles["fp32"]},
+        "torch-fp32-graph": {"kind": "torch-graph", "checkpoint": str(ckpt), "bundles": bundles["fp32"]},
+    }
+    files = {"torch-fp32": None, "torch-fp32-graph": None}
+    for name, mdir, var, cdt in [("ort-fp32", dirs["fp32"], "fp32", "fp32"), ("ort-int8", dirs["fp32"], "int8", "int8"),
+                                 ("pruned-magnitude-50", dirs["magnitude-50"], "fp32", "fp32"),
+                                 ("pruned-ffn-50", dirs["ffn-50"], "fp32", "fp32"),
+                                 ("student", dirs["distill-1L"], "fp32", "fp32"), ("student-int8", dirs["distill-1L"], "int8", "int8")]:
+        specs[name] = {"kind": "shared", "model_dir": str(mdir), "variant": var, "bundles": bundles[cdt]}
+        files[name] = (mdir, "model.onnx" if var == "fp32" else "model.int8.onnx")
+    specs["ort-merged"] = {"kind": "merged", "merged": merged, "max_len": max_len}
+    encoder_bytes = len(safetensors.torch.save(ServingGraph(loaded.model).state_dict()))
 
-    variants = [  # (row name, model dir, ORT variant, catalog dtype)
-        ("ort-fp32", dirs["fp32"], "fp32", "fp32"),
-        ("ort-int8", dirs["fp32"], "int8", "int8"),
-        ("pruned-magnitude-50", dirs["magnitude-50"], "fp32", "fp32"),
-        ("pruned-ffn-50", dirs["ffn-50"], "fp32", "fp32"),
-        ("student", dirs["distill-1L"], "fp32", "fp32"),
-        ("student-int8", dirs["distill-1L"], "int8", "int8"),
-    ]
+    def catalog_bytes(spec: dict[str, Any], ds: str) -> int:
+        return 0 if spec["kind"] == "merged" else read_manifest(spec["bundles"][ds])["files"]["catalog.safetensors"]["bytes"]
+
+    def size_bytes(name: str, ds: str) -> int:
+        if name == "ort-merged":  # per tenant: the catalog is in the graph
+            return read_manifest(merged[ds])["files"]["model.onnx"]["bytes"]
+        return encoder_bytes if files[name] is None else read_manifest(files[name][0])["files"][files[name][1]]["bytes"]
+
+    rows, per_user = [], {}
+    for name, spec in specs.items():  # torch-fp32 first: the reference top-10s
+        log(f"quality of {name}")
+        for t in tenants:
+            hists, targets = data[t.name]
+            ref = None if name == "torch-fp32" else per_user[("torch-fp32", t.name)][2]
+            per_user[(name, t.name)] = quality(variant_scores(spec, t.name, hists), targets, ref)
+            nd, ov, _ = per_user[(name, t.name)]
+            rows.append({"variant": name, "dataset": t.name, "size_bytes": size_bytes(name, t.name),
+                         "catalog_bytes": catalog_bytes(spec, t.name), "ndcg@10": float(nd.mean()),
+                         "top10_overlap": float(ov.mean()), **dict.fromkeys(LATENCY_KEYS)})
+    lat_hists = [h.tolist() for h in data[LATENCY_DATASET][0]]
     reps = {"1": 20 if args.quick else 40, "32": 10 if args.quick else 20, "256": 2 if args.quick else 4}
     rounds = 2 if args.quick else 8
-    specs: dict[str, dict[str, Any]] = {}
-
-    log("quality of torch-fp32")  # the reference: the trained model in torch eager, as exported
-    import safetensors.torch
-
-    from rec.export.serving_graph import ServingGraph
-    from rec.export.tenant_bundle import load_tenant_bundle
-
-    eager, fp32_bundle = torch_user_vectors(ckpt, threads=2), load_tenant_bundle(bundles["fp32"])
-    scores = np.concatenate([eager(hists[s:s + 256], [fp32_bundle] * len(hists[s:s + 256])) @ fp32_bundle.catalog.T
-                             for s in range(0, len(hists), 256)])
-    ndcg, overlap, ref_top = quality(scores, targets, None)
-    specs["torch-fp32"] = {"kind": "torch", "checkpoint": str(ckpt), "bundle": str(bundles["fp32"])}
-    rows = [{"variant": "torch-fp32", "size_bytes": len(safetensors.torch.save(ServingGraph(loaded.model).state_dict())),
-             "catalog_bytes": read_manifest(bundles["fp32"])["files"]["catalog.safetensors"]["bytes"],
-             "ndcg@10": ndcg, "top10_overlap": overlap}]
-    for name, mdir, var, cdt in variants:
-        log(f"quality of {name}")
-        ndcg, overlap, _ = quality(serving_topk(mdir, var, bundles[cdt], hists), targets, ref_top)
-        m = read_manifest(mdir)
-        specs[name] = {"kind": "shared", "model_dir": str(mdir), "variant": var, "bundle": str(bundles[cdt])}
-        fname = "model.onnx" if var == "fp32" else "model.int8.onnx"
-        rows.append({"variant": name, "size_bytes": m["files"][fname]["bytes"],
-                     "catalog_bytes": read_manifest(bundles[cdt])["files"]["catalog.safetensors"]["bytes"],
-                     "ndcg@10": ndcg, "top10_overlap": overlap})
-    from rec.export.runtime import make_session
-
-    sess = make_session(merged / "model.onnx")
-    max_len = loaded.cfg.data.max_seq_len
-    scores = []
-    for s in range(0, len(hists), 256):
-        chunk = hists[s:s + 256]
-        items = np.full((len(chunk), max_len), -1, np.int64)
-        for i, h in enumerate(chunk):
-            h = h[-max_len:]
-            items[i, max_len - len(h):] = h
-        scores.append(sess.run(["scores"], {"items": items, "pad": items < 0})[0])
-    ndcg, overlap, _ = quality(np.concatenate(scores), targets, ref_top)
-    specs["ort-merged"] = {"kind": "merged", "model_dir": str(merged), "max_len": max_len}
-    rows.append({"variant": "ort-merged", "size_bytes": read_manifest(merged)["files"]["model.onnx"]["bytes"], "catalog_bytes": 0,
-                 "ndcg@10": ndcg, "top10_overlap": overlap})
-    plain = [h.tolist() for h in hists]
     log(f"latency: {rounds} interleaved rounds over {len(specs)} variants")
-    lat = in_fresh_process(_latency, specs, plain, reps, rounds)
-    for r in rows:
-        log(f"peak RSS of {r['variant']}")
-        r.update(lat[r["variant"]], peak_rss_mb=in_fresh_process(_peak_rss, specs[r["variant"]], plain))
+    lat = in_fresh_process(_latency, specs, lat_hists, reps, rounds)
+    pooled = []
+    for name, spec in specs.items():
+        log(f"peak RSS of {name}")
+        nd = np.concatenate([per_user[(name, t.name)][0] for t in tenants])
+        ov = np.concatenate([per_user[(name, t.name)][1] for t in tenants])
+        size = sum(size_bytes(name, t.name) for t in tenants) if name == "ort-merged" else size_bytes(name, LATENCY_DATASET)
+        pooled.append({"variant": name, "dataset": "all", "size_bytes": size,
+                       "catalog_bytes": sum(catalog_bytes(spec, t.name) for t in tenants), "ndcg@10": float(nd.mean()),
+                       "top10_overlap": float(ov.mean()), **lat[name],
+                       "peak_rss_mb": in_fresh_process(_peak_rss, specs[name], lat_hists)})
+    rows = pooled + rows
+    for row in rows:  # resolution of each NDCG@10 comparison: s.e. of the paired per-user difference vs ort-fp32
+        ds = [t.name for t in tenants] if row["dataset"] == "all" else [row["dataset"]]
+        diff = np.concatenate([per_user[(row["variant"], d)][0] - per_user[("ort-fp32", d)][0] for d in ds])
+        row["ndcg_delta_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
+    users = {t.name: len(data[t.name][1]) for t in tenants}
     protocol = {
-        "dataset": f"ml-100k ({tenant.num_users} users, {tenant.num_items} items); backbone d_model=64, 2 blocks, "
-                   f"max_seq_len={max_len}, text-only (MiniLM), pretrained with rec pretrain (Ray Train, 1 worker)",
+        "datasets": f"users (leave-one-out: history = all but the last item) {users}; ml-100k = the pretraining tenant "
+                    f"(all users; compressed variants recovered on it too), {', '.join(n for n, _, _ in ZERO_SHOT_TENANTS)} = "
+                    f"few-shot target tenants served zero-shot (seeded sample of {200 if args.quick else args.users} users "
+                    "each, full catalog); backbone d_model=64, 2 blocks, max_seq_len=50, text-only (MiniLM), pretrained "
+                    "with rec pretrain (Ray Train, 1 worker)",
         "quality": "NDCG@10 of each user's last item, full ranking, history not excluded, through each variant's "
-                   "serving path (torch eager or ONNX Runtime); top10_overlap vs torch-fp32",
-        "latency": "one request = user vectors (feed + one ORT run, or one torch eager forward of the same ServingGraph "
-                   "on the same feed under inference_mode) + top-10 per row in numpy; ORT CPU intra_op_num_threads=1, "
-                   f"torch.set_num_threads(1); all variants in one spawned process, {rounds} interleaved rounds x {reps} "
-                   "requests per batch size (the CPU is shared with other jobs: interleaving spreads their noise over "
-                   "every variant)",
+                   "serving path; per dataset, and pooled over all users (dataset=all); top10_overlap vs torch-fp32",
+        "latency": f"{LATENCY_DATASET} histories; one request = user vectors (feed + one ORT run, or one torch eager "
+                   "forward) + top-10 per row in numpy; ORT CPU intra_op_num_threads=1, torch.set_num_threads(1); all "
+                   f"variants in one spawned process, {rounds} interleaved rounds x {reps} requests per batch size (the "
+                   "CPU is shared with other jobs: interleaving spreads their noise over every variant)",
+        "baselines": "torch-fp32 = Backbone.user_vector (SDPA attention, all positions, no LoRA inputs: the zero-shot "
+                     "tenant's model as a user serves it in PyTorch); torch-fp32-graph = the exported ServingGraph "
+                     "module (last position only, explicit attention, per-row zero LoRA inputs) in eager on the same feed",
         "peak_rss_mb": "VmHWM of a fresh spawned process that loads only that variant (+ its tenant bundle) and serves "
-                       "3 requests per batch size: python + numpy + onnxruntime (or torch + the checkpoint for "
-                       "torch-fp32) + model + catalog",
-        "size_bytes": "the ONNX file; torch-fp32: the serving graph's parameters as safetensors (the same tensors "
-                      "the ONNX file holds)",
+                       "3 requests per batch size: python + numpy + onnxruntime (or torch + the checkpoint for the torch "
+                       "rows) + model + catalog",
+        "size_bytes": "the ONNX file (ort-merged: one model per tenant, pooled row = the four); torch rows: the "
+                      "encoder's weights as safetensors (the same tensors the ONNX file holds)",
         "compression": f"pruned-magnitude-50: global L1 unstructured 50% of encoder Linear weights (sparsity "
                        f"{sparsity(mag):.2f}), {rec_epochs} recovery epochs; pruned-ffn-50: half the FFN units by norm, "
-                       f"{rec_epochs} recovery epochs; student: 1 block (the last) kept, {2 * rec_epochs} epochs of "
-                       "0.5*CE + 0.5*tau^2*KL (tau=2); ort-int8/student-int8: quantize_dynamic (+ int8 catalog, per-row scale); "
-                       "adaptor frozen everywhere, so all variants share the tenant's catalog",
-        "ort-merged": "the classic per-tenant model (catalog inside the graph, scores out): size is per tenant, catalog_bytes 0",
+                       f"{rec_epochs} recovery epochs; student: teacher block(s) {STUDENT['keep']} kept, {st_epochs} epochs "
+                       f"of {STUDENT['alpha']}*CE + {1 - STUDENT['alpha']}*tau^2*KL (tau={STUDENT['tau']}, lr={STUDENT['lr']}); "
+                       "ort-int8/student-int8: quantize_dynamic (MatMul + Gather, per-tensor unless per-channel cuts "
+                       "the error 10%, graph slimmed) + int8 catalog (per-row scale); recovery and distillation on "
+                       "ml-100k only; adaptor frozen everywhere, so all variants share each tenant's catalog",
         "quick": args.quick,
         "total_wall_s": round(time.perf_counter() - t_start, 1),
     }
     name = "compression-quick" if args.quick else "compression"
     tg = targets_block(rows)
-    path = write_results(name, protocol, rows, COLUMNS, notes=targets_markdown(tg), results_dir=args.results_dir)
+    notes = per_dataset_markdown(rows) + "\n\n" + targets_markdown(tg)
+    path = write_results(name, protocol, rows, COLUMNS, notes=notes, results_dir=args.results_dir)
     payload = json.loads(path.read_text())
     payload["targets"] = tg
     atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode())
@@ -379,52 +429,96 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def targets_block(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Issue 4's targets, computed from the result rows (each with ``value``, ``target``, ``met``)."""
-    r = {row["variant"]: row for row in rows}
-    fp32, int8, eager, student = r["ort-fp32"], r["ort-int8"], r["torch-fp32"], r["student"]
+    """Issue 4's targets (each with ``value``, ``target``, ``met``).
+
+    Speed and size from the pooled rows. Quality on ml-100k, the tenant every variant was trained
+    (and compressed) on: the zero-shot tenants score 1.5 to 8x a random ranking for every
+    variant, where a compressed encoder's relative change measures transfer, not fidelity; their
+    and the pooled numbers are reported next to it, and int8 must hold on the pooled users too.
+    """
+    r = {(row["variant"], row["dataset"]): row for row in rows}
+    pooled = {v: row for (v, d), row in r.items() if d == "all"}
+    fp32, int8, eager, graph, student = (pooled[v] for v in ("ort-fp32", "ort-int8", "torch-fp32", "torch-fp32-graph", "student"))
+    datasets = [d for (v, d) in r if v == "ort-fp32" and d != "all"]
+
+    def rel(variant: str, ds: str) -> float:
+        return (r[(variant, ds)]["ndcg@10"] - r[("ort-fp32", ds)]["ndcg@10"]) / r[("ort-fp32", ds)]["ndcg@10"]
 
     def entry(value: float, op: str, bound: float, what: str, **extra: Any) -> dict[str, Any]:
         met = value <= bound if op == "<=" else value >= bound
         return {"value": value, "target": f"{op} {bound}", "met": bool(met), "what": what, **extra}
 
+    def se(variant: str, ds: str) -> float:  # relative standard error of the paired difference
+        return r[(variant, ds)]["ndcg_delta_se"] / r[("ort-fp32", ds)]["ndcg@10"]
+
+    int8_drop = entry(-rel("ort-int8", LATENCY_DATASET), "<=", 0.01,
+                      f"int8 relative NDCG@10 drop vs ort-fp32, {LATENCY_DATASET} (pooled must hold too)",
+                      pooled=-rel("ort-int8", "all"), per_dataset={d: -rel("ort-int8", d) for d in datasets},
+                      se=se("ort-int8", LATENCY_DATASET))
+    int8_drop["met"] = int8_drop["met"] and int8_drop["pooled"] <= 0.01
     return {
         "int8_size_ratio": entry(int8["size_bytes"] / fp32["size_bytes"], "<=", 0.30,
                                  "ort-int8 size_bytes / ort-fp32 size_bytes (model file)",
                                  with_catalog=(int8["size_bytes"] + int8["catalog_bytes"])
                                  / (fp32["size_bytes"] + fp32["catalog_bytes"])),
-        "int8_ndcg_rel_drop": entry((fp32["ndcg@10"] - int8["ndcg@10"]) / fp32["ndcg@10"], "<=", 0.01,
-                                    "(ort-fp32 NDCG@10 - ort-int8 NDCG@10) / ort-fp32 NDCG@10"),
+        "int8_ndcg_rel_drop": int8_drop,
         "ort_vs_torch_p50_b32": entry(fp32["p50_ms_b32"] / eager["p50_ms_b32"], "<=", 0.5,
-                                      "ort-fp32 p50_ms_b32 / torch-fp32 p50_ms_b32"),
+                                      "ort-fp32 p50_ms_b32 / torch-fp32 p50_ms_b32",
+                                      vs_torch_graph=fp32["p50_ms_b32"] / graph["p50_ms_b32"],
+                                      b1=fp32["p50_ms_b1"] / eager["p50_ms_b1"], b256=fp32["p50_ms_b256"] / eager["p50_ms_b256"],
+                                      merged=pooled["ort-merged"]["p50_ms_b32"] / eager["p50_ms_b32"]),
         "student_speedup_b32": entry(fp32["p50_ms_b32"] / student["p50_ms_b32"], ">=", 2.0,
                                      "ort-fp32 p50_ms_b32 / student p50_ms_b32"),
-        "student_ndcg_rel_change": entry((student["ndcg@10"] - fp32["ndcg@10"]) / fp32["ndcg@10"], ">=", -0.03,
-                                         "(student NDCG@10 - ort-fp32 NDCG@10) / ort-fp32 NDCG@10"),
+        "student_ndcg_rel_change": entry(rel("student", LATENCY_DATASET), ">=", -0.03,
+                                         f"student relative NDCG@10 change vs ort-fp32, {LATENCY_DATASET}",
+                                         pooled=rel("student", "all"), per_dataset={d: rel("student", d) for d in datasets},
+                                         se=se("student", LATENCY_DATASET)),
     }
 
 
 def targets_markdown(tg: dict[str, dict[str, Any]]) -> str:
     lines = ["## Targets (issue 4)", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     for t in tg.values():
-        extra = f" (model + catalog: {t['with_catalog']:.4f})" if "with_catalog" in t else ""
+        extra = ""
+        if "with_catalog" in t:
+            extra = f" (model + catalog: {t['with_catalog']:.4f})"
+        if "vs_torch_graph" in t:
+            extra = (f" (b1 {t['b1']:.2f}, b256 {t['b256']:.2f}; vs torch-fp32-graph {t['vs_torch_graph']:.2f}; "
+                     f"ort-merged vs torch-fp32 {t['merged']:.2f})")
+        if "per_dataset" in t:
+            extra = (f" (s.e. {t['se']:.4f}; pooled {t['pooled']:+.4f}; "
+                     + ", ".join(f"{d} {v:+.4f}" for d, v in t["per_dataset"].items()) + ")")
         lines.append(f"| {t['what']} | {t['value']:.4f}{extra} | {t['target']} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines)
 
 
+def per_dataset_markdown(rows: list[dict[str, Any]]) -> str:
+    """NDCG@10 (top-10 overlap) per variant and dataset."""
+    ds = list(dict.fromkeys(r["dataset"] for r in rows))
+    table = {}
+    for r in rows:
+        table.setdefault(r["variant"], {"variant": r["variant"]})[r["dataset"]] = f"{r['ndcg@10']:.4f} ({r['top10_overlap']:.3f})"
+    return "## NDCG@10 (top-10 overlap with torch-fp32) per dataset\n\n" + markdown_table(list(table.values()), ["variant", *ds])
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Model file size, and ml-100k NDCG@10 (the trained tenant) against batch-32 latency."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    pooled = [r for r in rows if r["dataset"] == "all"]
+    local = {r["variant"]: r for r in rows if r["dataset"] == LATENCY_DATASET}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    names = [r["variant"] for r in rows]
-    axes[0].barh(names, [r["size_bytes"] / 1024 for r in rows], color="tab:blue")
-    axes[0].set_xlabel("model file (KiB)")
-    for r in rows:
-        axes[1].scatter(r["p50_ms_b32"], r["ndcg@10"], label=r["variant"])
+    names = [r["variant"] for r in pooled]
+    axes[0].barh(names, [local[n]["size_bytes"] / 1024 for n in names], color="tab:blue")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel(f"model file (KiB, log; ort-merged: the {LATENCY_DATASET} model)")
+    for r in pooled:
+        axes[1].scatter(r["p50_ms_b32"], local[r["variant"]]["ndcg@10"], label=r["variant"])
     axes[1].set_xlabel("p50 ms, batch 32 (1 thread)")
-    axes[1].set_ylabel("NDCG@10")
+    axes[1].set_ylabel(f"NDCG@10 on {LATENCY_DATASET}")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
