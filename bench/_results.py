@@ -16,7 +16,14 @@ from rec.io.artifacts import atomic_write_bytes, library_versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-__all__ = ["RESULTS", "machine_info", "peak_rss_mb", "write_results", "markdown_table"]
+__all__ = ["RESULTS", "log", "machine_info", "peak_rss_mb", "write_results", "markdown_table"]
+
+
+def log(msg: str) -> None:
+    """One timestamped progress line on stdout (benchmarks run for minutes to hours)."""
+    import time
+
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def machine_info() -> dict[str, Any]:

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench` and `rec` importable
 
-from bench._results import RESULTS, write_results  # noqa: E402
+from bench._results import RESULTS, log, write_results  # noqa: E402
 from rec.config import RayConfig, RecConfig, TenantSource, load_config  # noqa: E402
 from rec.data.schema import Tenant  # noqa: E402
 from rec.io.artifacts import atomic_write_bytes  # noqa: E402
@@ -104,10 +104,6 @@ MODEL_SWITCHES = {
     "sasrec-id": {"model.use_text": False, "model.use_id_embedding": True},
     "fewshot-rec": {"model.use_text": True, "model.use_id_embedding": True},
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --- setup ----------------------------------------------------------------------------------------

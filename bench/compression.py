@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench` and `rec` importa
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bench._results import RESULTS, markdown_table, write_results  # noqa: E402
+from bench._results import RESULTS, log, markdown_table, write_results  # noqa: E402
 from rec.io.artifacts import atomic_write_bytes  # noqa: E402
 
 COLUMNS = ["variant", "dataset", "size_bytes", "catalog_bytes", "ndcg@10", "top10_overlap", "p50_ms_b1", "p50_ms_b32",
@@ -66,10 +66,6 @@ ZERO_SHOT_TENANTS = (("scientific", "unisrec", "amazon-scientific-unisrec"),
 #: the distilled student: teacher blocks kept, distillation epochs (x2 in --quick: 1), CE weight, lr
 STUDENT = {"keep": [0], "epochs": 12, "alpha": 0.5, "lr": 5e-4, "tau": 2.0}
 LATENCY_DATASET = "ml-100k"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def pretrain_config(args: argparse.Namespace):  # noqa: ANN201

@@ -43,17 +43,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench`, `rec` and `tuning` importable
 
-from bench._results import RESULTS, write_results  # noqa: E402
+from bench._results import RESULTS, log, write_results  # noqa: E402
 from bench.fewshot_config import (  # noqa: E402
     METHODS, ROW_KEYS, SCRATCH, BenchConfig, KValue, ScratchSettings, k_users, load_bench_config, rec_config,
 )
+from bench.fewshot_progress import append_progress, final_rows, read_progress, row_key, settings_hash  # noqa: E402
 from bench.fewshot_report import cost_table, k_order, pivot_tables, plot, target_checks  # noqa: E402
 from rec.config import AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
 
 # --- data ----------------------------------------------------------------------------------------
 def compact_catalog(t: Tenant) -> Tenant:
@@ -346,47 +343,6 @@ def run_row(ctx: Context, td: TargetData, method: str, k: KValue, seed: int) -> 
     return {**res.test, "adapt_s": res.adapt_s, "adapter_bytes": nbytes}, extra
 
 
-# --- progress file -------------------------------------------------------------------------------
-def row_key(r: dict[str, Any]) -> tuple:
-    return (r["dataset"], r["method"], str(r["k"]), int(r["seed"]))
-
-
-def settings_hash(ctx: Context, td_src: TenantSource, method: str) -> str:
-    """What a row depends on besides (dataset, method, k, seed); a changed config re-runs the row."""
-    part: dict[str, Any] = {"target": td_src.model_dump(mode="json"), "num_eval_users": ctx.bc.num_eval_users, "quick": ctx.quick}
-    if method in SCRATCH:
-        part["scratch"] = ctx.bc.scratch.model_dump()
-    elif method != "popularity":
-        part["backbone"] = ctx.pretrain_key()
-        if method != "zero-shot":
-            part["adapt"] = ctx.adapt_defaults()
-    if method == "lora-tuned":
-        part["tune"] = ctx.bc.tune.model_dump()
-    if method == "lora-meta":
-        part["meta"] = ctx.bc.meta
-    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def read_progress(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            log(f"{path}:{i + 1}: unreadable line skipped (interrupted write?)")
-    return out
-
-
-def append_progress(path: Path, row: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 # --- the run -------------------------------------------------------------------------------------
 @dataclass
 class Selection:
@@ -448,24 +404,6 @@ def run(ctx: Context, sel: Selection, progress: Path, report) -> None:  # noqa: 
 
 
 # --- report --------------------------------------------------------------------------------------
-def final_rows(progress: list[dict[str, Any]], ctx: Context) -> list[dict[str, Any]]:
-    """The latest successful row per (dataset, method, k, seed) run with the current settings, in config order.
-
-    Rows of an earlier backbone or adaptation setting (another settings hash) stay in the progress
-    file but are never reported next to current ones.
-    """
-    bc, latest = ctx.bc, {}
-    srcs = {t.name: t for t in bc.targets}
-    current = {(n, m): settings_hash(ctx, src, m) for n, src in srcs.items() for m in METHODS}
-    for r in progress:
-        if r.get("status") == "ok" and r.get("settings") == current.get((r["dataset"], r["method"])):
-            latest[row_key(r)] = {c: r[c] for c in ROW_KEYS}
-    ds = {t.name: i for i, t in enumerate(bc.targets)}
-    ks = {str(k): i for i, k in enumerate([0, 16, 64, 256, "all"])}
-    order = lambda r: (ds.get(r["dataset"], 99), METHODS.index(r["method"]), ks.get(str(r["k"]), 50), r["seed"])  # noqa: E731
-    return sorted(latest.values(), key=order)
-
-
 PROTOCOL = (
     "Targets never seen in pretraining. Per (target, seed): k_shot_split holds out num_eval_users users "
     "(seeded permutation; identical for every K and method), and the first K of the remaining users "
