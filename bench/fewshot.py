@@ -260,26 +260,20 @@ def train_from_scratch(model, tc, emb, max_len: int, s: ScratchSettings, seed: i
     import torch
 
     from rec.training.corpus import Corpus
-    from rec.training.loop import CorpusLoss, evaluate_tenant, train_epoch
+    from rec.training.loop import CorpusLoss, EarlyStopping, evaluate_tenant, train_epoch
 
     corpus, loss_model = Corpus([tc], max_len, None), CorpusLoss(model)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    best = evaluate_tenant(model, tc, emb, "valid", [10])
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    bad = epochs = 0
+    stopper = EarlyStopping(model, evaluate_tenant(model, tc, emb, "valid", [10]), s.patience)
+    epochs = 0
     for epoch in range(s.epochs):
         rows = np.random.default_rng([seed, epoch]).permutation(len(tc.train_inputs))
         train_epoch(loss_model, opt, corpus, rows, [emb], s.batch_size, grad_clip=1.0)
-        val, epochs = evaluate_tenant(model, tc, emb, "valid", [10]), epoch + 1
-        if val["ndcg@10"] > best["ndcg@10"]:
-            best, bad = val, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= s.patience:
-                break
-    model.load_state_dict(best_state)
-    return best, evaluate_tenant(model, tc, emb, "test", [10]), epochs
+        epochs = epoch + 1
+        if stopper.update(epoch, evaluate_tenant(model, tc, emb, "valid", [10]), model):
+            break
+    stopper.restore(model)
+    return stopper.best, evaluate_tenant(model, tc, emb, "test", [10]), epochs
 
 
 def state_bytes(model) -> int:  # noqa: ANN001

@@ -24,7 +24,7 @@ from rec.data.splits import KShotSplit, k_shot_split
 from rec.training.batches import left_pad, next_item_examples
 from rec.training.checkpoint import LoadedBackbone
 from rec.training.corpus import Corpus, EvalRows, TenantCorpus
-from rec.training.loop import CorpusLoss, evaluate_tenant, train_epoch
+from rec.training.loop import CorpusLoss, EarlyStopping, evaluate_tenant, train_epoch
 
 __all__ = ["AdaptResult", "adapt_tenant", "fewshot_corpus", "publish_adapter"]
 
@@ -131,13 +131,11 @@ def adapt_tenant(
     def validate() -> dict[str, float]:
         return evaluate_tenant(scoring_backbone(model), tc, emb[0], "valid", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
 
-    best = validate()
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    epochs, best_epoch = 0, -1  # best_epoch -1: no epoch beat the untrained start, which is kept
+    stopper = EarlyStopping(model, validate(), acfg.patience)  # best_epoch -1: the untrained start is kept
+    epochs = 0
     if params and len(tc.train_inputs):
         loss_model = CorpusLoss(scoring_backbone(model))
         opt = torch.optim.AdamW(params, lr=acfg.lr, weight_decay=acfg.weight_decay)
-        bad = 0
         for epoch in range(acfg.epochs):
             rows = np.random.default_rng([acfg.seed, epoch]).permutation(len(tc.train_inputs))
             model.train()
@@ -147,14 +145,9 @@ def adapt_tenant(
             history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}})
             if on_epoch is not None:
                 on_epoch(epoch, val)
-            if val["ndcg@10"] > best["ndcg@10"]:
-                best, bad, best_epoch = val, 0, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= acfg.patience:
-                    break
-        model.load_state_dict(best_state)
+            if stopper.update(epoch, val, model):
+                break
+        stopper.restore(model)
     model.eval()
     test = evaluate_tenant(scoring_backbone(model), tc, emb[0], "test", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
     return AdaptResult(
@@ -162,11 +155,11 @@ def adapt_tenant(
         tenant=tenant.name,
         method=acfg.method,
         split=split,
-        valid=best,
+        valid=stopper.best,
         test=test,
         adapt_s=time.perf_counter() - t0,
         epochs=epochs,
-        best_epoch=best_epoch,
+        best_epoch=stopper.best_epoch,
         trainable_params=sum(p.numel() for p in params),
         data_hash=tc.data_hash,
         history=history,

@@ -7,7 +7,7 @@ catalog: rows are always scored against their own tenant's items.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -100,13 +100,18 @@ def tenant_corpus(
     max_len: int,
     max_eval_users: int | None,
     seed: int,
+    train: bool = True,
 ) -> TenantCorpus:
-    """Split one tenant leave-one-out and pad it. Users with < 3 interactions are not evaluable."""
+    """Split one tenant leave-one-out and pad it. Users with < 3 interactions are not evaluable.
+
+    ``train=False`` (held-out tenants) builds only the evaluation rows: no training rows, and no
+    requirement that any user be long enough to train on.
+    """
     split = leave_one_out(tenant)
     # Users too short to evaluate still carry next-item signal: train on their whole sequence.
     train_seqs = list(split.train_seqs) + [tenant.sequence(int(u)) for u in split.short_rows]
-    inputs, targets = next_item_examples(train_seqs, max_len)
-    if len(inputs) == 0:
+    inputs, targets = next_item_examples(train_seqs if train else [], max_len)
+    if train and len(inputs) == 0:
         raise DataError(f"tenant {tenant.name!r}: no user has >= 4 interactions, nothing to train on")
     pop = np.bincount(np.concatenate(train_seqs), minlength=tenant.num_items) if train_seqs else np.zeros(tenant.num_items)
     return TenantCorpus(
@@ -172,7 +177,5 @@ def build_corpus(
     held = []
     for t in holdout:
         emb = encode(list(t.items.text), cfg.text, progress=progress) if encode else None
-        tc = tenant_corpus(t, emb, -1, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed)
-        empty = np.zeros((0, cfg.data.max_seq_len), np.int64)
-        held.append(replace(tc, train_inputs=empty, train_targets=empty))  # never trained on
+        held.append(tenant_corpus(t, emb, -1, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed, train=False))
     return Corpus(tenants=out, max_len=cfg.data.max_seq_len, text_model=text_model, holdout=held)
