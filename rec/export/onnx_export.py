@@ -4,6 +4,8 @@
 
     <out>/
       model.onnx        fp32, one file (no external data), dynamic batch/seq/prompt/rank
+      model.base.onnx   fp32, the same backbone without adapter inputs (``hist``, ``pad``): what
+                        batches with no adapter tensor run (zero-shot and head tenants)
       model.int8.onnx   optional: ORT dynamic quantization (int8 weights) of model.onnx
       manifest.json     kind=serving-model: opset, inputs/outputs (names, dtypes, symbolic shapes),
                         projections, backbone checksum, parity numbers, sizes, file checksums
@@ -47,8 +49,8 @@ from rec.export.parity import (
     run_parity,
     structural_checks,
 )
-from rec.export.runtime import SERVING_KIND, VARIANTS, build_feed, make_session
-from rec.export.serving_graph import OUTPUT_NAME, MergedGraph, ServingGraph
+from rec.export.runtime import BASE_FILE, BASE_INPUTS, SERVING_KIND, VARIANTS, build_feed, make_session
+from rec.export.serving_graph import OUTPUT_NAME, BaseGraph, MergedGraph, ServingGraph
 from rec.export.tenant_bundle import _catalog
 from rec.io.artifacts import artifact_writer
 from rec.training.checkpoint import LoadedBackbone
@@ -224,6 +226,8 @@ def export_serving_model(
     lora_shapes = tuple(s for _ in graph.projections for s in ({0: b, 1: r}, {0: b, 2: r}))
     dynamic = ({0: b, 1: t}, {0: b, 1: t}, {0: b, 1: p}, {0: b, 1: p}, lora_shapes)
     batches = [random_batch(bundles, max_len, rng)] + [random_batch(bundles, max_len, rng, rows=2) for _ in range(2)]
+    # the base graph is checked on zero-shot rows (bundles[0]: no adapter), lengths 1..max_len
+    batches_base = [random_batch(bundles[:1], max_len, rng)] + [random_batch(bundles[:1], max_len, rng, rows=2) for _ in range(2)]
     meta: dict[str, Any] = {
         "backbone_checksum": loaded.checksum,
         "text_model": loaded.manifest.get("text_model"),
@@ -249,11 +253,21 @@ def export_serving_model(
             gate(par["real"], f"fp32 serving model, real inputs of {real_data.bundle.tenant}")
         meta["parity"]["fp32"] = par
         meta["sizes"]["model.onnx"] = fp32.stat().st_size
+        base_sess = _export_base_graph(loaded, tmp / BASE_FILE, args, dynamic, opset)
+        meta["parity"]["base"] = {"random": run_parity(base_sess, graph, max_len, batches_base)}
+        gate(meta["parity"]["base"]["random"], "base serving model (no adapter inputs), random inputs")
+        if real_data is not None:
+            meta["parity"]["base"]["real"] = run_parity(base_sess, graph, max_len, list(chunks(real_data)))
+            gate(meta["parity"]["base"]["real"], f"base serving model, real inputs of {real_data.bundle.tenant}")
+        meta["sizes"][BASE_FILE] = (tmp / BASE_FILE).stat().st_size
+        meta["base_graph"] = {"file": BASE_FILE, "inputs": list(BASE_INPUTS)}
         # Latency of one session.run (1 thread, rows of max_len items, mixed tenants; feed excluded).
         lat_feeds = {n: build_feed(*random_batch(bundles, max_len, np.random.default_rng(n), rows=n, lengths=max_len),
                                    graph.projections, max_len).inputs for n in (1, 32)}
+        base_feeds = {n: {k: build_feed(*random_batch(bundles[:1], max_len, np.random.default_rng(n), rows=n, lengths=max_len),
+                                        [], max_len).inputs[k] for k in BASE_INPUTS} for n in (1, 32)}
         meta["latency"] = {"protocol": "ORT CPU, intra_op_num_threads=1, histories of max_seq_len, median of 20",
-                           "fp32": latency_ms(sess, lat_feeds)}
+                           "fp32": latency_ms(sess, lat_feeds), "base": latency_ms(base_sess, base_feeds)}
         if quantize:
             int8 = tmp / VARIANTS["int8"]
 
@@ -274,6 +288,12 @@ def export_serving_model(
             meta["latency"]["int8"] = latency_ms(qs, lat_feeds)
         meta["export_s"] = time.perf_counter() - t_start
     return Path(out_dir)
+
+
+def _export_base_graph(loaded: LoadedBackbone, path: Path, args: tuple, dynamic: tuple, opset: int | None):  # noqa: ANN202
+    """Export :class:`BaseGraph` (the serving graph's first two inputs and dims) to ``path``; its session."""
+    _torch_export(BaseGraph(loaded.model).eval(), args[:2], dynamic[:2], list(BASE_INPUTS), OUTPUT_NAME, path, opset)
+    return make_session(path, providers=["CPUExecutionProvider"])
 
 
 def export_merged_tenant_model(

@@ -150,13 +150,21 @@ def random_batch(bundles: list[TenantBundle], max_len: int, rng: np.random.Gener
     return hists, bs
 
 
+def _own_inputs(session, feed: Feed) -> dict[str, np.ndarray]:  # noqa: ANN001
+    return {i.name: feed.inputs[i.name] for i in session.get_inputs()}
+
+
 def run_parity(session, graph: ServingGraph, max_len: int, batches, ref_session=None) -> dict[str, float]:
-    """ORT (``session``) vs torch ``graph`` or vs another ORT session, over (histories, bundles) batches."""
+    """ORT (``session``) vs torch ``graph`` or vs another ORT session, over (histories, bundles) batches.
+
+    Each session is fed the inputs it declares (the base graph takes ``hist`` and ``pad`` only: give
+    it batches of adapter-free rows).
+    """
     parts = []
     for hists, bs in batches:
         feed = build_feed(hists, bs, graph.projections, max_len)
-        got = session.run([OUTPUT_NAME], feed.inputs)[0]
-        ref = torch_users(graph, feed) if ref_session is None else ref_session.run([OUTPUT_NAME], feed.inputs)[0]
+        got = session.run([OUTPUT_NAME], _own_inputs(session, feed))[0]
+        ref = torch_users(graph, feed) if ref_session is None else ref_session.run([OUTPUT_NAME], _own_inputs(ref_session, feed))[0]
         parts.append(compare_users(got, ref, [b.catalog for b in bs]))
     return merge_stats(parts)
 

@@ -10,6 +10,11 @@ Feed rules (all exact, see ``rec.export.serving_graph``): histories are truncate
 to the batch's longest prompt with masked slots; every projection's LoRA rank is zero-padded to
 the batch's largest rank, rows without LoRA get zeros.
 
+Batches where no row has adapter tensors (zero-shot and head tenants) run the folder's base graph
+(``model.base.onnx``, :class:`rec.export.serving_graph.BaseGraph`) when it has one: the same model
+without the per-row LoRA inputs, fed ``hist`` and ``pad`` only. Folders exported before it existed,
+and the int8 variant, run every batch through the per-row graph.
+
 Bundles may hold their catalog quantized (``rec.serving.bundles.ServingBundle``: ``catalog`` int8
 with a per-row ``catalog_scale``, or fp16) and LoRA tensors in fp16: rows are dequantized when
 gathered into the fp32 feed and scores are scaled per row, so no fp32 copy is ever kept.
@@ -30,10 +35,15 @@ from rec.export.errors import AdapterShapeError, FeedError
 from rec.export.tenant_bundle import TenantBundle
 from rec.io.artifacts import ArtifactError, read_manifest
 
-__all__ = ["SharedRanker", "Feed", "build_feed", "catalog_rows", "catalog_scores", "make_session", "SERVING_KIND", "VARIANTS"]
+__all__ = ["SharedRanker", "Feed", "build_feed", "catalog_rows", "catalog_scores", "make_session", "SERVING_KIND", "VARIANTS",
+           "BASE_FILE", "BASE_INPUTS"]
 
 SERVING_KIND = "serving-model"
 VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+#: the fp32 graph without adapter inputs, for batches in which no row has an adapter tensor
+BASE_FILE = "model.base.onnx"
+#: its inputs (``rec.export.serving_graph.BaseGraph``)
+BASE_INPUTS = ("hist", "pad")
 PAD = -1
 
 
@@ -99,21 +109,33 @@ def build_feed(
             _check_bundle(b, proj, d)
             seen.add(id(b))
     rows = []
-    for h, b in zip(histories, bundles):
+    for h in histories:
         h = np.asarray(h)
         if h.ndim != 1 or (h.size and not np.issubdtype(h.dtype, np.integer)):
             raise FeedError(f"a history must be a 1-D array of integer item rows, got dtype {h.dtype} shape {h.shape}")
-        h = h[-max_len:].astype(np.int64)
-        if h.size and (h.min() < 0 or h.max() >= len(b.catalog)):
-            raise FeedError(f"tenant {b.tenant!r}: item rows must lie in [0, {len(b.catalog)}), got {h.min()}..{h.max()}")
-        rows.append(h)
+        rows.append(h[-max_len:])
     B, T = len(rows), max(1, max(len(h) for h in rows))
     idx = np.full((B, T), PAD, np.int64)
-    hist = np.zeros((B, T, d), np.float32)
-    for r, (h, b) in enumerate(zip(rows, bundles)):
+    for r, h in enumerate(rows):
         if len(h):
             idx[r, T - len(h) :] = h
-            hist[r, T - len(h) :] = catalog_rows(b, h)
+    lens = np.fromiter((len(h) for h in rows), np.int64, B)
+    real = np.arange(T)[None, :] >= (T - lens)[:, None]  # not padding (an item row of -1 is an error, not padding)
+    hist = np.zeros((B, T, d), np.float32)
+    # one bounds check and one gather per tenant in the batch (not per row)
+    groups: dict[int, list[int]] = {}
+    for r, b in enumerate(bundles):
+        groups.setdefault(id(b), []).append(r)
+    for members in groups.values():
+        b = bundles[members[0]]
+        sub, used = (idx, real) if len(members) == B else (idx[members], real[members])
+        if not used.any():
+            continue
+        lo, hi = int(sub[used].min()), int(sub[used].max())
+        if lo < 0 or hi >= len(b.catalog):
+            raise FeedError(f"tenant {b.tenant!r}: item rows must lie in [0, {len(b.catalog)}), got {lo}..{hi}")
+        rr, cc = np.nonzero(used)
+        hist[np.asarray(members)[rr], cc] = catalog_rows(b, sub[rr, cc])
     P = max((0 if b.prompt is None else len(b.prompt)) for b in bundles)
     prompt = np.zeros((B, P, d), np.float32)
     prompt_pad = np.ones((B, P), bool)
@@ -122,7 +144,7 @@ def build_feed(
             prompt[r, P - len(b.prompt) :] = b.prompt
             prompt_pad[r, P - len(b.prompt) :] = False
     R = max(1, max(b.rank for b in bundles))
-    inputs = {"hist": hist, "pad": idx == PAD, "prompt": prompt, "prompt_pad": prompt_pad}
+    inputs = {"hist": hist, "pad": ~real, "prompt": prompt, "prompt_pad": prompt_pad}
     for name, i, o in projections:
         A = np.zeros((B, R, i), np.float32)
         Bm = np.zeros((B, o, R), np.float32)
@@ -166,6 +188,8 @@ class SharedRanker:
         model_dir: A folder written by ``export_serving_model`` (manifest and checksums verified).
         intra_op_threads: ORT threads per ``run`` (1: one Serve replica per core).
         variant: ``fp32`` (``model.onnx``) or ``int8`` (``model.int8.onnx``, export with quantize).
+        base_graph: Run adapter-free batches on the folder's base graph (fp32 only; ignored when the
+            folder has none). ``False`` sends every batch through the per-row graph.
 
     ``session.run`` is thread-safe in ORT and feeds are built per call, so one instance can serve
     concurrent requests of one replica.
@@ -175,7 +199,7 @@ class SharedRanker:
     """
 
     def __init__(self, model_dir: str | Path, intra_op_threads: int = 1, variant: str = "fp32",
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, base_graph: bool = True) -> None:
         self.model_dir = Path(model_dir)
         if variant not in VARIANTS:
             raise ArtifactError(f"unknown model variant {variant!r}: choose from {list(VARIANTS)}")
@@ -195,29 +219,48 @@ class SharedRanker:
         if self.input_names != expected:
             raise ArtifactError(f"{path}: graph inputs {self.input_names[:6]}... differ from the manifest's {expected[:6]}...")
         self.output_name = self.session.get_outputs()[0].name
+        self.base_session = None
+        if base_graph and variant == "fp32" and BASE_FILE in self.manifest.get("files", {}):
+            self.base_session = make_session(self.model_dir / BASE_FILE, intra_op_threads, providers)
+            got = [i.name for i in self.base_session.get_inputs()]
+            if got != list(BASE_INPUTS):
+                raise ArtifactError(f"{self.model_dir / BASE_FILE}: graph inputs {got} differ from {list(BASE_INPUTS)}")
         self._lock = threading.Lock()  # guards only the counters below
         self.runs = 0
+        self.base_runs = 0  # of which on the base graph
 
     # --- inputs --------------------------------------------------------------------------------
     def build_feed(self, histories: list[np.ndarray], bundles: list[TenantBundle]) -> Feed:
-        feed = build_feed(histories, bundles, self.projections, self.max_len)
+        """The feed for this batch: base-graph inputs when no row has adapter tensors, else per-row."""
+        base = self.base_session is not None and all(not b.lora and b.prompt is None for b in bundles)
+        feed = build_feed(histories, bundles, [] if base else self.projections, self.max_len)
         if feed.inputs["hist"].shape[2] != self.d_model:
             raise AdapterShapeError(f"catalog width {feed.inputs['hist'].shape[2]} != model d_model {self.d_model}")
+        if base:
+            feed.inputs = {n: feed.inputs[n] for n in BASE_INPUTS}
         return feed
 
     def raw_run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """One ``session.run`` on a prepared feed (the benchmark times this); returns ``user [B,D]``."""
-        missing = [n for n in self.input_names if n not in inputs]
-        unknown = [n for n in inputs if n not in self.input_names]
+        """One ``session.run`` on a prepared feed (the benchmark times this); returns ``user [B,D]``.
+
+        A feed without adapter tensors (no ``lora_*``/``prompt*`` names) runs on the base graph when
+        it is loaded, and its names are checked against the base graph's.
+        """
+        session, names = self.session, self.input_names
+        if self.base_session is not None and not any(n.startswith(("lora_", "prompt")) for n in inputs):
+            session, names = self.base_session, list(BASE_INPUTS)
+        missing = [n for n in names if n not in inputs]
+        unknown = [n for n in inputs if n not in names]
         if missing or unknown:
             raise FeedError(f"feed names do not match the model: missing {missing[:4]}, unknown {unknown[:4]} "
-                            f"(expected {len(self.input_names)} inputs: {self.input_names[:4]}...)")
+                            f"(expected {len(names)} inputs: {names[:4]}...)")
         try:
-            out = self.session.run([self.output_name], inputs)[0]
+            out = session.run([self.output_name], inputs)[0]
         except Exception as e:  # noqa: BLE001 - ORT reports bad shapes/dtypes as its own exceptions
             raise FeedError(f"ONNX Runtime rejected the feed: {str(e).splitlines()[0]}") from None
         with self._lock:
             self.runs += 1
+            self.base_runs += session is self.base_session
         return out
 
     # --- serving -------------------------------------------------------------------------------

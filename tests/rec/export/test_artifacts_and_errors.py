@@ -129,8 +129,9 @@ def test_corrupt_or_truncated_model_file(serving_dir, tmp_path):
         SharedRanker(tmp_path / "missing")
 
 
-def test_wrong_input_names_are_named(ranker, bundles, new_tenant):
-    feed = ranker.build_feed(histories(new_tenant, n=2), [bundles["zero-shot"]] * 2).inputs
+@pytest.mark.parametrize("tenant", ["zero-shot", "lora-r8"])  # the base graph's feed and the per-row graph's
+def test_wrong_input_names_are_named(tenant, ranker, bundles, new_tenant):
+    feed = ranker.build_feed(histories(new_tenant, n=2), [bundles[tenant]] * 2).inputs
     feed["history"] = feed.pop("hist")
     with pytest.raises(FeedError, match=r"missing \['hist'\], unknown \['history'\]"):
         ranker.raw_run(feed)

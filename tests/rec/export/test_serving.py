@@ -41,6 +41,25 @@ def test_manifest_describes_a_verified_export(serving_dir, small_backbone):
     assert set(q["real_ndcg@10"]) >= {"fp32", "int8", "delta"}
     assert q["real_ndcg@10"]["delta"] == pytest.approx(q["real_ndcg@10"]["int8"] - q["real_ndcg@10"]["fp32"])
     assert m["sizes"]["model.int8.onnx"] < m["sizes"]["model.onnx"]
+    assert m["base_graph"] == {"file": "model.base.onnx", "inputs": ["hist", "pad"]} and "model.base.onnx" in m["files"]
+    for case in ("random", "real"):
+        assert m["parity"]["base"][case]["max_abs_diff_user"] <= 1e-4 and m["parity"]["base"][case]["top10_identical_fraction"] == 1.0
+
+
+def test_adapter_free_batches_run_the_base_graph(serving_dir, ranker, bundles, new_tenant):
+    """Zero-shot and head rows alone take the base graph; any adapter tensor in the batch takes the per-row graph."""
+    hists = histories(new_tenant, n=12, seed=5)
+    per_row = SharedRanker(serving_dir, base_graph=False)
+    assert per_row.base_session is None and ranker.base_session is not None
+    for names, base in ((["zero-shot"], True), (["zero-shot", "head"], True), (["zero-shot", "lora-r4"], False),
+                        (["head", "prompt"], False)):
+        rows = [bundles[names[i % len(names)]] for i in range(len(hists))]
+        assert set(ranker.build_feed(hists, rows).inputs) == ({"hist", "pad"} if base else set(per_row.input_names))
+        before = ranker.base_runs, ranker.runs
+        got = ranker.user_vectors(hists, rows)
+        assert (ranker.base_runs - before[0], ranker.runs - before[1]) == (int(base), 1), names
+        assert np.abs(got - per_row.user_vectors(hists, rows)).max() <= 1e-5, names
+    assert SharedRanker(serving_dir, variant="int8").base_session is None  # int8: one quantized per-row graph
 
 
 @pytest.mark.parametrize("name", SHARED)
