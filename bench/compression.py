@@ -68,8 +68,9 @@ MODEL_KEYS = ["model_p50_ms_b1", "model_p50_ms_b32", "model_p50_ms_b256", "model
 ZERO_SHOT_TENANTS = (("scientific", "unisrec", "amazon-scientific-unisrec"),
                      ("office", "lcrec", "amazon2014-office-lcrec"),
                      ("beauty", "seqrec", "seqrec-benchmark/amazon2014-beauty"))
-#: the distilled student: teacher blocks kept, distillation epochs (x2 in --quick: 1), CE weight, lr
-STUDENT = {"keep": [0], "epochs": 12, "alpha": 0.5, "lr": 5e-4, "tau": 2.0}
+#: the distilled student: teacher blocks kept, distillation epochs (--quick: 1), CE weight, lr, KD
+#: temperature, and its dropout during distillation (0: see make_student)
+STUDENT = {"keep": [0], "epochs": 12, "alpha": 0.5, "lr": 5e-4, "tau": 2.0, "dropout": 0.0}
 LATENCY_DATASET = "ml-100k"
 
 
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     make_permanent(mag)
     ffn = ffn_prune(teacher, 0.5)
     recover(ffn, corpus, epochs=rec_epochs)
-    student = make_student(teacher, STUDENT["keep"])
+    student = make_student(teacher, STUDENT["keep"], dropout=STUDENT["dropout"])
     recover(student, corpus, loss_model=DistillLoss(student, teacher, alpha=STUDENT["alpha"], tau=STUDENT["tau"]),
             epochs=st_epochs, lr=STUDENT["lr"])
     # export folder names (the artifacts) -> row names follow the issue's variant names
@@ -415,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         "compression": f"pruned-magnitude-50: global L1 unstructured 50% of encoder Linear weights (sparsity "
                        f"{sparsity(mag):.2f}), {rec_epochs} recovery epochs; pruned-ffn-50: half the FFN units by norm, "
                        f"{rec_epochs} recovery epochs; student: teacher block(s) {STUDENT['keep']} kept, {st_epochs} epochs "
-                       f"of {STUDENT['alpha']}*CE + {1 - STUDENT['alpha']}*tau^2*KL (tau={STUDENT['tau']}, lr={STUDENT['lr']}); "
+                       f"of {STUDENT['alpha']}*CE + {1 - STUDENT['alpha']}*tau^2*KL (tau={STUDENT['tau']}, lr={STUDENT['lr']}, "
+                       f"student dropout {STUDENT['dropout']}); "
                        "ort-int8/student-int8: quantize_dynamic (MatMul + Gather, per-tensor unless per-channel cuts "
                        "the error 10%, graph slimmed) + int8 catalog (per-row scale); recovery and distillation on "
                        "ml-100k only; adaptor frozen everywhere, so all variants share each tenant's catalog",

@@ -9,6 +9,7 @@ import torch
 from rec.compression import DistillLoss, ffn_prune, magnitude_prune, make_permanent, make_student, recover, sparsity
 from rec.config import load_config
 from rec.models.backbone import build_backbone
+from rec.models.layers import CausalSelfAttention
 from rec.training.batches import PAD
 from rec.training.corpus import build_corpus
 from rec.training.loop import CorpusLoss, iterate_batches
@@ -72,3 +73,19 @@ def test_distillation_loss(setup):
     assert not any(p.grad is not None for p in model.parameters())  # the teacher never trains
     with pytest.raises(ValueError, match="block indices"):
         make_student(model, [5])
+
+
+def test_student_dropout_override_leaves_the_teacher_alone(setup):
+    model, _ = setup
+    def rates(m: torch.nn.Module) -> list[float]:
+        return [x.p if isinstance(x, torch.nn.Dropout) else x.dropout
+                for x in m.modules() if isinstance(x, (torch.nn.Dropout, CausalSelfAttention))]
+
+    before = rates(model)
+    assert any(r > 0 for r in before)  # the override has something to change
+    quiet = make_student(model, [0], dropout=0.0)
+    assert rates(quiet) and all(r == 0.0 for r in rates(quiet))
+    assert rates(model) == before
+    assert set(rates(make_student(model, [0]))) == set(before)  # default: the teacher's rates
+    with pytest.raises(ValueError, match="dropout"):
+        make_student(model, [0], dropout=1.0)
