@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from rec.export.runtime import build_feed
-from rec.export.serving_graph import ServingGraph
+from rec.export.serving_graph import BaseGraph, ServingGraph
 from rec.models.layers import CausalSelfAttention, additive_mask_attention, attention_bias, attention_mask
 
 
@@ -44,6 +44,20 @@ def test_last_only_equals_the_last_row_of_the_full_encoder(small_backbone):
         h, p = _batch(model, [n], n, seed=n)
         with torch.no_grad():
             assert torch.allclose(model.encode(h, p, last_only=True)[:, 0], model.encode(h, p)[:, -1], atol=1e-5, rtol=0), n
+
+
+def test_base_graph_equals_the_backbone_and_leaves_it_untouched(small_backbone):
+    """The adapter-free graph (2-D projections) = ``user_vector / temperature``; the backbone keeps its Linears."""
+    model = small_backbone.model.eval()
+    T = small_backbone.cfg.data.max_seq_len
+    hist, pad = _batch(model, [0, 1, 2, T // 2, T], T, seed=3)
+    base = BaseGraph(model).eval()
+    with torch.no_grad():
+        got = base(hist, pad)
+        want = model.user_vector(hist, pad) / model.temperature
+    assert got.shape == (5, model.d_model) and torch.allclose(got, want, atol=1e-5, rtol=0), (got - want).abs().max()
+    assert base.input_names == ["hist", "pad"]
+    assert all(type(m) is torch.nn.Linear for n, m in model.blocks.named_modules() if n.endswith(("_proj", "fc1", "fc2")))
 
 
 def test_additive_mask_attention_matches_sdpa_with_the_boolean_mask():
