@@ -170,6 +170,8 @@ def test_shipped_configs_are_valid_serve_deploy_files(name, layout):
         assert 0 < d.ray_actor_options.num_cpus < 1
         assert d.autoscaling_config["min_replicas"] >= 1
         assert d.max_ongoing_requests >= app.args["max_batch_size"]
+    ingress = deployments["Recommender" if "Recommender" in deployments else "Ingress"]
+    assert ingress.max_queued_requests > 0 and ingress.backpressure_config.status_code == 503  # overload: 503, not a queue
     with pytest.raises(ValueError, match="artifact_rot"):
         RecommenderArgs.model_validate({**app.args, "artifact_rot": "/x"})
     # What `serve run` / `serve deploy` do with the YAML: validate args through the builder's type.
@@ -449,6 +451,35 @@ def test_multiplexed_sharding_answers_the_same(server):
         assert stats["loads"] >= 4  # tenants were unloaded and loaded again
     finally:
         serve.delete("sharded")
+
+
+# --- overload ------------------------------------------------------------------------------------
+def test_overload_is_a_fast_503_with_retry_after(server):
+    """With the request queue bounded (config.yaml: max_queued_requests), a burst beyond it is
+    refused at once with 503 + Retry-After, and every accepted request is answered."""
+    from ray import serve
+    from ray.serve.config import BackpressureConfig
+
+    from serve_apps.api import Ingress
+    from serve_apps.recommender import RecommenderArgs
+
+    plain = RecommenderArgs.model_validate({"artifact_root": str(server.root), "limits": LIMITS}).model_dump(mode="json")
+    tight = Ingress.options(name="Tight", max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0.1},
+                            backpressure_config=BackpressureConfig(status_code=503, retry_after_s=2))
+    serve.run(tight.bind(plain), name="tight", route_prefix="/tight")
+    try:
+        hist = _hist(server.world, "books")
+        body = {"history": hist, "k": 5, "exclude_history": False}
+        with ThreadPoolExecutor(40) as pool:
+            got = list(pool.map(lambda _: server.post("/tight/v1/tenants/books/recommendations", body), range(40)))
+        codes = [r.status_code for r in got]
+        assert set(codes) <= {200, 503}, codes
+        assert codes.count(503) > 0 and codes.count(200) > 0, codes
+        refused = next(r for r in got if r.status_code == 503)
+        assert refused.headers.get("Retry-After") == "2" and refused.text
+        assert all(len(r.json()["items"]) == 5 for r in got if r.status_code == 200)
+    finally:
+        serve.delete("tight")
 
 
 # --- durability ----------------------------------------------------------------------------------
