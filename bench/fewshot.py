@@ -9,6 +9,7 @@ each method trains on K users and is tested with full ranking on the same held-o
     scratch-sasrec-id  ID-only SASRec (the Backbone with use_text=false + item IDs) trained from scratch
     scratch-backbone   our text backbone, randomly initialised, trained from scratch
     head/prompt/lora/full   rec.adaptation methods on the pretrained backbone
+    lora-adaptor       LoRA on the encoder + the item-text adaptor trained in full (adapt.lora.train_adaptor)
     lora-meta          LoRA on the Reptile meta-init (rec.adaptation.meta, from the pretrained backbone)
     lora-tuned         LoRA with the hyper-parameters of an Optuna+ASHA Ray Tune sweep (tuning.sweep)
 
@@ -71,6 +72,10 @@ class TargetData:
     text_emb: np.ndarray  # (N, text_dim)
 
 
+#: AdaptConfig fields added after rows were recorded -> the value that behaves as before they existed
+ADDED_NEUTRAL = {("lora", "train_adaptor"): False}
+
+
 class Context:
     """Lazily built, cached artifacts shared by all rows: backbone, meta-init, targets, sweeps."""
 
@@ -85,8 +90,16 @@ class Context:
         self.tune_info: dict[str, dict] = {}
 
     def adapt_defaults(self) -> dict[str, Any]:
-        """The resolved AdaptConfig the rows start from (bench overrides on the library defaults)."""
-        return rec_config(self.bc.adapt).adapt.model_dump(mode="json")
+        """The resolved AdaptConfig the rows start from (bench overrides on the library defaults).
+
+        Fields added to AdaptConfig after rows were recorded are left out while they hold the value
+        that reproduces the old behaviour (ADDED_NEUTRAL), so those rows stay current.
+        """
+        out = rec_config(self.bc.adapt).adapt.model_dump(mode="json")
+        for (section, key), neutral in ADDED_NEUTRAL.items():
+            if out[section].get(key) == neutral:
+                del out[section][key]
+        return out
 
     def adapt_key(self) -> str:
         return hashlib.sha256(json.dumps(self.adapt_defaults(), sort_keys=True).encode()).hexdigest()[:8]
@@ -189,6 +202,8 @@ class Context:
 
     # configs
     def adapt_config(self, td: TargetData, method: str, k: KValue, seed: int, extra: dict | None = None) -> AdaptConfig:
+        if method == "lora-adaptor":
+            extra = {**(extra or {}), "adapt.lora.train_adaptor": True}
         over = {**self.bc.adapt, **(extra or {}), "adapt.method": "lora" if method.startswith("lora") else method,
                 "adapt.tenant": td.name, "adapt.k_users": 1 if k == 0 else k_users(k), "adapt.seed": seed,
                 "adapt.num_eval_users": self.bc.num_eval_users, "adapt.torch_threads": 1}

@@ -178,6 +178,11 @@ class LoraConfig(_Strict):
     alpha: float = Field(16.0, gt=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
+    train_adaptor: bool = Field(
+        False,
+        description="also train the whole item-text adaptor (PEFT modules_to_save; LoRA on adaptor.proj is then "
+                    "skipped): it is baked into the tenant's catalog at export, so serving cost is unchanged",
+    )
 
     @field_validator("target_modules")
     @classmethod

@@ -21,12 +21,22 @@ __all__ = ["prepare_model", "scoring_backbone", "trainable_parameters", "peft_lo
 
 
 def peft_lora_config(acfg: AdaptConfig) -> peft.LoraConfig:
-    """The PEFT ``LoraConfig`` for our settings (also what ``adapter_config.json`` holds)."""
+    """The PEFT ``LoraConfig`` for our settings (also what ``adapter_config.json`` holds).
+
+    ``lora.train_adaptor``: the item-text adaptor trains in full (``modules_to_save``) and LoRA
+    targets only the encoder; the saved adapter then carries the adaptor's weights too.
+    """
+    targets = list(acfg.lora.target_modules)
+    if acfg.lora.train_adaptor:
+        targets = [t for t in targets if not t.startswith("adaptor.")]
+    if not targets:
+        raise ValueError("adapt.lora.train_adaptor leaves no LoRA target: add encoder projections to adapt.lora.target_modules")
     return peft.LoraConfig(
         r=acfg.lora.rank,
         lora_alpha=acfg.lora.alpha,
         lora_dropout=acfg.lora.dropout,
-        target_modules=list(acfg.lora.target_modules),
+        target_modules=targets,
+        modules_to_save=["adaptor"] if acfg.lora.train_adaptor else None,
     )
 
 
@@ -57,7 +67,10 @@ def prepare_model(base: Backbone, acfg: AdaptConfig, base_id: str | None = None)
         model.set_prompt(acfg.prompt_length)
         return model
     if method == "lora":
-        if "adaptor.proj" in acfg.lora.target_modules and not isinstance(getattr(model.adaptor, "proj", None), nn.Linear):
+        if acfg.lora.train_adaptor and model.adaptor is None:
+            raise ValueError("adapt.lora.train_adaptor trains the item-text adaptor, but this backbone has no text adaptor")
+        if ("adaptor.proj" in acfg.lora.target_modules and not acfg.lora.train_adaptor
+                and not isinstance(getattr(model.adaptor, "proj", None), nn.Linear)):
             raise ValueError("adapt.lora.target_modules has 'adaptor.proj' but this backbone's adaptor is not a single Linear")
         wrapped = peft.get_peft_model(model, peft_lora_config(acfg))
         # Set after wrapping: get_peft_model resets it from the (absent) HF model name and warns.

@@ -72,6 +72,29 @@ def test_only_the_method_parameters_change(small_backbone, results):
     assert small_backbone.model.prompt is None
 
 
+def test_lora_with_the_adaptor_trains_both_and_reloads(small_backbone, new_tenant, text_emb, tmp_path):
+    """``lora.train_adaptor``: LoRA on the encoder, the whole item-text adaptor trained, nothing else."""
+    from rec.config import LoraConfig
+
+    acfg = AdaptConfig(method="lora", lora=LoraConfig(rank=4, train_adaptor=True), k_users=48, epochs=4, lr=5e-3,
+                       patience=8, torch_threads=1)
+    r = adapt_tenant(small_backbone, new_tenant, acfg, text_emb=text_emb)
+    model, base = r.model, dict(small_backbone.model.named_parameters())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".adaptor.modules_to_save." in n for n in trainable), trainable
+    assert not any("adaptor" in n and "lora_" in n for n in trainable)  # no LoRA on the adaptor it trains in full
+    n_adaptor = sum(p.numel() for p in small_backbone.model.adaptor.parameters())
+    assert r.trainable_params > n_adaptor
+    path = publish_adapter(r, small_backbone, acfg, root=tmp_path)
+    loaded, _ = load_adapter(path, small_backbone.model, small_backbone.checksum)
+    assert not torch.equal(loaded.adaptor.proj.weight, base["adaptor.proj.weight"])  # the trained adaptor came back
+    seqs = [new_tenant.sequence(u)[:-1] for u in r.split.eval_rows[:8]]
+    assert torch.allclose(_scores(scoring_backbone(model), text_emb, seqs), _scores(loaded, text_emb, seqs), atol=1e-5)
+    with pytest.raises(ValueError, match="no LoRA target"):
+        prepare_model(small_backbone.model, AdaptConfig(method="lora", lora=LoraConfig(target_modules=["adaptor.proj"],
+                                                                                       train_adaptor=True)))
+
+
 def test_publish_and_reload_gives_identical_scores(small_backbone, new_tenant, text_emb, results, tmp_path):
     seqs = [new_tenant.sequence(u)[:-1] for u in results["lora"][1].split.eval_rows[:8]]
     for m, (acfg, r) in results.items():

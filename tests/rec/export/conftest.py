@@ -25,6 +25,7 @@ ADAPTERS = {
     "lora-r4": AdaptConfig(method="lora", lora=LoraConfig(rank=4, alpha=8)),
     "lora-r8": AdaptConfig(method="lora", lora=LoraConfig(rank=8, alpha=16)),
     "lora-r16": AdaptConfig(method="lora", lora=LoraConfig(rank=16, alpha=8, target_modules=["q_proj", "v_proj", "fc2", "adaptor.proj"])),
+    "lora-adaptor": AdaptConfig(method="lora", lora=LoraConfig(rank=4, alpha=8, train_adaptor=True)),
     "full": AdaptConfig(method="full"),
 }
 

@@ -12,7 +12,7 @@ from rec.export.serving_graph import ServingGraph, adapted_projections, input_na
 from rec.io.artifacts import read_manifest
 from tests.rec.export.conftest import histories, reference_scores
 
-SHARED = ["zero-shot", "head", "prompt", "lora-r4", "lora-r8", "lora-r16"]
+SHARED = ["zero-shot", "head", "prompt", "lora-r4", "lora-r8", "lora-r16", "lora-adaptor"]
 
 
 def _topk(scores: np.ndarray, k: int = 10) -> np.ndarray:
