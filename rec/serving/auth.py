@@ -79,32 +79,33 @@ class ApiKeyChecker:
             return None
         return st.st_ino, st.st_mtime_ns
 
+    def _precheck(self, tenant: str, presented: str | None) -> tuple[bool, str | None, Path, tuple[int, int] | None, tuple[str, str] | None]:
+        """``(decided, reason, keys path, its stamp, cache key)`` from one ``stat``, without scrypt."""
+        path = Path(self._path(tenant))
+        stamp = self._stamp(path)
+        if stamp is None:
+            reason = f"tenant {tenant!r} has no API keys and this server requires one" if self.require_keys else None
+            return True, reason, path, None, None
+        if not presented:
+            reason = f"tenant {tenant!r} requires an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
+            return True, reason, path, stamp, None
+        cache_key = (tenant, hashlib.sha256(presented.encode()).hexdigest())
+        with self._lock:
+            cached = self._ok.get(cache_key) == stamp
+        return cached, None, path, stamp, cache_key
+
     def quick_check(self, tenant: str, presented: str | None) -> tuple[bool, str | None]:
         """The decision when it needs no scrypt (open tenant, missing key, cached key), else
         ``(False, None)``: call :meth:`check` (~50 ms, off the event loop). Returns
         ``(decided, reason)``; one ``stat`` call."""
-        path = Path(self._path(tenant))
-        stamp = self._stamp(path)
-        if stamp is None:
-            return True, (f"tenant {tenant!r} has no API keys and this server requires one" if self.require_keys else None)
-        if not presented:
-            return True, f"tenant {tenant!r} requires an API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
-        cache_key = (tenant, hashlib.sha256(presented.encode()).hexdigest())
-        with self._lock:
-            if self._ok.get(cache_key) == stamp:
-                return True, None
-        return False, None
+        decided, reason, *_ = self._precheck(tenant, presented)
+        return decided, reason
 
     def check(self, tenant: str, presented: str | None) -> str | None:
         """Return None when access is allowed, else the reason (for a 401/403 message)."""
-        decided, reason = self.quick_check(tenant, presented)
+        decided, reason, path, stamp, cache_key = self._precheck(tenant, presented)
         if decided:
             return reason
-        path = Path(self._path(tenant))
-        stamp = self._stamp(path)
-        if stamp is None:  # the keys file went away meanwhile: decide again
-            return self.check(tenant, presented)
-        cache_key = (tenant, hashlib.sha256(str(presented).encode()).hexdigest())
         parts = str(presented).split("_", 2)
         if len(parts) == 3 and parts[0] == "rk":
             for entry in _read(path):

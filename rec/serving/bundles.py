@@ -18,6 +18,7 @@ what serving needs, compactly:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
@@ -112,11 +113,19 @@ class ServingBundle:
         return self.item_ids.rows_of(ids)
 
     def centroid(self) -> np.ndarray:
-        """Mean item vector (fp32): the cold-start user vector."""
-        cat = self.catalog.astype(np.float32)
+        """Mean item vector (fp32): the cold-start user vector. Computed once per bundle (read-only)."""
+        return self._centroid
+
+    @functools.cached_property
+    def _centroid(self) -> np.ndarray:
+        # every cold-start request needs it: without the cache each one copied the whole catalog to fp32
         if self.catalog_scale is not None:
-            cat *= self.catalog_scale[:, None]
-        return cat.mean(axis=0).astype(np.float32)
+            mean = (self.catalog_scale @ self.catalog.astype(np.float32)) / max(len(self.catalog), 1)
+        else:
+            mean = self.catalog.mean(axis=0, dtype=np.float32)
+        mean = np.asarray(mean, np.float32)
+        mean.flags.writeable = False
+        return mean
 
 
 def load_serving_bundle(path: str | Path, adapter_dtype: Literal["fp32", "fp16"] = "fp32") -> ServingBundle:

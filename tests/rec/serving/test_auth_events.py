@@ -15,7 +15,11 @@ def test_keys_are_hashed_and_tenant_scoped(tmp_path):
     stored = json.loads(path["a"].read_text())["keys"][0]
     assert key_a.split("_", 2)[2] not in path["a"].read_text() and len(stored["scrypt"]) == 64
     check = ApiKeyChecker(lambda t: path[t])
+    assert check.quick_check("a", key_a) == (False, None)  # undecided until scrypt has run once
     assert check.check("a", key_a) is None
+    assert check.quick_check("a", key_a) == (True, None)  # then decided from the cache, no scrypt
+    assert check.quick_check("a", key_b) == (False, None)  # a key never accepted is never cached
+    assert check.quick_check("a", None)[0] and "requires an API key" in check.quick_check("a", None)[1]
     assert "not valid for tenant 'a'" in check.check("a", key_b)
     assert "requires an API key" in check.check("a", None)
     assert check.check("a", "rk_" + stored["id"] + "_wrong") is not None
@@ -23,6 +27,7 @@ def test_keys_are_hashed_and_tenant_scoped(tmp_path):
     assert check.check("c", None) is None  # no keys: open
     assert "requires one" in ApiKeyChecker(lambda t: path[t], require_keys=True).check("c", None)
     key_a2 = create_api_key(path["a"])
+    assert check.quick_check("a", key_a) == (False, None)  # the keys file changed: the cache no longer holds
     assert check.check("a", key_a) is None and check.check("a", key_a2) is None
     assert revoke_api_keys(path["a"]) == 2
     assert check.check("a", key_a) is None  # open again once revoked (cache follows the file)

@@ -49,6 +49,7 @@ def test_fp32_serving_bundle_answers_exactly_like_the_full_one(serving_world):
         np.testing.assert_array_equal(scores, want)
         assert [compact.item_ids[r] for r in rows] == [full.item_ids[r] for r in rows]
         np.testing.assert_allclose(compact.centroid(), full.catalog.mean(axis=0), atol=1e-6)
+        assert compact.centroid() is compact.centroid() and not compact.centroid().flags.writeable  # computed once
 
 
 def test_int8_catalog_and_fp16_lora_are_held_compactly(serving_world, world_copy):
@@ -70,6 +71,8 @@ def test_int8_catalog_and_fp16_lora_are_held_compactly(serving_world, world_copy
     got = ranker.user_vectors(hists, [small] * 4)
     ref_scores, got_scores = ref @ full.catalog.T, np.stack([ranker.top_k(small, g, small.num_items)[1] for g in got])
     np.testing.assert_allclose(np.sort(got_scores, axis=1), np.sort(ref_scores, axis=1), atol=2e-3)
+    # the int8 catalog's cold-start vector is the mean of its dequantized rows
+    np.testing.assert_allclose(small.centroid(), full.catalog.mean(axis=0), atol=1e-6)
     exact32 = load_serving_bundle(path)  # fp32 LoRA: int8 rows used as stored -> exact
     np.testing.assert_allclose(ranker.user_vectors(hists, [exact32] * 4), ref, atol=1e-6)
     with pytest.raises(ArtifactError, match="adapter dtype"):
