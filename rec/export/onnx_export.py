@@ -264,8 +264,10 @@ def export_serving_model(
         # Latency of one session.run (1 thread, rows of max_len items, mixed tenants; feed excluded).
         lat_feeds = {n: build_feed(*random_batch(bundles, max_len, np.random.default_rng(n), rows=n, lengths=max_len),
                                    graph.projections, max_len).inputs for n in (1, 32)}
-        base_feeds = {n: {k: build_feed(*random_batch(bundles[:1], max_len, np.random.default_rng(n), rows=n, lengths=max_len),
-                                        [], max_len).inputs[k] for k in BASE_INPUTS} for n in (1, 32)}
+        base_feeds = {}
+        for n in (1, 32):
+            feed = build_feed(*random_batch(bundles[:1], max_len, np.random.default_rng(n), rows=n, lengths=max_len), [], max_len)
+            base_feeds[n] = {k: feed.inputs[k] for k in BASE_INPUTS}
         meta["latency"] = {"protocol": "ORT CPU, intra_op_num_threads=1, histories of max_seq_len, median of 20",
                            "fp32": latency_ms(sess, lat_feeds), "base": latency_ms(base_sess, base_feeds)}
         if quantize:

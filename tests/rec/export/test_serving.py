@@ -42,6 +42,7 @@ def test_manifest_describes_a_verified_export(serving_dir, small_backbone):
     assert q["real_ndcg@10"]["delta"] == pytest.approx(q["real_ndcg@10"]["int8"] - q["real_ndcg@10"]["fp32"])
     assert m["sizes"]["model.int8.onnx"] < m["sizes"]["model.onnx"]
     assert m["base_graph"] == {"file": "model.base.onnx", "inputs": ["hist", "pad"]} and "model.base.onnx" in m["files"]
+    assert set(m["latency"]["base"]) == {"p50_ms_b1", "p50_ms_b32"} and min(m["latency"]["base"].values()) > 0
     for case in ("random", "real"):
         assert m["parity"]["base"][case]["max_abs_diff_user"] <= 1e-4 and m["parity"]["base"][case]["top10_identical_fraction"] == 1.0
 
