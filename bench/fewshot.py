@@ -9,7 +9,8 @@ each method trains on K users and is tested with full ranking on the same held-o
     scratch-sasrec-id  ID-only SASRec (the Backbone with use_text=false + item IDs) trained from scratch
     scratch-backbone   our text backbone, randomly initialised, trained from scratch
     head/prompt/lora/full   rec.adaptation methods on the pretrained backbone
-    lora-adaptor       LoRA on the encoder + the item-text adaptor trained in full (adapt.lora.train_adaptor)
+    (lora = LoRA on the encoder + the item-text adaptor trained in full: adapt.lora.train_adaptor, the default)
+    lora-lowrank-adaptor  LoRA on the encoder and a LoRA update of the adaptor (train_adaptor=false: the old default)
     lora-meta          LoRA on the Reptile meta-init (rec.adaptation.meta, from the pretrained backbone)
     lora-tuned         LoRA with the hyper-parameters of an Optuna+ASHA Ray Tune sweep (tuning.sweep)
 
@@ -74,6 +75,8 @@ class TargetData:
 
 #: AdaptConfig fields added after rows were recorded -> the value that behaves as before they existed
 ADDED_NEUTRAL = {("lora", "train_adaptor"): False}
+#: AdaptConfig fields that only LoRA methods read: left out of the other methods' settings
+LORA_ONLY = (("lora", "train_adaptor"),)
 
 
 class Context:
@@ -89,20 +92,25 @@ class Context:
         self._tenants: list[Tenant] | None = None
         self.tune_info: dict[str, dict] = {}
 
-    def adapt_defaults(self) -> dict[str, Any]:
-        """The resolved AdaptConfig the rows start from (bench overrides on the library defaults).
+    def adapt_defaults(self, method: str = "lora") -> dict[str, Any]:
+        """The resolved AdaptConfig ``method``'s rows start from (bench overrides on the library defaults).
 
         Fields added to AdaptConfig after rows were recorded are left out while they hold the value
-        that reproduces the old behaviour (ADDED_NEUTRAL), so those rows stay current.
+        that reproduces the old behaviour (ADDED_NEUTRAL), and LoRA-only fields are left out of the
+        other methods' settings (LORA_ONLY), so rows a change cannot affect stay current.
         """
         out = rec_config(self.bc.adapt).adapt.model_dump(mode="json")
         for (section, key), neutral in ADDED_NEUTRAL.items():
             if out[section].get(key) == neutral:
                 del out[section][key]
+        if not method.startswith("lora"):
+            for section, key in LORA_ONLY:
+                out[section].pop(key, None)
         return out
 
     def adapt_key(self) -> str:
-        return hashlib.sha256(json.dumps(self.adapt_defaults(), sort_keys=True).encode()).hexdigest()[:8]
+        """Hash of the LoRA defaults a sweep's trials start from."""
+        return hashlib.sha256(json.dumps(self.adapt_defaults("lora"), sort_keys=True).encode()).hexdigest()[:8]
 
     def pretrain_key(self) -> str:
         """Hash of what the backbone depends on: sources, held-out tenants, pretraining overrides."""
@@ -202,8 +210,8 @@ class Context:
 
     # configs
     def adapt_config(self, td: TargetData, method: str, k: KValue, seed: int, extra: dict | None = None) -> AdaptConfig:
-        if method == "lora-adaptor":
-            extra = {**(extra or {}), "adapt.lora.train_adaptor": True}
+        if method == "lora-lowrank-adaptor":
+            extra = {**(extra or {}), "adapt.lora.train_adaptor": False}
         over = {**self.bc.adapt, **(extra or {}), "adapt.method": "lora" if method.startswith("lora") else method,
                 "adapt.tenant": td.name, "adapt.k_users": 1 if k == 0 else k_users(k), "adapt.seed": seed,
                 "adapt.num_eval_users": self.bc.num_eval_users, "adapt.torch_threads": 1}

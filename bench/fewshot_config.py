@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rec.config import ConfigError, RecConfig, TenantSource, apply_overrides, config_from_dict, read_yaml_mapping
 
-METHODS = ("popularity", "zero-shot", "scratch-sasrec-id", "scratch-backbone", "head", "prompt", "lora", "lora-adaptor", "full",
+METHODS = ("popularity", "zero-shot", "scratch-sasrec-id", "scratch-backbone", "head", "prompt", "lora", "lora-lowrank-adaptor", "full",
            "lora-meta", "lora-tuned")
 SCRATCH = ("scratch-sasrec-id", "scratch-backbone")
 KValue = int | Literal["all"]

@@ -32,7 +32,7 @@ def settings_hash(ctx: Any, td_src: TenantSource, method: str) -> str:  # ctx: b
     elif method != "popularity":
         part["backbone"] = ctx.pretrain_key()
         if method != "zero-shot":
-            part["adapt"] = ctx.adapt_defaults()
+            part["adapt"] = ctx.adapt_defaults(method)
     if method == "lora-tuned":
         part["tune"] = ctx.bc.tune.model_dump()
     if method == "lora-meta":

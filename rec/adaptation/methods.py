@@ -68,7 +68,8 @@ def prepare_model(base: Backbone, acfg: AdaptConfig, base_id: str | None = None)
         return model
     if method == "lora":
         if acfg.lora.train_adaptor and model.adaptor is None:
-            raise ValueError("adapt.lora.train_adaptor trains the item-text adaptor, but this backbone has no text adaptor")
+            raise ValueError("adapt.lora.train_adaptor trains the item-text adaptor, but this backbone has no text adaptor: "
+                             "set adapt.lora.train_adaptor=false and drop 'adaptor.proj' from adapt.lora.target_modules")
         if ("adaptor.proj" in acfg.lora.target_modules and not acfg.lora.train_adaptor
                 and not isinstance(getattr(model.adaptor, "proj", None), nn.Linear)):
             raise ValueError("adapt.lora.target_modules has 'adaptor.proj' but this backbone's adaptor is not a single Linear")

@@ -62,21 +62,24 @@ def test_only_the_method_parameters_change(small_backbone, results):
         changed = {n for n, p in model.named_parameters() if n in base and not torch.equal(p, base[n])}
         expected_prefix = "adaptor." if m == "head" else None
         assert all(n.startswith(expected_prefix) for n in changed) if expected_prefix else not changed
-    lora = results["lora"][1].model
+    lora = results["lora"][1].model  # the default: LoRA on the encoder + the adaptor trained in full
     assert isinstance(lora, peft.PeftModel)
-    frozen = {n: p for n, p in lora.named_parameters() if "lora_" not in n}
+    trained = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n or ".adaptor.modules_to_save." in n for n in trained), trained
+    frozen = {n: p for n, p in lora.named_parameters() if n not in trained}
     for n, p in frozen.items():
-        key = n.removeprefix("base_model.model.").replace(".base_layer", "")
+        key = n.removeprefix("base_model.model.").replace(".base_layer", "").replace(".original_module", "")
         assert torch.equal(p, base[key]), n
     # the pretrained backbone object itself is untouched
     assert small_backbone.model.prompt is None
 
 
 def test_lora_with_the_adaptor_trains_both_and_reloads(small_backbone, new_tenant, text_emb, tmp_path):
-    """``lora.train_adaptor``: LoRA on the encoder, the whole item-text adaptor trained, nothing else."""
+    """``lora.train_adaptor`` (the default): LoRA on the encoder, the whole item-text adaptor trained, nothing else."""
     from rec.config import LoraConfig
 
-    acfg = AdaptConfig(method="lora", lora=LoraConfig(rank=4, train_adaptor=True), k_users=48, epochs=4, lr=5e-3,
+    assert LoraConfig().train_adaptor
+    acfg = AdaptConfig(method="lora", lora=LoraConfig(rank=4), k_users=48, epochs=4, lr=5e-3,
                        patience=8, torch_threads=1)
     r = adapt_tenant(small_backbone, new_tenant, acfg, text_emb=text_emb)
     model, base = r.model, dict(small_backbone.model.named_parameters())
@@ -120,15 +123,19 @@ def test_our_lora_adapter_loads_in_peft(small_backbone, new_tenant, text_emb, re
     assert torch.allclose(_scores(plain.base_model.model, text_emb, seqs), _scores(ours, text_emb, seqs), atol=1e-5)
 
 
-def test_peft_made_adapter_loads_in_ours(small_backbone, new_tenant, text_emb, tmp_path):
+@pytest.mark.parametrize("train_adaptor", [True, False], ids=["adaptor-trained", "adaptor-lowrank"])
+def test_peft_made_adapter_loads_in_ours(small_backbone, new_tenant, text_emb, tmp_path, train_adaptor):
     """An adapter trained with plain peft (no manifest) loads through our loader, same scores."""
-    acfg = AdaptConfig(method="lora")
+    from rec.config import LoraConfig
+
+    acfg = AdaptConfig(method="lora", lora=LoraConfig(train_adaptor=train_adaptor))
     model = prepare_model(small_backbone.model, acfg)
     torch.manual_seed(1)
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+            if "lora_B" in n or ".modules_to_save." in n:
+                p.add_(torch.randn_like(p) * 0.05)
+    assert any(".adaptor." in n and ("lora_B" in n or "modules_to_save" in n) for n, _ in model.named_parameters())
     model.save_pretrained(str(tmp_path / "peft-adapter"))
     ours, manifest = load_adapter(tmp_path / "peft-adapter", small_backbone.model)
     assert manifest == {}

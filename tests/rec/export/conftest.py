@@ -24,7 +24,8 @@ ADAPTERS = {
     "prompt": AdaptConfig(method="prompt", prompt_length=3),
     "lora-r4": AdaptConfig(method="lora", lora=LoraConfig(rank=4, alpha=8)),
     "lora-r8": AdaptConfig(method="lora", lora=LoraConfig(rank=8, alpha=16)),
-    "lora-r16": AdaptConfig(method="lora", lora=LoraConfig(rank=16, alpha=8, target_modules=["q_proj", "v_proj", "fc2", "adaptor.proj"])),
+    "lora-r16": AdaptConfig(method="lora", lora=LoraConfig(rank=16, alpha=8, target_modules=["q_proj", "v_proj", "fc2", "adaptor.proj"],
+                                                          train_adaptor=False)),  # LoRA on the adaptor, merged into the catalog
     "lora-adaptor": AdaptConfig(method="lora", lora=LoraConfig(rank=4, alpha=8, train_adaptor=True)),
     "full": AdaptConfig(method="full"),
 }
