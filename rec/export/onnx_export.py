@@ -7,6 +7,7 @@
       model.base.onnx   fp32, the same backbone without adapter inputs (``hist``, ``pad``): what
                         batches with no adapter tensor run (zero-shot and head tenants)
       model.int8.onnx   optional: ORT dynamic quantization (int8 weights) of model.onnx
+      model.base.int8.onnx  with it: the same quantization of model.base.onnx
       manifest.json     kind=serving-model: opset, inputs/outputs (names, dtypes, symbolic shapes),
                         projections, backbone checksum, parity numbers, sizes, file checksums
 
@@ -49,7 +50,7 @@ from rec.export.parity import (
     run_parity,
     structural_checks,
 )
-from rec.export.runtime import BASE_FILE, BASE_INPUTS, SERVING_KIND, VARIANTS, build_feed, make_session
+from rec.export.runtime import BASE_FILE, BASE_INPUTS, BASE_VARIANTS, SERVING_KIND, VARIANTS, build_feed, make_session
 from rec.export.serving_graph import OUTPUT_NAME, BaseGraph, MergedGraph, ServingGraph
 from rec.export.tenant_bundle import _catalog
 from rec.io.artifacts import artifact_writer
@@ -136,16 +137,43 @@ def slim(model):  # noqa: ANN001, ANN201 - onnx.ModelProto in and out (modified 
     return model
 
 
+def _quantize_base_graph(tmp: Path, meta: dict[str, Any], graph: ServingGraph, max_len: int, batches: list,
+                         base_sess, feeds: dict, real_data: ParityData | None) -> None:  # noqa: ANN001
+    """Write ``model.base.int8.onnx`` (the base graph through :func:`_quantize`) and record its quality."""
+    base8 = tmp / BASE_VARIANTS["int8"]
+
+    def err(path: Path) -> float:
+        return run_parity(make_session(path, providers=["CPUExecutionProvider"]), graph, max_len, batches)["max_abs_diff_user"]
+
+    meta["quantization_base"] = _quantize(tmp / BASE_FILE, base8, err)
+    qs = make_session(base8, providers=["CPUExecutionProvider"])
+    q = {"random_vs_torch": run_parity(qs, graph, max_len, batches)}
+    if real_data is not None:
+        q["real_vs_fp32"] = run_parity(qs, graph, max_len, list(chunks(real_data)), ref_session=base_sess)
+        nd32, nd8 = ndcg_at_k(base_sess, graph, max_len, real_data), ndcg_at_k(qs, graph, max_len, real_data)
+        q["real_ndcg@10"] = {"tenant": real_data.bundle.tenant, "users": len(real_data.targets),
+                             "fp32": nd32, "int8": nd8, "delta": nd8 - nd32}
+    meta["parity"]["base_int8"] = q
+    meta["sizes"][base8.name] = base8.stat().st_size
+    meta["base_graph"]["int8_file"] = base8.name
+    meta["latency"]["base_int8"] = latency_ms(qs, feeds)
+
+
 #: per-channel weight scales cost a scale and a zero point per output channel (~5 % of the int8
 #: file at d_model 64): used only where they cut the error against fp32 by at least this fraction.
 PER_CHANNEL_MIN_GAIN = 0.10
 
 
+#: what int8 dynamic quantization quantizes: projections (MatMul in the per-row graph, Gemm in the
+#: base graph) and the position-embedding table (Gather)
+QUANT_OPS = ["MatMul", "Gemm", "Gather"]
+
+
 def _quantize(src: Path, dst: Path, pick) -> dict[str, Any]:  # noqa: ANN001 - pick: Path -> error
     """int8 dynamic quantization (``quant_pre_process`` then ``quantize_dynamic``), then :func:`slim`.
 
-    Every MatMul with a constant weight and the position-embedding Gather get int8 weights; the
-    per-row LoRA products (both sides are inputs) stay fp32. Per-tensor and per-channel scales
+    Every MatMul/Gemm with a constant weight and the position-embedding Gather get int8 weights;
+    the per-row LoRA products (both sides are inputs) stay fp32. Per-tensor and per-channel scales
     are both tried; ``pick(path)`` measures each one's error against fp32, and per-channel is
     kept only if it lowers that error by :data:`PER_CHANNEL_MIN_GAIN` ("per-channel where it helps").
     """
@@ -162,13 +190,13 @@ def _quantize(src: Path, dst: Path, pick) -> dict[str, Any]:  # noqa: ANN001 - p
         for per_channel in (False, True):
             out = Path(tmp) / f"q{int(per_channel)}.onnx"
             quantize_dynamic(str(pre), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gather"])
+                             op_types_to_quantize=QUANT_OPS)
             onnx.save_model(slim(onnx.load(str(out))), str(out))
             onnx.checker.check_model(str(out))
             errs[per_channel], sizes[per_channel] = pick(out), out.stat().st_size
         best = errs[True] <= (1 - PER_CHANNEL_MIN_GAIN) * errs[False]
         dst.write_bytes((Path(tmp) / f"q{int(best)}.onnx").read_bytes())
-    return {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8", "op_types": ["MatMul", "Gather"],
+    return {"method": "onnxruntime.quantize_dynamic", "weight_type": "QInt8", "op_types": QUANT_OPS,
             "per_channel": best, "pre_process": True, "slim": True,
             "max_abs_diff_user_by_per_channel": {str(k): v for k, v in errs.items()},
             "bytes_by_per_channel": {str(k): v for k, v in sizes.items()}}
@@ -288,6 +316,7 @@ def export_serving_model(
             meta["sizes"]["model.int8.onnx"] = int8.stat().st_size
             meta["sizes"]["int8_ratio"] = int8.stat().st_size / fp32.stat().st_size
             meta["latency"]["int8"] = latency_ms(qs, lat_feeds)
+            _quantize_base_graph(tmp, meta, graph, max_len, batches_base, base_sess, base_feeds, real_data)
         meta["export_s"] = time.perf_counter() - t_start
     return Path(out_dir)
 

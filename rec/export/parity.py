@@ -181,7 +181,7 @@ def ndcg_at_k(session, graph: ServingGraph, max_len: int, data: ParityData) -> f
     ranks = []
     for s, (hists, bs) in enumerate(chunks(data)):
         feed = build_feed(hists, bs, graph.projections, max_len)
-        user = session.run([OUTPUT_NAME], feed.inputs)[0] if session is not None else torch_users(graph, feed)
+        user = session.run([OUTPUT_NAME], _own_inputs(session, feed))[0] if session is not None else torch_users(graph, feed)
         ranks.append(rank_of_target(user @ data.bundle.catalog.T, data.targets[s * 64 : s * 64 + len(hists)]))
     return float(metrics_from_ranks(np.concatenate(ranks), ks=[TOPK])[f"ndcg@{TOPK}"])
 

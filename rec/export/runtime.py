@@ -11,9 +11,10 @@ to the batch's longest prompt with masked slots; every projection's LoRA rank is
 the batch's largest rank, rows without LoRA get zeros.
 
 Batches where no row has adapter tensors (zero-shot and head tenants) run the folder's base graph
-(``model.base.onnx``, :class:`rec.export.serving_graph.BaseGraph`) when it has one: the same model
-without the per-row LoRA inputs, fed ``hist`` and ``pad`` only. Folders exported before it existed,
-and the int8 variant, run every batch through the per-row graph.
+of the same variant (``model.base.onnx`` / ``model.base.int8.onnx``,
+:class:`rec.export.serving_graph.BaseGraph`) when it has one: the same model without the per-row
+LoRA inputs, fed ``hist`` and ``pad`` only. Folders exported before it existed run every batch
+through the per-row graph.
 
 Bundles may hold their catalog quantized (``rec.serving.bundles.ServingBundle``: ``catalog`` int8
 with a per-row ``catalog_scale``, or fp16) and LoRA tensors in fp16: rows are dequantized when
@@ -36,12 +37,13 @@ from rec.export.tenant_bundle import TenantBundle
 from rec.io.artifacts import ArtifactError, read_manifest
 
 __all__ = ["SharedRanker", "Feed", "build_feed", "catalog_rows", "catalog_scores", "make_session", "SERVING_KIND", "VARIANTS",
-           "BASE_FILE", "BASE_INPUTS"]
+           "BASE_FILE", "BASE_VARIANTS", "BASE_INPUTS"]
 
 SERVING_KIND = "serving-model"
 VARIANTS = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-#: the fp32 graph without adapter inputs, for batches in which no row has an adapter tensor
-BASE_FILE = "model.base.onnx"
+#: the graph without adapter inputs, per variant, for batches in which no row has an adapter tensor
+BASE_VARIANTS = {"fp32": "model.base.onnx", "int8": "model.base.int8.onnx"}
+BASE_FILE = BASE_VARIANTS["fp32"]
 #: its inputs (``rec.export.serving_graph.BaseGraph``)
 BASE_INPUTS = ("hist", "pad")
 PAD = -1
@@ -188,8 +190,8 @@ class SharedRanker:
         model_dir: A folder written by ``export_serving_model`` (manifest and checksums verified).
         intra_op_threads: ORT threads per ``run`` (1: one Serve replica per core).
         variant: ``fp32`` (``model.onnx``) or ``int8`` (``model.int8.onnx``, export with quantize).
-        base_graph: Run adapter-free batches on the folder's base graph (fp32 only; ignored when the
-            folder has none). ``False`` sends every batch through the per-row graph.
+        base_graph: Run adapter-free batches on the folder's base graph of the same variant (ignored
+            when the folder has none). ``False`` sends every batch through the per-row graph.
 
     ``session.run`` is thread-safe in ORT and feeds are built per call, so one instance can serve
     concurrent requests of one replica.
@@ -220,11 +222,12 @@ class SharedRanker:
             raise ArtifactError(f"{path}: graph inputs {self.input_names[:6]}... differ from the manifest's {expected[:6]}...")
         self.output_name = self.session.get_outputs()[0].name
         self.base_session = None
-        if base_graph and variant == "fp32" and BASE_FILE in self.manifest.get("files", {}):
-            self.base_session = make_session(self.model_dir / BASE_FILE, intra_op_threads, providers)
+        base_file = BASE_VARIANTS[variant]
+        if base_graph and base_file in self.manifest.get("files", {}):
+            self.base_session = make_session(self.model_dir / base_file, intra_op_threads, providers)
             got = [i.name for i in self.base_session.get_inputs()]
             if got != list(BASE_INPUTS):
-                raise ArtifactError(f"{self.model_dir / BASE_FILE}: graph inputs {got} differ from {list(BASE_INPUTS)}")
+                raise ArtifactError(f"{self.model_dir / base_file}: graph inputs {got} differ from {list(BASE_INPUTS)}")
         self._lock = threading.Lock()  # guards only the counters below
         self.runs = 0
         self.base_runs = 0  # of which on the base graph

@@ -29,8 +29,8 @@ user encoder, so it is baked into the tenant's catalog matrix once per item.
 head tenants): inputs ``hist`` and ``pad`` only, so none of the per-row LoRA matmuls and adds run.
 Its projections run as 2-D matmuls over ``B*T`` rows (ONNX ``Gemm``, bias fused in); ONNX Runtime
 fuses a bias only into a 2-D ``MatMul``. Measured at batch 32 (bench/README.md, compression):
-the base graph runs in ~0.75x the time of the per-row LoRA graph. It is fp32 only, since the int8
-quantizer does not quantize ``Gemm``.
+the base graph runs in ~0.75x the time of the per-row LoRA graph. ``rec export --int8`` quantizes
+it too (``model.base.int8.onnx``: the quantizer turns each ``Gemm`` into an int8 matmul).
 """
 
 from __future__ import annotations

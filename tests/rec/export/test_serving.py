@@ -41,10 +41,17 @@ def test_manifest_describes_a_verified_export(serving_dir, small_backbone):
     assert set(q["real_ndcg@10"]) >= {"fp32", "int8", "delta"}
     assert q["real_ndcg@10"]["delta"] == pytest.approx(q["real_ndcg@10"]["int8"] - q["real_ndcg@10"]["fp32"])
     assert m["sizes"]["model.int8.onnx"] < m["sizes"]["model.onnx"]
-    assert m["base_graph"] == {"file": "model.base.onnx", "inputs": ["hist", "pad"]} and "model.base.onnx" in m["files"]
-    assert set(m["latency"]["base"]) == {"p50_ms_b1", "p50_ms_b32"} and min(m["latency"]["base"].values()) > 0
+    assert m["base_graph"] == {"file": "model.base.onnx", "inputs": ["hist", "pad"], "int8_file": "model.base.int8.onnx"}
+    assert {"model.base.onnx", "model.base.int8.onnx"} <= set(m["files"])
+    for lat in ("base", "base_int8"):
+        assert set(m["latency"][lat]) == {"p50_ms_b1", "p50_ms_b32"} and min(m["latency"][lat].values()) > 0
     for case in ("random", "real"):
         assert m["parity"]["base"][case]["max_abs_diff_user"] <= 1e-4 and m["parity"]["base"][case]["top10_identical_fraction"] == 1.0
+    qb = m["parity"]["base_int8"]  # measured against the fp32 base graph, not gated
+    assert 0.0 < qb["random_vs_torch"]["top10_overlap"] <= 1.0 and 0.0 < qb["real_vs_fp32"]["top10_overlap"] <= 1.0
+    assert qb["real_ndcg@10"]["delta"] == pytest.approx(qb["real_ndcg@10"]["int8"] - qb["real_ndcg@10"]["fp32"])
+    assert m["sizes"]["model.base.int8.onnx"] < 0.5 * m["sizes"]["model.base.onnx"]
+    assert "Gemm" in m["quantization_base"]["op_types"]
 
 
 def test_adapter_free_batches_run_the_base_graph(serving_dir, ranker, bundles, new_tenant):
@@ -60,7 +67,13 @@ def test_adapter_free_batches_run_the_base_graph(serving_dir, ranker, bundles, n
         got = ranker.user_vectors(hists, rows)
         assert (ranker.base_runs - before[0], ranker.runs - before[1]) == (int(base), 1), names
         assert np.abs(got - per_row.user_vectors(hists, rows)).max() <= 1e-5, names
-    assert SharedRanker(serving_dir, variant="int8").base_session is None  # int8: one quantized per-row graph
+    # int8: the quantized base graph for adapter-free batches, the quantized per-row graph otherwise
+    q, q_row = SharedRanker(serving_dir, variant="int8"), SharedRanker(serving_dir, variant="int8", base_graph=False)
+    assert q.base_session is not None and q_row.base_session is None
+    zero = [bundles["zero-shot"]] * len(hists)
+    got, ref = q.user_vectors(hists, zero), ranker.user_vectors(hists, zero)
+    assert q.base_runs == 1 and 0 < np.abs(got - ref).max() < 0.1  # really quantized, still close to fp32
+    assert np.abs(got - ref).max() < 3 * np.abs(q_row.user_vectors(hists, zero) - ref).max() + 1e-6
 
 
 @pytest.mark.parametrize("name", SHARED)

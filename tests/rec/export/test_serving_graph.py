@@ -127,6 +127,8 @@ def test_exported_graphs_are_slim_and_have_no_nan_guard(serving_dir, small_backb
     q_ops = [n.op_type for n in int8.graph.node]
     assert q_ops.count("MatMulInteger") == n_proj  # every base projection; per-row LoRA products stay fp32
     assert "DequantizeLinear" in q_ops  # the position table (Gather) is int8 too
+    base8 = [n.op_type for n in onnx.load(str(serving_dir / "model.base.int8.onnx")).graph.node]
+    assert base8.count("MatMulInteger") == n_proj and "Gemm" not in base8  # the base graph's Gemms quantized too
 
 
 @pytest.mark.parametrize("B, T", [(1, 1), (3, 17)])
