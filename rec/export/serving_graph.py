@@ -27,9 +27,10 @@ user encoder, so it is baked into the tenant's catalog matrix once per item.
 
 :class:`BaseGraph` is the same model for batches where no row has an adapter tensor (zero-shot and
 head tenants): inputs ``hist`` and ``pad`` only, so none of the per-row LoRA matmuls and adds run.
-Its projections run as 2-D matmuls over ``B*T`` rows (ONNX ``Gemm``, bias fused in); ONNX Runtime
-fuses a bias only into a 2-D ``MatMul``. Measured at batch 32 (bench/README.md, compression):
-the base graph runs in ~0.75x the time of the per-row LoRA graph. ``rec export --int8`` quantizes
+Its projections run as 2-D matmuls over ``B*T`` rows (ONNX ``Gemm``, bias fused in; ONNX Runtime
+fuses a bias only into a 2-D ``MatMul``), and attention runs one head at a time on per-head
+projections (:class:`_HeadwiseAttention`: no head transposes). Measured at batch 32
+(bench/README.md, compression): the base graph runs in ~0.6x the time of the per-row LoRA graph. ``rec export --int8`` quantizes
 it too (``model.base.int8.onnx``: the quantizer turns each ``Gemm`` into an int8 matmul).
 """
 
@@ -43,6 +44,7 @@ from torch import nn
 from rec.config import LORA_TARGETS
 from rec.export.runtime import BASE_INPUTS
 from rec.models.backbone import Backbone
+from rec.models.layers import CausalSelfAttention, additive_mask_attention, attention_bias
 
 __all__ = ["ServingGraph", "BaseGraph", "MergedGraph", "adapted_projections", "input_names", "OUTPUT_NAME"]
 
@@ -140,6 +142,48 @@ class _Linear2d(nn.Module):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
+def _linear_part(base: nn.Linear, rows: slice = slice(None), cols: slice = slice(None), bias: bool = True) -> _Linear2d:
+    """A 2-D ``Linear`` holding a copy of ``base.weight[rows, cols]`` (and ``base.bias[rows]``)."""
+    w = base.weight.detach()[rows, cols]
+    out = nn.Linear(w.shape[1], w.shape[0], bias=bias)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        if bias:
+            out.bias.copy_(base.bias.detach()[rows])
+    return _Linear2d(out)
+
+
+class _HeadwiseAttention(nn.Module):
+    """:class:`CausalSelfAttention` (inference, additive mask) with one projection per head.
+
+    The query/key/value weights are split by output rows and ``o_proj`` by input columns, so head
+    ``i`` attends on ``[B, T, D/h]`` tensors and adds its own ``o_proj`` slice's output: the same
+    sum ``o_proj`` takes over the concatenated heads, without the head split and merge
+    transposes (8 ``Transpose`` copies per call, ~10 % of the base graph's ONNX Runtime time at
+    batch 32). Attention itself is :func:`additive_mask_attention`, as in the encoder.
+    """
+
+    def __init__(self, attn: CausalSelfAttention) -> None:
+        super().__init__()
+        d = attn.q_proj.in_features
+        dh = d // attn.n_heads
+        heads = [slice(i * dh, (i + 1) * dh) for i in range(attn.n_heads)]
+        self.q, self.k, self.v = (nn.ModuleList(_linear_part(p, rows=s) for s in heads)
+                                  for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        self.o = nn.ModuleList(_linear_part(attn.o_proj, cols=s, bias=i == 0) for i, s in enumerate(heads))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        if mask.dtype == torch.bool:
+            mask = attention_bias(mask, x.dtype)
+        xq = x[:, -1:] if last_only else x
+        bias = mask[:, 0, -1:] if last_only else mask[:, 0]  # (B, S, T): one mask for every head
+        out = None
+        for q, k, v, o in zip(self.q, self.k, self.v, self.o):
+            y = o(additive_mask_attention(q(xq), k(x), v(x), bias))
+            out = y if out is None else out + y
+        return out
+
+
 class BaseGraph(nn.Module):
     """The serving graph without adapter inputs: ``forward(hist, pad) -> user`` (see module doc).
 
@@ -152,10 +196,9 @@ class BaseGraph(nn.Module):
         super().__init__()
         bb = copy.deepcopy(backbone).eval()
         bb.prompt = bb.adaptor = bb.id_emb = None
-        for name, _, _ in adapted_projections(bb):
-            parent_name, attr = name.rsplit(".", 1)
-            parent = bb.get_submodule(parent_name)
-            setattr(parent, attr, _Linear2d(getattr(parent, attr)))
+        for block in bb.blocks:
+            block.attn = _HeadwiseAttention(block.attn)
+            block.ffn.fc1, block.ffn.fc2 = _Linear2d(block.ffn.fc1), _Linear2d(block.ffn.fc2)
         self.backbone = bb
         self.temperature = float(bb.temperature)
 

@@ -19,6 +19,17 @@ def _topk(scores: np.ndarray, k: int = 10) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
+def _same_topk_up_to_ties(got: np.ndarray, want: np.ndarray, tol: float = 1e-5) -> bool:
+    """Every row's top-10 equal, except where the two items swapped are tied in ``want`` within ``tol``.
+
+    ``got`` and ``want`` come from different float computations (per-head ONNX vs torch SDPA), so
+    two items ~1e-6 apart may swap; an exact comparison would test rounding, not the model.
+    """
+    tg, tw = _topk(got), _topk(want)
+    rows = np.arange(len(want))[:, None]
+    return bool(np.all((tg == tw) | (np.abs(want[rows, tg] - want[rows, tw]) <= tol)))
+
+
 def test_manifest_describes_a_verified_export(serving_dir, small_backbone):
     m = read_manifest(serving_dir, kind="serving-model")
     projections = adapted_projections(small_backbone.model)
@@ -84,7 +95,7 @@ def test_bundle_through_onnx_equals_the_peft_merged_model(name, ranker, bundles,
     got = user @ bundle.catalog.T
     want = reference_scores(small_backbone, adapters.get(name), tenant_text, hists)
     assert np.abs(got - want).max() <= 1e-4, name
-    assert np.array_equal(_topk(got), _topk(want)), name
+    assert _same_topk_up_to_ties(got, want), name
     if name != "zero-shot":  # the adapter really changes the ranking (the test is not vacuous)
         base = reference_scores(small_backbone, None, tenant_text, hists)
         assert np.abs(want - base).max() > 1e-3, name

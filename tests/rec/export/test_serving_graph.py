@@ -47,7 +47,7 @@ def test_last_only_equals_the_last_row_of_the_full_encoder(small_backbone):
 
 
 def test_base_graph_equals_the_backbone_and_leaves_it_untouched(small_backbone):
-    """The adapter-free graph (2-D projections) = ``user_vector / temperature``; the backbone keeps its Linears."""
+    """The adapter-free graph (2-D, per-head projections) = ``user_vector / temperature``; the backbone keeps its Linears."""
     model = small_backbone.model.eval()
     T = small_backbone.cfg.data.max_seq_len
     hist, pad = _batch(model, [0, 1, 2, T // 2, T], T, seed=3)
@@ -127,8 +127,12 @@ def test_exported_graphs_are_slim_and_have_no_nan_guard(serving_dir, small_backb
     q_ops = [n.op_type for n in int8.graph.node]
     assert q_ops.count("MatMulInteger") == n_proj  # every base projection; per-row LoRA products stay fp32
     assert "DequantizeLinear" in q_ops  # the position table (Gather) is int8 too
+    base_nodes = onnx.load(str(serving_dir / "model.base.onnx")).graph.node
+    base = [n.op_type for n in base_nodes]
     base8 = [n.op_type for n in onnx.load(str(serving_dir / "model.base.int8.onnx")).graph.node]
-    assert base8.count("MatMulInteger") == n_proj and "Gemm" not in base8  # the base graph's Gemms quantized too
+    # per-head projections: no 4-D head split/merge transposes, only each head's k^T (fused into its matmul by ORT)
+    assert all(list(n.attribute[0].ints) == [0, 2, 1] for n in base_nodes if n.op_type == "Transpose")
+    assert base.count("Gemm") == base8.count("MatMulInteger") and "Gemm" not in base8  # the base graph's Gemms quantized too
 
 
 @pytest.mark.parametrize("B, T", [(1, 1), (3, 17)])
