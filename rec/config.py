@@ -172,9 +172,15 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "adaptor.p
 
 
 class LoraConfig(_Strict):
-    """LoRA settings (Hu et al., ICLR 2022), applied with PEFT to the named ``nn.Linear`` modules."""
+    """LoRA settings (Hu et al., ICLR 2022), applied with PEFT to the named ``nn.Linear`` modules.
 
-    rank: int = Field(8, ge=1, le=256)
+    ``kind: adalora`` uses PEFT's AdaLoRA (Zhang et al., ICLR 2023) instead: every projection starts
+    at ``adalora_init_rank`` and singular directions are pruned by importance during training until
+    the average rank is ``rank``, so ranks adapt per projection.
+    """
+
+    kind: Literal["lora", "adalora"] = "lora"
+    rank: int = Field(8, ge=1, le=256, description="LoRA rank; adalora: the target average rank")
     alpha: float = Field(16.0, gt=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
@@ -186,6 +192,22 @@ class LoraConfig(_Strict):
                     "target at K=all where a rank-8 adaptor update was not (bench/README.md); false = a "
                     "low-rank update of adaptor.proj instead (and ID-only backbones, which have no adaptor)",
     )
+
+    adalora_init_rank: int = Field(12, ge=1, le=256, description="adalora: the rank every projection starts at")
+    adalora_warmup: float = Field(0.1, ge=0.0, lt=1.0, description="adalora: fraction of training steps before any rank is pruned")
+    adalora_final: float = Field(0.3, ge=0.0, lt=1.0, description="adalora: fraction of training steps at the end with ranks fixed")
+    adalora_orth_reg: float = Field(0.5, ge=0.0, description="adalora: weight of the orthogonality penalty on A and B")
+
+    @model_validator(mode="after")
+    def _adalora(self) -> "LoraConfig":
+        if self.kind == "adalora":
+            if self.adalora_init_rank < self.rank:
+                raise ValueError(f"adapt.lora.adalora_init_rank ({self.adalora_init_rank}) must be >= adapt.lora.rank "
+                                 f"({self.rank}), the target average rank AdaLoRA prunes down to")
+            if self.adalora_warmup + self.adalora_final >= 1.0:
+                raise ValueError("adapt.lora.adalora_warmup + adapt.lora.adalora_final must be < 1: no step would be left "
+                                 "to allocate ranks in")
+        return self
 
     @field_validator("target_modules")
     @classmethod

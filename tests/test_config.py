@@ -38,6 +38,9 @@ def test_cross_field_validation():
         load_config(None, ["model.d_model=30", "model.n_heads=4"])
     with pytest.raises(ConfigError, match="model.max_len"):
         load_config(None, ["model.max_len=10", "data.max_seq_len=50"])
+    with pytest.raises(ConfigError, match="adalora_init_rank"):
+        load_config(None, ["adapt.lora.kind=adalora", "adapt.lora.rank=16"])
+    assert load_config(None, ["adapt.lora.kind=adalora"]).adapt.lora.adalora_init_rank == 12
 
 
 def test_bad_files(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rec.adaptation.artifacts import save_adapter
-from rec.adaptation.methods import prepare_model, scoring_backbone, trainable_parameters
+from rec.adaptation.methods import prepare_model, scoring_backbone, trainable_parameters, training_hooks
 from rec.config import AdaptConfig, EvalConfig
 from rec.data.schema import DataError, Tenant
 from rec.data.splits import KShotSplit, k_shot_split
@@ -124,8 +124,11 @@ def adapt_tenant(
     corpus = Corpus([tc], max_len, base.manifest.get("text_model"))
     # np.require copies read-only arrays (memory-mapped caches): torch.from_numpy would warn on them.
     emb = [torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))]
-    model = prepare_model(base.model, acfg, base_id=f"fewshot-rec-backbone:{base.checksum}")
+    steps_per_epoch = -(-len(tc.train_inputs) // acfg.batch_size)
+    model = prepare_model(base.model, acfg, base_id=f"fewshot-rec-backbone:{base.checksum}",
+                          total_steps=max(steps_per_epoch * acfg.epochs, 1))
     params = trainable_parameters(model)
+    hooks = training_hooks(model)
     history: list[dict[str, float]] = []
 
     def validate() -> dict[str, float]:
@@ -139,7 +142,8 @@ def adapt_tenant(
         for epoch in range(acfg.epochs):
             rows = np.random.default_rng([acfg.seed, epoch]).permutation(len(tc.train_inputs))
             model.train()
-            loss = train_epoch(loss_model, opt, corpus, rows, emb, acfg.batch_size, grad_clip=1.0)
+            loss = train_epoch(loss_model, opt, corpus, rows, emb, acfg.batch_size, grad_clip=1.0,
+                               regularizer=hooks.regularizer, after_step=hooks.after_step)
             val = validate()
             epochs = epoch + 1
             history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}})
@@ -148,6 +152,9 @@ def adapt_tenant(
             if stopper.update(epoch, val, model):
                 break
         stopper.restore(model)
+    valid = stopper.best
+    if hooks.finish is not None and hooks.finish():  # the restored weights changed (AdaLoRA's final ranks)
+        valid = validate()
     model.eval()
     test = evaluate_tenant(scoring_backbone(model), tc, emb[0], "test", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
     return AdaptResult(
@@ -155,7 +162,7 @@ def adapt_tenant(
         tenant=tenant.name,
         method=acfg.method,
         split=split,
-        valid=stopper.best,
+        valid=valid,
         test=test,
         adapt_s=time.perf_counter() - t0,
         epochs=epochs,

@@ -6,7 +6,9 @@ Layout (an artifact folder, see ``rec.io.artifacts``)::
       catalog.safetensors          "catalog" [N,D] fp32 | fp16 | int8 (+ "scale" [N] fp32 for int8)
       item_ids.json                the tenant's external item ids, in catalog row order
       adapter_tensors.safetensors  "lora_a.<proj>" [r,in], "lora_b.<proj>" [out,r] (scaling folded
-                                   in), "prompt" [P,D]; empty for zero-shot and head
+                                   in; AdaLoRA: singular values folded into A, pruned directions
+                                   dropped, so r is each projection's allocated rank), "prompt"
+                                   [P,D]; empty for zero-shot and head
       manifest.json                kind=tenant-bundle, tenant, method, adapter, backbone checksum,
                                    catalog dtype, ranks, decomposition parity, file checksums
 
@@ -83,9 +85,22 @@ class TenantBundle:
 
 
 # --- extraction ----------------------------------------------------------------------------------
+def _adalora_ab(mod) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001 - peft AdaLoraLayer
+    """AdaLoRA's ``B (A * E) * scaling / ranknum`` as plain ``(A', B')``, pruned directions (E = 0) dropped.
+
+    The served rank of each projection is the rank AdaLoRA allocated it.
+    """
+    e = mod.lora_E["default"].detach().float()  # [r, 1] singular values, 0 where pruned
+    keep = e[:, 0] != 0
+    a = (mod.lora_A["default"].detach().float() * e)[keep]
+    b = mod.lora_B["default"].detach().float()[:, keep] * (float(mod.scaling["default"]) / (float(mod.ranknum["default"]) + 1e-5))
+    return a.numpy(), b.numpy()
+
+
 def _lora_tensors(folder: Path, loaded: LoadedBackbone) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per encoder projection ``(A [r,in], B*scaling [out,r])`` of a PEFT LoRA adapter folder."""
+    """Per encoder projection ``(A [r,in], B*scaling [out,r])`` of a PEFT LoRA or AdaLoRA adapter folder."""
     import peft
+    from peft.tuners.adalora import AdaLoraLayer
     from peft.tuners.lora import LoraLayer
 
     from rec.export.serving_graph import ENCODER_TARGETS, adapted_projections
@@ -102,8 +117,13 @@ def _lora_tensors(folder: Path, loaded: LoadedBackbone) -> dict[str, tuple[np.nd
             raise AdapterShapeError(f"{folder}: LoRA on {name!r}, which the serving graph does not adapt; targets: {sorted(shapes)}")
         if getattr(mod, "use_dora", {}).get("default"):
             raise AdapterShapeError(f"{folder}: DoRA adapters are not servable by the shared graph; export a merged per-tenant model")
-        a = mod.lora_A["default"].weight.detach().float().numpy()
-        b = (mod.lora_B["default"].weight.detach().float() * float(mod.scaling["default"])).numpy()
+        if isinstance(mod, AdaLoraLayer):
+            a, b = _adalora_ab(mod)
+            if not len(a):
+                continue  # every direction pruned: this projection is the base one
+        else:
+            a = mod.lora_A["default"].weight.detach().float().numpy()
+            b = (mod.lora_B["default"].weight.detach().float() * float(mod.scaling["default"])).numpy()
         out[name] = (np.ascontiguousarray(a), np.ascontiguousarray(b))
     return out
 

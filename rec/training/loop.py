@@ -7,7 +7,7 @@ directly. A batch may mix tenants; each row is scored against its own tenant's c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -119,16 +119,24 @@ def train_epoch(
     text_embs: list[torch.Tensor | None],
     batch_size: int,
     grad_clip: float,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> float:
-    """One pass over ``rows``; returns the mean training loss."""
+    """One pass over ``rows``; returns the mean training loss (without ``regularizer``).
+
+    ``regularizer()`` is added to every step's loss; ``after_step()`` runs after every optimizer
+    step, gradients still set (AdaLoRA's rank allocation: ``rec.adaptation.methods.training_hooks``).
+    """
     loss_model.train()
     losses = []
     for tenant_idx, inputs, targets in iterate_batches(corpus, rows, batch_size):
         loss = loss_model(tenant_idx, inputs, targets, corpus.tenants, text_embs)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if regularizer is None else loss + regularizer()).backward()
         torch.nn.utils.clip_grad_norm_(loss_model.parameters(), grad_clip)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         losses.append(float(loss.detach()))
     return float(np.mean(losses)) if losses else math.nan
 

@@ -98,6 +98,35 @@ def test_lora_with_the_adaptor_trains_both_and_reloads(small_backbone, new_tenan
                                                                                        train_adaptor=True)))
 
 
+def test_adalora_allocates_ranks_and_round_trips_with_peft(small_backbone, new_tenant, text_emb, tmp_path):
+    """``lora.kind: adalora``: PEFT AdaLoRA, ranks pruned by importance per projection; the artifact is PEFT's."""
+    import copy
+
+    from rec.adaptation.methods import training_hooks
+    from rec.config import LoraConfig
+
+    acfg = AdaptConfig(method="lora", lora=LoraConfig(kind="adalora", rank=2, adalora_init_rank=6, adalora_warmup=0.0,
+                                                      adalora_final=0.2), k_users=48, epochs=6, lr=5e-3, patience=8, torch_threads=1)
+    r = adapt_tenant(small_backbone, new_tenant, acfg, text_emb=text_emb)
+    assert isinstance(r.model.peft_config["default"], peft.AdaLoraConfig) and r.epochs == 6
+    hooks = training_hooks(r.model)
+    assert float(hooks.regularizer().detach()) > 0 and hooks.after_step is not None
+    assert training_hooks(prepare_model(small_backbone.model, AdaptConfig(method="lora"))) == (None, None, None)
+    pattern = r.model.peft_config["default"].rank_pattern  # the directions each projection kept
+    kept = [int(sum(m)) for m in pattern.values()]
+    assert pattern and max(kept) <= 6 and sum(kept) < 6 * len(kept)  # pruned, unevenly
+    path = publish_adapter(r, small_backbone, acfg, root=tmp_path)
+    ours, manifest = load_adapter(path, small_backbone.model, small_backbone.checksum)
+    plain = peft.PeftModel.from_pretrained(copy.deepcopy(small_backbone.model), str(path))
+    assert manifest["hyperparameters"]["lora"]["kind"] == "adalora"
+    seqs = [new_tenant.sequence(u)[:-1] for u in r.split.eval_rows[:8]]
+    want = _scores(scoring_backbone(r.model), text_emb, seqs)
+    assert torch.allclose(want, _scores(ours, text_emb, seqs), atol=1e-5)
+    assert torch.allclose(want, _scores(plain.base_model.model, text_emb, seqs), atol=1e-5)
+    with pytest.raises(ValueError, match="number of training steps"):
+        prepare_model(small_backbone.model, acfg)
+
+
 def test_publish_and_reload_gives_identical_scores(small_backbone, new_tenant, text_emb, results, tmp_path):
     seqs = [new_tenant.sequence(u)[:-1] for u in results["lora"][1].split.eval_rows[:8]]
     for m, (acfg, r) in results.items():

@@ -27,6 +27,8 @@ ADAPTERS = {
     "lora-r16": AdaptConfig(method="lora", lora=LoraConfig(rank=16, alpha=8, target_modules=["q_proj", "v_proj", "fc2", "adaptor.proj"],
                                                           train_adaptor=False)),  # LoRA on the adaptor, merged into the catalog
     "lora-adaptor": AdaptConfig(method="lora", lora=LoraConfig(rank=4, alpha=8, train_adaptor=True)),
+    "adalora": AdaptConfig(method="lora", lora=LoraConfig(kind="adalora", rank=4, adalora_init_rank=8, adalora_warmup=0.0,
+                                                          adalora_final=0.0)),  # ranks pruned from 8 over the 3 epochs
     "full": AdaptConfig(method="full"),
 }
 

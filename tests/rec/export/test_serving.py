@@ -12,7 +12,7 @@ from rec.export.serving_graph import ServingGraph, adapted_projections, input_na
 from rec.io.artifacts import read_manifest
 from tests.rec.export.conftest import histories, reference_scores
 
-SHARED = ["zero-shot", "head", "prompt", "lora-r4", "lora-r8", "lora-r16", "lora-adaptor"]
+SHARED = ["zero-shot", "head", "prompt", "lora-r4", "lora-r8", "lora-r16", "lora-adaptor", "adalora"]
 
 
 def _topk(scores: np.ndarray, k: int = 10) -> np.ndarray:
@@ -103,6 +103,9 @@ def test_bundle_through_onnx_equals_the_peft_merged_model(name, ranker, bundles,
 
 def test_lora_bundles_carry_their_ranks(bundles):
     assert {b.rank for n, b in bundles.items() if n.startswith("lora")} == {4, 8, 16}
+    ranks = {n: a.shape[0] for n, (a, _) in bundles["adalora"].lora.items()}  # AdaLoRA: the rank each projection kept
+    assert max(ranks.values()) <= 8 and sum(ranks.values()) < 8 * len(bundles["lora-r4"].lora)
+    assert bundles["adalora"].manifest["lora_ranks"] == ranks
     assert set(bundles["lora-r16"].lora) == {n for n in bundles["lora-r4"].lora if n.endswith(("q_proj", "v_proj", "fc2"))}
     assert bundles["prompt"].prompt.shape == (3, bundles["prompt"].catalog.shape[1]) and not bundles["prompt"].lora
     assert not bundles["head"].lora and bundles["head"].prompt is None
