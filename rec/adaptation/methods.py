@@ -79,7 +79,7 @@ def training_hooks(model: nn.Module) -> TrainingHooks:
         total = 0.0
         for n, p in params:
             cov = p @ p.T if ".lora_A." in n else p.T @ p
-            total = total + torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype), "fro")
+            total = total + torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device), "fro")
         return cfg.orth_reg_weight * total / max(len(params), 1)
 
     steps = itertools.count()

@@ -19,7 +19,8 @@
 Why dynamo: the legacy TorchScript exporter hard-codes sequence lengths (FIELD-NOTES). Every
 export is checked with ``onnx.checker`` and run in ONNX Runtime against the torch module on
 random and (when given) real inputs; the fp32 model is refused (nothing is published) unless
-max |diff| <= 1e-4 and every row's top-10 is identical. int8 quality (top-10 overlap, NDCG@10
+max |diff| <= 1e-4 and every row's top-10 is identical (up to swaps of float ties,
+``parity.same_topk``). int8 quality (top-10 overlap, NDCG@10
 delta on real data) is measured and recorded, not gated: it is a trade-off for the operator.
 """
 

@@ -30,8 +30,9 @@ head tenants): inputs ``hist`` and ``pad`` only, so none of the per-row LoRA mat
 Its projections run as 2-D matmuls over ``B*T`` rows (ONNX ``Gemm``, bias fused in; ONNX Runtime
 fuses a bias only into a 2-D ``MatMul``), and attention runs one head at a time on per-head
 projections (:class:`_HeadwiseAttention`: no head transposes). Measured at batch 32
-(bench/README.md, compression): the base graph runs in ~0.6x the time of the per-row LoRA graph. ``rec export --int8`` quantizes
-it too (``model.base.int8.onnx``: the quantizer turns each ``Gemm`` into an int8 matmul).
+(bench/README.md, compression): the base graph's model call takes ~0.7x the time of the per-row
+LoRA graph's. ``rec export --int8`` quantizes it too (``model.base.int8.onnx``: the quantizer
+turns each ``Gemm`` into an int8 matmul).
 """
 
 from __future__ import annotations

@@ -13,16 +13,13 @@ import pytest
 
 from rec.export.errors import AdapterShapeError, ExportError, FeedError
 from rec.export.onnx_export import export_merged_tenant_model
+from rec.export.parity import same_topk, topk
 from rec.export.runtime import SharedRanker, make_session
 from rec.export.tenant_bundle import TenantBundle, export_tenant_bundle, load_tenant_bundle
 from rec.io.artifacts import ArtifactError, artifact_writer, read_manifest
 from tests.rec.export.conftest import histories, reference_scores
 
 REC = str(Path(sys.executable).with_name("rec"))
-
-
-def _topk(scores: np.ndarray, k: int = 10) -> np.ndarray:
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
 
 
 # --- tenant bundles --------------------------------------------------------------------------------
@@ -49,7 +46,7 @@ def test_compressed_catalogs(dtype, atol, small_backbone, new_tenant, tenant_tex
     size = (path / "catalog.safetensors").stat().st_size
     assert size < 0.6 * ref.manifest["files"]["catalog.safetensors"]["bytes"]
     user = np.random.default_rng(0).standard_normal((20, b.catalog.shape[1])).astype(np.float32)
-    overlap = np.mean([len(set(a) & set(c)) / 10 for a, c in zip(_topk(user @ b.catalog.T), _topk(user @ ref.catalog.T))])
+    overlap = np.mean([len(set(a) & set(c)) / 10 for a, c in zip(topk(user @ b.catalog.T), topk(user @ ref.catalog.T))])
     assert overlap >= 0.9
 
 
@@ -101,7 +98,7 @@ def test_merged_tenant_model_equals_the_peft_merged_model(name, small_backbone, 
         items[i, max_len - len(h):] = h
     got = make_session(out / "model.onnx").run(["scores"], {"items": items, "pad": items < 0})[0]
     want = reference_scores(small_backbone, adapters[name], tenant_text, hists)
-    assert np.abs(got - want).max() <= 1e-4 and np.array_equal(_topk(got), _topk(want))
+    assert np.abs(got - want).max() <= 1e-4 and same_topk(got, want).all()
     if name == "full":
         assert m["sizes"]["model.int8.onnx"] < m["sizes"]["model.onnx"] and "int8_vs_fp32" in m["parity"]
 

@@ -7,27 +7,13 @@ import pytest
 import torch
 
 from rec.export.onnx_export import parity_data_from_tenant
+from rec.export.parity import same_topk, topk
 from rec.export.runtime import SharedRanker
 from rec.export.serving_graph import ServingGraph, adapted_projections, input_names
 from rec.io.artifacts import read_manifest
 from tests.rec.export.conftest import histories, reference_scores
 
 SHARED = ["zero-shot", "head", "prompt", "lora-r4", "lora-r8", "lora-r16", "lora-adaptor", "adalora"]
-
-
-def _topk(scores: np.ndarray, k: int = 10) -> np.ndarray:
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def _same_topk_up_to_ties(got: np.ndarray, want: np.ndarray, tol: float = 1e-5) -> bool:
-    """Every row's top-10 equal, except where the two items swapped are tied in ``want`` within ``tol``.
-
-    ``got`` and ``want`` come from different float computations (per-head ONNX vs torch SDPA), so
-    two items ~1e-6 apart may swap; an exact comparison would test rounding, not the model.
-    """
-    tg, tw = _topk(got), _topk(want)
-    rows = np.arange(len(want))[:, None]
-    return bool(np.all((tg == tw) | (np.abs(want[rows, tg] - want[rows, tw]) <= tol)))
 
 
 def test_manifest_describes_a_verified_export(serving_dir, small_backbone):
@@ -95,7 +81,7 @@ def test_bundle_through_onnx_equals_the_peft_merged_model(name, ranker, bundles,
     got = user @ bundle.catalog.T
     want = reference_scores(small_backbone, adapters.get(name), tenant_text, hists)
     assert np.abs(got - want).max() <= 1e-4, name
-    assert _same_topk_up_to_ties(got, want), name
+    assert same_topk(got, want).all(), name  # identical top-10s, up to float ties (parity.TIE_TOL)
     if name != "zero-shot":  # the adapter really changes the ranking (the test is not vacuous)
         base = reference_scores(small_backbone, None, tenant_text, hists)
         assert np.abs(want - base).max() > 1e-3, name
@@ -176,7 +162,7 @@ def test_top_k_excludes_and_orders(ranker, bundles, new_tenant):
     user = ranker.user_vectors([h], [b])[0]
     rows, scores = ranker.top_k(b, user, 10)
     full = b.catalog @ user
-    assert np.array_equal(rows, _topk(full[None])[0]) and np.all(np.diff(scores) <= 0)
+    assert np.array_equal(rows, topk(full[None])[0]) and np.all(np.diff(scores) <= 0)
     rows2, _ = ranker.top_k(b, user, 10, exclude=set(rows[:3].tolist()))
     assert not set(rows2) & set(rows[:3].tolist()) and list(rows2[:7]) == list(rows[3:])
 
@@ -186,7 +172,7 @@ def test_int8_variant_is_close_to_fp32(serving_dir, ranker, bundles, new_tenant)
     hists = histories(new_tenant, n=40, seed=5)
     rows = [bundles[SHARED[i % len(SHARED)]] for i in range(len(hists))]
     u32, u8 = ranker.user_vectors(hists, rows), q.user_vectors(hists, rows)
-    overlap = np.mean([len(set(_topk((b.catalog @ a)[None])[0]) & set(_topk((b.catalog @ c)[None])[0])) / 10
+    overlap = np.mean([len(set(topk((b.catalog @ a)[None])[0]) & set(topk((b.catalog @ c)[None])[0])) / 10
                        for a, c, b in zip(u32, u8, rows)])
     assert 0.7 <= overlap <= 1.0
     assert 0 < np.abs(u32 - u8).max() < 0.1  # really quantized, still close
@@ -212,4 +198,4 @@ def test_real_dataset_parity(ranker, small_backbone, datasets_dir):
     want = torch.cat(want).numpy()
     assert got.shape == (48, ml.num_items)
     assert np.abs(got - want).max() <= 1e-4
-    assert np.array_equal(_topk(got), _topk(want))
+    assert same_topk(got, want).all()
