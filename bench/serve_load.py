@@ -41,12 +41,14 @@ server ran. An autoscaling run steps an open-loop load up and down against the a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +56,17 @@ import numpy as np
 
 from bench.load_gen import HIST, drive_closed, drive_open, max_rate_at_slo, open_summary
 from bench.serve_load_baselines import RawTimer, multiplex_app
-from bench.serve_load_results import MODES, MULTIPLEX, SHARED, VARIANT, notes_markdown, plot_autoscale, plot_matrix, targets
+from serve_apps.ingress import DIRECT_INGRESS_ENV
+from bench.serve_load_results import (DIRECT_MODES, INGRESS, MODES, MULTIPLEX, SHARED, VARIANT, notes_markdown, plot_autoscale,
+                                      plot_matrix, targets)
 
-COLUMNS = ["mode", "tenants", "load", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "rss_mb", "overhead_ratio",
+COLUMNS = ["mode", "ingress", "tenants", "load", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "rss_mb", "overhead_ratio",
            "model_rss_mb", "batch_median", "batch_max", "raw_ms", "client_cpu_frac"]
 REPO = Path(__file__).resolve().parents[1]
+# Direct ingress (serve_apps/ingress.py) for the bench: replicas drain 1 s instead of 30 s when an
+# app is deleted (the drain lets a production load balancer stop sending first; here nothing does).
+INGRESS_ENV = {"proxy": {}, "direct": {**DIRECT_INGRESS_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}}
+DIRECT_KEYS = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
 
 
 # --- setup ---------------------------------------------------------------------------------------
@@ -226,15 +234,56 @@ def warm_all(url: str, tenants: dict) -> None:
             s.get(f"{url}/v1/tenants/{t}", timeout=30).raise_for_status()
 
 
+def app_url(app: str, ingress: str, port: int) -> str:
+    """Where the load generator sends ``app``'s requests: the proxy, or the ingress replica's own port."""
+    if ingress == "proxy":
+        return f"http://127.0.0.1:{port}/{app}"
+    from serve_apps.ingress import http_targets
+
+    for _ in range(50):  # serve.run returns with the replica RUNNING; its port registers right after
+        urls = [u for u in http_targets(app, host="127.0.0.1") if f":{port}/" not in u]
+        if urls:
+            return urls[0]
+        time.sleep(0.2)
+    raise RuntimeError(f"{app}: no direct-ingress replica port after 10 s (is RAY_SERVE_THROUGHPUT_OPTIMIZED set?)")
+
+
+@contextlib.contextmanager
+def serve_session(ingress: str, port: int) -> Iterator[None]:
+    """A local 2-CPU Ray + Serve (HTTP proxy on 127.0.0.1:``port``) with ``ingress``'s environment;
+    direct ingress must be chosen before Serve starts, so each ingress gets its own session."""
+    import ray
+    from ray import serve
+
+    from rec.ray_session import LOCAL_RUNTIME_ENV
+
+    env = INGRESS_ENV[ingress]
+    saved = {k: os.environ.get(k) for k in DIRECT_KEYS}
+    for k in DIRECT_KEYS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+
+
 def measure_mode(mode: str, n: int, tenants: dict, roots: dict[str, Path], backbone: Path, merged: Path,
-                 timer: RawTimer, a: argparse.Namespace) -> list[dict[str, Any]]:
+                 timer: RawTimer, a: argparse.Namespace, ingress: str = "proxy") -> list[dict[str, Any]]:
     """Deploy ``mode``, warm it, run every load; one row per load."""
     from ray import serve
 
     app = f"bench-{mode}-{n}"
     app_obj, stats_dep, model_dep = app_for(mode, roots, backbone, merged, a)
     serve.run(app_obj, name=app, route_prefix=f"/{app}")
-    url = f"http://127.0.0.1:{a.port}/{app}"
+    url = app_url(app, ingress, a.port)
     mux = mode in MULTIPLEX
     handle = serve.get_deployment_handle(stats_dep, app_name=app)
     warm = drive_closed(url, tenants, 8, 2.0, header=mux, max_requests=300)
@@ -260,7 +309,7 @@ def measure_mode(mode: str, n: int, tenants: dict, roots: dict[str, Path], backb
             load = f"open-slo-p99<={a.slo_ms:g}ms"
             extra = {"slo_probes": slo["probes"], "slo_hi_rps": round(1.2 * cap, 1)}
         view = server_view(handle.stats.remote(False).result())
-        rows.append({"mode": mode, "tenants": n, "load": load, **res, **view, **extra})
+        rows.append({"mode": mode, "ingress": ingress, "tenants": n, "load": load, "url": url, **res, **view, **extra})
     rss_all, rss_model = replica_rss_mb(app), replica_rss_mb(app, model_dep)
     serve.delete(app)
     for row in rows:
@@ -355,12 +404,8 @@ def run_autoscale(rows: list[dict[str, Any]], root: Path, tenants: dict, a: argp
 def autoscale_only(a: argparse.Namespace, name: str) -> int:
     """Re-run only the autoscaling part against the rows of an existing ``<name>.json`` (same
     world recipe), replacing its ``autoscaling`` block, plot and markdown."""
-    import ray
-    from ray import serve
-
     from bench._results import RESULTS, write_results
     from rec.io.artifacts import atomic_write_bytes
-    from rec.ray_session import LOCAL_RUNTIME_ENV
 
     old = json.loads((RESULTS / f"{name}.json").read_text())
     rows, protocol = old["rows"], old["protocol"]
@@ -370,12 +415,9 @@ def autoscale_only(a: argparse.Namespace, name: str) -> int:
         root, _, sources, _ = build_world(work, a.real, a.items)
         tenants = clone_tenants([root], work / "merged", sources, max(a.tenants))
         tenants["__names__"] = sorted(k for k in tenants if k != "__names__")
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": a.port})
-        auto = run_autoscale(rows, root, tenants, a)
+        with serve_session("proxy", a.port):
+            auto = run_autoscale(rows, root, tenants, a)
     finally:
-        serve.shutdown()
-        ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     protocol["autoscaling"] = (f"re-run alone at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (bench.serve_load "
                                f"--autoscale-only): ort-shared-fp32 with serve_apps/config.yaml's Recommender options "
@@ -416,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=300, help="catalog size per tenant")
     ap.add_argument("--max-models", type=int, default=64, help="multiplex modes: tenants per replica")
     ap.add_argument("--port", type=int, default=18000)
+    ap.add_argument("--ingress", nargs="+", default=list(INGRESS), choices=INGRESS,
+                    help="proxy: through Serve's HTTP proxy; direct: to the replica's own port (throughput-optimized Serve)")
+    ap.add_argument("--direct-modes", nargs="+", default=list(DIRECT_MODES), choices=MODES, help="modes measured with direct ingress")
     ap.add_argument("--autoscale-steps", default="0.2:20,0.6:20,1.1:30,0.6:20,0.2:40",
                     help="fraction of the measured ort-shared-fp32 closed-8 rps : seconds, ...")
     ap.add_argument("--no-autoscale", action="store_true")
@@ -430,12 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         return autoscale_only(a, name)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import ray
-    from ray import serve
-
     from bench._results import RESULTS, write_results
     from rec.io.artifacts import atomic_write_bytes
-    from rec.ray_session import LOCAL_RUNTIME_ENV
 
     t_run = time.perf_counter()
     load_avg = [os.getloadavg()]
@@ -447,23 +488,23 @@ def main(argv: list[str] | None = None) -> int:
         roots = {"fp32": root, "int8": work / "root-int8"}
         merged = work / "merged"
         timer = RawTimer(roots, backbone, merged, sources)
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": a.port})
         tenants: dict[str, Any] = {}
         for n in a.tenants:
             t0 = time.perf_counter()
             tenants = clone_tenants(list(roots.values()), merged, sources, n)
             tenants["__names__"] = sorted(k for k in tenants if k != "__names__")
             setup[f"clone_s_{n}"] = time.perf_counter() - t0
-            for mode in a.modes:  # modes side by side per tenant count: they see the same machine load
-                rows += measure_mode(mode, n, tenants, roots, backbone, merged, timer, a)
-                load_avg.append(os.getloadavg())
+            for ingress in a.ingress:  # back to back per tenant count: every mode sees the same machine load
+                modes = [m for m in a.modes if ingress == "proxy" or m in a.direct_modes]
+                with serve_session(ingress, a.port):
+                    for mode in modes:
+                        rows += measure_mode(mode, n, tenants, roots, backbone, merged, timer, a, ingress)
+                        load_avg.append(os.getloadavg())
         if not a.no_autoscale:
-            auto = run_autoscale(rows, root, tenants, a)
+            with serve_session("proxy", a.port):
+                auto = run_autoscale(rows, root, tenants, a)
             load_avg.append(os.getloadavg())
     finally:
-        serve.shutdown()
-        ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
     tgt = targets(rows, a.tenants, a.slo_ms)
     protocol = {
@@ -487,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
                  f"the same pair with multiplex (tenant = model id, {a.max_models} per replica); torch-/ort-merged-multiplex: "
                  f"one 0.5-CPU replica, FastAPI + @serve.multiplexed ({a.max_models} models), no Ingress hop. "
                  "ort-shared-int8 = int8 model + int8 catalogs + fp16 LoRA; every other shared mode fp32 throughout",
+        "ingress": "how the load generator reached each app (row key ingress): proxy = Serve's HTTP proxy on 127.0.0.1 "
+                   f"(Ray's default); direct = the ingress replica's own HTTP port (Serve's throughput-optimized mode, "
+                   f"env {json.dumps(INGRESS_ENV['direct'])}, found with serve_apps.ingress.http_targets; modes "
+                   f"{', '.join(a.direct_modes)}). Each ingress runs in its own Ray session, back to back per tenant count",
         "cpu_ms_per_request": "closed loops: CPU time (user + system) of the HTTP proxy process and of each deployment's "
                               "replica processes during the load, divided by the requests completed (psutil)",
         "rss_mb": "sum of the app's replica processes after the loads; model_rss_mb: the model-holding replica "

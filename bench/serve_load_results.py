@@ -11,6 +11,19 @@ MULTIPLEX = ("torch-multiplex", "ort-merged-multiplex")
 SHARED = ("ort-shared-fp32", "ort-shared-int8", "ort-shared-fp32-2hop", "ort-shared-sharded")
 VARIANT = {"ort-shared-fp32": "fp32", "ort-shared-int8": "int8", "ort-shared-fp32-2hop": "fp32", "ort-shared-sharded": "fp32"}
 ISSUE_SHARED = ("ort-shared-fp32", "ort-shared-int8")  # issue 5's design (c): the app as shipped
+# How clients reach the app: Serve's HTTP proxy, or the ingress replica's own port (Serve's
+# throughput-optimized direct ingress, serve_apps/ingress.py). A run may measure both.
+INGRESS = ("proxy", "direct")
+DIRECT_MODES = ("torch-multiplex", "ort-merged-multiplex", "ort-shared-fp32", "ort-shared-int8")
+
+
+def ingress_of(r: dict[str, Any]) -> str:
+    return r.get("ingress", "proxy")  # rows recorded before direct ingress was measured went through the proxy
+
+
+def label(r: dict[str, Any]) -> str:
+    """The mode as tables and plots name it: ``mode`` through the proxy, ``mode [direct]`` otherwise."""
+    return r["mode"] if ingress_of(r) == "proxy" else f"{r['mode']} [{ingress_of(r)}]"
 
 
 def _is_slo(load: str) -> bool:
@@ -25,6 +38,11 @@ def _slo_row(rows: list[dict[str, Any]], mode: str, n: int) -> dict[str, Any] | 
     return next((r for r in rows if r["mode"] == mode and r["tenants"] == n and _is_slo(r["load"])), None)
 
 
+def by_ingress(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The rows split by how clients reached the app, in ``INGRESS`` order."""
+    return [(i, sub) for i in INGRESS if (sub := [r for r in rows if ingress_of(r) == i])]
+
+
 def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path, slo_ms: float) -> list[Path]:
     import matplotlib
 
@@ -32,16 +50,17 @@ def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path, slo_ms: fl
     import matplotlib.pyplot as plt
 
     paths = []
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    modes = list(dict.fromkeys(label(r) for r in rows))
     closed = sorted({r["load"] for r in rows if r["load"].startswith("closed")}, key=lambda x: int(x.split("-")[1]))
     top = closed[-1] if closed else None
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for m in modes:
-        slo = [r for r in rows if r["mode"] == m and _is_slo(r["load"])]
-        axes[0].plot([r["tenants"] for r in slo], [r["rps"] for r in slo], marker="o", label=m)
-        hi = [r for r in rows if r["mode"] == m and r["load"] == top]
-        axes[1].plot([r["tenants"] for r in hi], [r["rps"] for r in hi], marker="o", label=m)
-        axes[2].plot([r["tenants"] for r in hi], [r["p99_ms"] for r in hi], marker="o", label=m)
+        ls = ":" if m.endswith("]") else "-"  # direct ingress dotted, next to its proxy line
+        slo = [r for r in rows if label(r) == m and _is_slo(r["load"])]
+        axes[0].plot([r["tenants"] for r in slo], [r["rps"] for r in slo], marker="o", ls=ls, label=m)
+        hi = [r for r in rows if label(r) == m and r["load"] == top]
+        axes[1].plot([r["tenants"] for r in hi], [r["rps"] for r in hi], marker="o", ls=ls, label=m)
+        axes[2].plot([r["tenants"] for r in hi], [r["p99_ms"] for r in hi], marker="o", ls=ls, label=m)
     axes[0].set(xscale="log", xlabel="tenants", ylabel="requests/s", title=f"highest rate with p99 <= {slo_ms:g} ms (open loop)")
     axes[1].set(xscale="log", xlabel="tenants", ylabel="requests/s", title=f"throughput ({top})")
     axes[2].set(xscale="log", yscale="log", xlabel="tenants", ylabel="p99 ms", title=f"p99 latency ({top})")
@@ -54,8 +73,8 @@ def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path, slo_ms: fl
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for m in modes:
-        hi = [r for r in rows if r["mode"] == m and r["load"] == top]
-        ax.plot([r["tenants"] for r in hi], [r["model_rss_mb"] for r in hi], marker="o", label=m)
+        hi = [r for r in rows if label(r) == m and r["load"] == top]
+        ax.plot([r["tenants"] for r in hi], [r["model_rss_mb"] for r in hi], marker="o", ls=":" if m.endswith("]") else "-", label=m)
     ax.set(xscale="log", xlabel="tenants", ylabel="MiB", title="RSS of the model-holding replica vs tenants")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -100,8 +119,19 @@ def fmt_ms(v: float | None) -> str:
 
 # --- targets -------------------------------------------------------------------------------------
 def targets(rows: list[dict[str, Any]], tenants: list[int], slo_ms: float) -> list[dict[str, Any]]:
-    """Issue 5's targets: throughput AT the SLO (the open-loop rate sweep) of the shared app vs
-    torch-multiplex, RSS of the model replica 1 -> max tenants, overhead ratio, errors."""
+    """Issue 5's targets, for each way clients reached the app (see :func:`ingress_targets`)."""
+    out = []
+    for ingress, sub in by_ingress(rows):
+        out += [{**t, "ingress": ingress, "target": f"[{ingress}] {t['target']}"} for t in ingress_targets(sub, tenants, slo_ms)]
+    errs = sum(r["errors"] for r in rows)
+    out.append({"target": "0 errors (every row, every sweep probe)", "measured": f"{errs} errors in {sum(r['requests'] for r in rows)} "
+                "counted requests", "value": errs, "met": errs == 0})
+    return out
+
+
+def ingress_targets(rows: list[dict[str, Any]], tenants: list[int], slo_ms: float) -> list[dict[str, Any]]:
+    """Issue 5's targets over rows of one ingress: throughput AT the SLO (the open-loop rate sweep)
+    of the shared app vs torch-multiplex, RSS of the model replica 1 -> max tenants, overhead ratio."""
     out = []
     n_max, n_min = max(tenants), min(tenants)
     for n in tenants:
@@ -141,9 +171,6 @@ def targets(rows: list[dict[str, Any]], tenants: list[int], slo_ms: float) -> li
                                 f"at the largest batch formed ({big['batch_max']} rows, {big['mode']} {big['tenants']} tenants "
                                 f"{big['load']}): {big['overhead_ratio_max_batch']:.0f}x",
                     "value": round(best["overhead_ratio"], 2), "met": bool(best["overhead_ratio"] <= 1.5)})
-    errs = sum(r["errors"] for r in rows)
-    out.append({"target": "0 errors (every row, every sweep probe)", "measured": f"{errs} errors in {sum(r['requests'] for r in rows)} "
-                "counted requests", "value": errs, "met": errs == 0})
     return out
 
 
@@ -168,7 +195,7 @@ def _batches(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if r["load"] != "closed-1":
             hist = ", ".join(f"{k}: {v}" for k, v in sorted(r["batch_hist"].items(), key=lambda kv: int(kv[0])))
-            lines.append(f"| {r['mode']} | {r['tenants']} | {r['load']} | {r['batches']} | {r['batch_median']} | "
+            lines.append(f"| {label(r)} | {r['tenants']} | {r['load']} | {r['batches']} | {r['batch_median']} | "
                          f"{r['batch_p90']:.0f} | {r['batch_max']} | {r['batch_mean']} | {r['tenants_per_batch_mean']} | {hist} |")
     return "\n".join(lines)
 
@@ -188,7 +215,7 @@ def _decomposition(rows: list[dict[str, Any]]) -> str:
         front = st.get("ingress.asgi", st.get("asgi"))
         outside = r["p50_ms"] - front if front is not None else None
         cells = [f"{st[s]:.2f}" if s in st else "-" for s in STAGES]
-        lines.append(f"| {r['mode']} | {r['tenants']} | {r['p50_ms']:.2f} | {'-' if outside is None else f'{outside:.2f}'} | "
+        lines.append(f"| {label(r)} | {r['tenants']} | {r['p50_ms']:.2f} | {'-' if outside is None else f'{outside:.2f}'} | "
                      + " | ".join(cells) + f" | {st.get('ingress.asgi', float('nan')):.2f} | {r['raw_ms']:.3f} | "
                      f"{r['rank_ms']:.3f} | {r['overhead_ratio']:.0f}x |")
     return "\n".join(lines)
@@ -203,7 +230,7 @@ def _cpu(rows: list[dict[str, Any]], load: str) -> str:
             proxy = cpu.pop("proxy", None)
             reps = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
             client = r["client_cpu_frac"] * r["wall_s"] * 1000 / max(1, r["requests"])
-            lines.append(f"| {r['mode']} | {r['tenants']} | {r['rps']:.0f} | {'-' if proxy is None else f'{proxy:.2f}'} | {reps} | {client:.2f} |")
+            lines.append(f"| {label(r)} | {r['tenants']} | {r['rps']:.0f} | {'-' if proxy is None else f'{proxy:.2f}'} | {reps} | {client:.2f} |")
     return "\n".join(lines)
 
 
@@ -211,8 +238,10 @@ def notes_markdown(rows: list[dict[str, Any]], tgt: list[dict[str, Any]], auto: 
                    pngs: list[Path]) -> str:
     top = max((r["load"] for r in rows if r["load"].startswith("closed")), key=lambda x: int(x.split("-")[1]))
     parts = [
-        _side_by_side(rows, _slo_row, "Highest open-loop rate with p99 <= SLO and 0 errors (rps)"),
-        _side_by_side(rows, lambda rs, m, n: _row(rs, m, n, top), f"Closed-loop throughput, {top} (rps)"),
+        *(_side_by_side(sub, _slo_row, f"Highest open-loop rate with p99 <= SLO and 0 errors (rps), {i}")
+          for i, sub in by_ingress(rows)),
+        *(_side_by_side(sub, lambda rs, m, n: _row(rs, m, n, top), f"Closed-loop throughput, {top} (rps), {i}")
+          for i, sub in by_ingress(rows)),
         _batches(rows),
         _decomposition(rows),
         _cpu(rows, top),

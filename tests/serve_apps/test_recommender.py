@@ -141,6 +141,27 @@ def test_openapi_docs_health(server):
     assert ready["status"] == "ready" and ready["model_version"].startswith("fp32-")
 
 
+def test_direct_ingress_replica_port_answers_like_the_proxy(server):
+    """Throughput-optimized Serve (the session runs it, see tests/conftest.py): the replica's own
+    port serves the same API as the proxy: same scores, same 4xx, same OpenAPI."""
+    from serve_apps.ingress import http_targets
+
+    urls = http_targets(APP, host="127.0.0.1")
+    direct = [u for u in urls if u != server.url]
+    assert len(direct) == 1 and direct[0] != server.url, urls  # one replica, on its own port
+    hist = _hist(server.world, "podcasts")
+    body = {"history": hist, "k": 7, "exclude_history": True}
+    via_proxy = server.post("/v1/tenants/podcasts/recommendations", body).json()
+    via_replica = requests.post(f"{direct[0]}/v1/tenants/podcasts/recommendations", json=body, timeout=30).json()
+    assert len(via_proxy["items"]) == 7 and via_replica == via_proxy
+    bad = requests.post(f"{direct[0]}/v1/tenants/podcasts/recommendations", json={"history": hist, "k": 0}, timeout=30)
+    assert bad.status_code == 422 and "k" in bad.text
+    assert requests.post(f"{direct[0]}/v1/tenants/nope/recommendations", json={"history": []}, timeout=30).status_code == 404
+    assert "/v1/tenants/{tenant_id}/recommendations" in requests.get(f"{direct[0]}/openapi.json", timeout=10).json()["paths"]
+    with pytest.raises(ValueError, match="no application 'absent'"):
+        http_targets("absent")
+
+
 def _deployment_names(app) -> set[str]:  # noqa: ANN001 - a serve Application
     names, todo = set(), [app]
     while todo:
