@@ -41,14 +41,12 @@ server ran. An autoscaling run steps an open-loop load up and down against the a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +54,13 @@ import numpy as np
 
 from bench.load_gen import HIST, drive_closed, drive_open, max_rate_at_slo, open_summary
 from bench.serve_load_baselines import RawTimer, multiplex_app
-from serve_apps.ingress import DIRECT_INGRESS_ENV
+from bench.serve_session import INGRESS_ENV, app_url, haproxy_version, replica_rss_mb, serve_cpu_s, serve_session
 from bench.serve_load_results import (DIRECT_MODES, INGRESS, MODES, MULTIPLEX, SHARED, VARIANT, notes_markdown, plot_autoscale,
                                       plot_matrix, targets)
 
 COLUMNS = ["mode", "ingress", "tenants", "load", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "rss_mb", "overhead_ratio",
            "model_rss_mb", "batch_median", "batch_max", "raw_ms", "client_cpu_frac"]
 REPO = Path(__file__).resolve().parents[1]
-# Direct ingress (serve_apps/ingress.py) for the bench: replicas drain 1 s instead of 30 s when an
-# app is deleted (the drain lets a production load balancer stop sending first; here nothing does).
-INGRESS_ENV = {"proxy": {}, "direct": {**DIRECT_INGRESS_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}}
-DIRECT_KEYS = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_DIRECT_INGRESS", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")
 
 
 # --- setup ---------------------------------------------------------------------------------------
@@ -153,40 +147,6 @@ def clone_tenants(roots: list[Path], merged: Path, sources: list[str], n: int) -
 
 
 # --- measurements --------------------------------------------------------------------------------
-def serve_cpu_s(app: str) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by the HTTP proxy and by the app's replicas, summed
-    per deployment."""
-    import psutil
-
-    out: dict[str, float] = {}
-    tag = f"ServeReplica:{app}:"
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        # the process title is ray::ServeReplica:<app>:<deployment>[.<method running now>]
-        key = "proxy" if "ProxyActor" in cmd else (cmd.split(tag, 1)[1].split()[0].split(".")[0] if tag in cmd else None)
-        if key is not None:
-            try:
-                t = p.cpu_times()
-            except psutil.Error:
-                continue
-            out[key] = out.get(key, 0.0) + t.user + t.system
-    return out
-
-
-def replica_rss_mb(app: str, deployment: str | None = None) -> float:
-    import psutil
-
-    total = 0
-    tag = f"ServeReplica:{app}:{deployment or ''}"
-    for p in psutil.process_iter(["cmdline"]):
-        if tag in " ".join(p.info["cmdline"] or []):
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-    return round(total / 2**20, 1)
-
-
 def app_for(mode: str, roots: dict[str, Path], backbone: Path, merged: Path, a: argparse.Namespace):  # noqa: ANN201
     """(Serve application, deployment whose ``stats`` to read, deployment holding the model)."""
     from serve_apps.api import Ingress
@@ -232,47 +192,6 @@ def warm_all(url: str, tenants: dict) -> None:
     with requests.Session() as s:
         for t in tenants["__names__"]:
             s.get(f"{url}/v1/tenants/{t}", timeout=30).raise_for_status()
-
-
-def app_url(app: str, ingress: str, port: int) -> str:
-    """Where the load generator sends ``app``'s requests: the proxy, or the ingress replica's own port."""
-    if ingress == "proxy":
-        return f"http://127.0.0.1:{port}/{app}"
-    from serve_apps.ingress import http_targets
-
-    for _ in range(50):  # serve.run returns with the replica RUNNING; its port registers right after
-        urls = [u for u in http_targets(app, host="127.0.0.1") if f":{port}/" not in u]
-        if urls:
-            return urls[0]
-        time.sleep(0.2)
-    raise RuntimeError(f"{app}: no direct-ingress replica port after 10 s (is RAY_SERVE_THROUGHPUT_OPTIMIZED set?)")
-
-
-@contextlib.contextmanager
-def serve_session(ingress: str, port: int) -> Iterator[None]:
-    """A local 2-CPU Ray + Serve (HTTP proxy on 127.0.0.1:``port``) with ``ingress``'s environment;
-    direct ingress must be chosen before Serve starts, so each ingress gets its own session."""
-    import ray
-    from ray import serve
-
-    from rec.ray_session import LOCAL_RUNTIME_ENV
-
-    env = INGRESS_ENV[ingress]
-    saved = {k: os.environ.get(k) for k in DIRECT_KEYS}
-    for k in DIRECT_KEYS:
-        os.environ.pop(k, None)
-    os.environ.update(env)
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            os.environ.pop(k, None)
-            if v is not None:
-                os.environ[k] = v
 
 
 def measure_mode(mode: str, n: int, tenants: dict, roots: dict[str, Path], backbone: Path, merged: Path,
@@ -326,7 +245,7 @@ def measure_mode(mode: str, n: int, tenants: dict, roots: dict[str, Path], backb
 
 # --- autoscaling ---------------------------------------------------------------------------------
 def autoscale_run(root: Path, tenants: dict, steps: list[tuple[float, float]], overrides: dict[str, Any],
-                  port: int, window: float = 5.0) -> dict[str, Any]:
+                  port: int, ingress: str = "proxy", window: float = 5.0) -> dict[str, Any]:
     """The app with config.yaml's deployment options (+ ``overrides`` on its autoscaling_config);
     ``steps`` of open-loop load; replicas sampled every second."""
     import yaml
@@ -343,7 +262,7 @@ def autoscale_run(root: Path, tenants: dict, steps: list[tuple[float, float]], o
     plain = RecommenderArgs.model_validate({**spec["args"], "artifact_root": str(root), "tenant_cache_mb": 1024}).model_dump(mode="json")
     app = "bench-autoscale"
     serve.run(Ingress.options(name=SINGLE_HOP, **opts).bind(plain), name=app, route_prefix=f"/{app}")
-    url = f"http://127.0.0.1:{port}/{app}"
+    url = app_url(app, ingress, port)
     warm_all(url, tenants)  # the first replica is warm, as a long-running one would be; new ones start cold
     drive_closed(url, tenants, 4, 3.0, header=False, max_requests=400)
     samples: list[dict[str, Any]] = []
@@ -390,11 +309,18 @@ AUTOSCALE_REF = "closed-8"  # the step fractions are of this load's ort-shared-f
 AUTOSCALE_OVERRIDES = {"downscale_delay_s": 10, "metrics_interval_s": 1, "look_back_period_s": 5, "target_ongoing_requests": 4}
 
 
+def autoscale_ingress(a: argparse.Namespace) -> str:
+    """Autoscaled replicas share the load only behind one address: HAProxy when measured, else the proxy."""
+    return "haproxy" if "haproxy" in a.ingress else "proxy"
+
+
 def run_autoscale(rows: list[dict[str, Any]], root: Path, tenants: dict, a: argparse.Namespace) -> dict[str, Any]:
+    ingress = autoscale_ingress(a)
     ref = next((r["rps"] for r in rows if r["mode"] == "ort-shared-fp32" and r["load"] == AUTOSCALE_REF
-                and r["tenants"] == max(a.tenants)), 60.0)
+                and r["tenants"] == max(a.tenants) and r.get("ingress", "proxy") == ingress), 60.0)
     steps = [(max(2.0, round(float(f) * ref, 1)), float(s)) for f, s in (x.split(":") for x in a.autoscale_steps.split(","))]
-    auto = autoscale_run(root, tenants, steps, AUTOSCALE_OVERRIDES, a.port)
+    auto = autoscale_run(root, tenants, steps, AUTOSCALE_OVERRIDES, a.port, ingress)
+    auto["ingress"] = ingress
     auto["overrides"] = AUTOSCALE_OVERRIDES
     auto["reference"] = {"load": AUTOSCALE_REF, "rps": ref}
     print(json.dumps({k: auto[k] for k in ("steps", "summary", "max_replicas", "final_replicas")}), flush=True)
@@ -415,7 +341,7 @@ def autoscale_only(a: argparse.Namespace, name: str) -> int:
         root, _, sources, _ = build_world(work, a.real, a.items)
         tenants = clone_tenants([root], work / "merged", sources, max(a.tenants))
         tenants["__names__"] = sorted(k for k in tenants if k != "__names__")
-        with serve_session("proxy", a.port):
+        with serve_session(autoscale_ingress(a), a.port):
             auto = run_autoscale(rows, root, tenants, a)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -458,8 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", type=int, default=300, help="catalog size per tenant")
     ap.add_argument("--max-models", type=int, default=64, help="multiplex modes: tenants per replica")
     ap.add_argument("--port", type=int, default=18000)
-    ap.add_argument("--ingress", nargs="+", default=list(INGRESS), choices=INGRESS,
-                    help="proxy: through Serve's HTTP proxy; direct: to the replica's own port (throughput-optimized Serve)")
+    ap.add_argument("--ingress", nargs="+", default=[i for i in INGRESS if i != "haproxy" or shutil.which("haproxy")],
+                    choices=INGRESS, help="proxy: Serve's HTTP proxy; direct: the replica's own port (throughput-optimized "
+                    "Serve); haproxy: Ray's HAProxy on the Serve port (needs the haproxy binary; default when installed)")
     ap.add_argument("--direct-modes", nargs="+", default=list(DIRECT_MODES), choices=MODES, help="modes measured with direct ingress")
     ap.add_argument("--autoscale-steps", default="0.2:20,0.6:20,1.1:30,0.6:20,0.2:40",
                     help="fraction of the measured ort-shared-fp32 closed-8 rps : seconds, ...")
@@ -468,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="pipeline check: tenants 1 10, short loads and autoscale")
     ap.add_argument("--name", default=None)
     a = ap.parse_args(argv)
+    if "haproxy" in a.ingress and not shutil.which("haproxy"):
+        ap.error("--ingress haproxy needs the haproxy binary on PATH (e.g. apt-get install haproxy), or leave haproxy out")
     if a.quick:
         a.tenants, a.duration, a.slo_steps, a.slo_duration, a.autoscale_steps = [1, 10], 3.0, 3, 2.0, "0.3:5,1.0:8,0.3:7"
     name = a.name or ("serve_load_quick" if a.quick else "serve_load")
@@ -501,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                         rows += measure_mode(mode, n, tenants, roots, backbone, merged, timer, a, ingress)
                         load_avg.append(os.getloadavg())
         if not a.no_autoscale:
-            with serve_session("proxy", a.port):
+            with serve_session(autoscale_ingress(a), a.port):
                 auto = run_autoscale(rows, root, tenants, a)
             load_avg.append(os.getloadavg())
     finally:
@@ -530,8 +459,11 @@ def main(argv: list[str] | None = None) -> int:
                  "ort-shared-int8 = int8 model + int8 catalogs + fp16 LoRA; every other shared mode fp32 throughout",
         "ingress": "how the load generator reached each app (row key ingress): proxy = Serve's HTTP proxy on 127.0.0.1 "
                    f"(Ray's default); direct = the ingress replica's own HTTP port (Serve's throughput-optimized mode, "
-                   f"env {json.dumps(INGRESS_ENV['direct'])}, found with serve_apps.ingress.http_targets; modes "
-                   f"{', '.join(a.direct_modes)}). Each ingress runs in its own Ray session, back to back per tenant count",
+                   f"env {json.dumps(INGRESS_ENV['direct'])}, found with serve_apps.ingress.http_targets); haproxy = Ray's "
+                   f"HAProxy on the Serve port in front of those replica ports (env {json.dumps(INGRESS_ENV['haproxy'])}; "
+                   f"haproxy {haproxy_version()}). direct/haproxy modes: {', '.join(a.direct_modes)}. Measured: "
+                   f"{', '.join(a.ingress)}, each in its own Ray session, back to back per tenant count; cpu 'proxy' "
+                   "counts the Python proxy actor and the haproxy process",
         "cpu_ms_per_request": "closed loops: CPU time (user + system) of the HTTP proxy process and of each deployment's "
                               "replica processes during the load, divided by the requests completed (psutil)",
         "rss_mb": "sum of the app's replica processes after the loads; model_rss_mb: the model-holding replica "
@@ -544,8 +476,9 @@ def main(argv: list[str] | None = None) -> int:
                          "handler = route body, call = the Ranker call (local, or the Serve hop), queue = wait in "
                          "@serve.batch, thread = hop onto the worker thread, resolve/feed/ort/topk = rank_batch per batch",
         "autoscaling": "ort-shared-fp32 with serve_apps/config.yaml's Recommender options (0.5 CPU, 1-3 replicas) with "
-                       "autoscaling overrides {overrides}, open-loop steps as fractions of the measured ort-shared-fp32 "
-                       f"{AUTOSCALE_REF} rps; replicas from serve.status() every 1 s, p99 per 5 s window (by scheduled time)"
+                       "autoscaling overrides {overrides}, reached through the "
+                       f"{autoscale_ingress(a)} ingress, open-loop steps as fractions of the measured ort-shared-fp32 "
+                       f"{AUTOSCALE_REF} rps of that ingress; replicas from serve.status() every 1 s, p99 per 5 s window (by scheduled time)"
                        .replace("{overrides}", json.dumps(auto["overrides"]) if auto else "-"),
         "machine_load": f"load average (1/5/15 min) before/after each (tenants, mode): {[tuple(round(x, 1) for x in la) for la in load_avg]}; "
                         "the 2 cores are shared with other jobs: compare modes within a tenant count (run back to back)",

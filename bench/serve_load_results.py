@@ -11,9 +11,9 @@ MULTIPLEX = ("torch-multiplex", "ort-merged-multiplex")
 SHARED = ("ort-shared-fp32", "ort-shared-int8", "ort-shared-fp32-2hop", "ort-shared-sharded")
 VARIANT = {"ort-shared-fp32": "fp32", "ort-shared-int8": "int8", "ort-shared-fp32-2hop": "fp32", "ort-shared-sharded": "fp32"}
 ISSUE_SHARED = ("ort-shared-fp32", "ort-shared-int8")  # issue 5's design (c): the app as shipped
-# How clients reach the app: Serve's HTTP proxy, or the ingress replica's own port (Serve's
-# throughput-optimized direct ingress, serve_apps/ingress.py). A run may measure both.
-INGRESS = ("proxy", "direct")
+# How clients reach the app: Serve's HTTP proxy, the ingress replica's own port (Serve's
+# throughput-optimized direct ingress, serve_apps/ingress.py), or HAProxy in front of those ports.
+INGRESS = ("proxy", "direct", "haproxy")
 DIRECT_MODES = ("torch-multiplex", "ort-merged-multiplex", "ort-shared-fp32", "ort-shared-int8")
 
 
@@ -96,7 +96,7 @@ def plot_autoscale(auto: dict[str, Any], name: str, results: Path) -> Path:
     a1.step([x["t0"] for x in w] + [w[-1]["t0"] + auto["window_s"]], [x["offered_rps"] for x in w] + [w[-1]["offered_rps"]],
             where="post", label="offered rps")
     a1.plot(t, [x["done_rps"] for x in w], marker=".", label="completed rps")
-    a1.set(ylabel="requests/s", title=f"autoscaling run (ort-shared-fp32, {auto['deployment']}, open loop)")
+    a1.set(ylabel="requests/s", title=f"autoscaling run (ort-shared-fp32, {auto['deployment']}, {auto.get('ingress', 'proxy')}, open loop)")
     a1.legend(fontsize=8)
     s = auto["samples"]
     a2.step([x["t"] for x in s], [x["replicas"] for x in s], where="post", color="C2", label=f"{auto['deployment']} replicas")
@@ -249,7 +249,7 @@ def notes_markdown(rows: list[dict[str, Any]], tgt: list[dict[str, Any]], auto: 
             f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in tgt),
     ]
     if auto:
-        parts.append(f"## Autoscaling run ({auto['deployment']})\n\n| t0 s | offered rps | completed rps | p99 ms | errors | replicas (max) |\n"
+        parts.append(f"## Autoscaling run ({auto['deployment']}, through {auto.get('ingress', 'proxy')})\n\n| t0 s | offered rps | completed rps | p99 ms | errors | replicas (max) |\n"
                      "|---|---|---|---|---|---|\n" + "\n".join(
                          f"| {w['t0']:.0f} | {w['offered_rps']:.0f} | {w['done_rps']:.1f} | {fmt_ms(w['p99_ms'])} | "
                          f"{w['errors']} | {w['replicas_max']} |" for w in auto["windows"]))

@@ -16,13 +16,16 @@ load balancer) ask the Serve controller for the replica ports: :func:`http_targe
 
 from __future__ import annotations
 
-__all__ = ["DIRECT_INGRESS_ENV", "http_targets"]
+__all__ = ["DIRECT_INGRESS_ENV", "HAPROXY_INGRESS_ENV", "http_targets"]
 
 # The environment that turns the throughput-optimized mode on (Ray reads it when Serve's processes
 # start). Of that mode's settings one is put back: deployment handles keep their router on its own
 # event loop, so synchronous callers (drivers, jobs, tests: ``handle.method.remote().result()``)
 # still work; the mode would otherwise require every handle call to come from a running loop.
 DIRECT_INGRESS_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+# The same with Ray's HAProxy in place of the Python proxy on the Serve HTTP port (8000): one address
+# for clients, balanced over every ingress replica's own port, so autoscaled replicas share the load.
+HAPROXY_INGRESS_ENV = {**DIRECT_INGRESS_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def http_targets(app_name: str, host: str | None = None) -> list[str]:
