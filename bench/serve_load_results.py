@@ -43,6 +43,14 @@ def by_ingress(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any
     return [(i, sub) for i in INGRESS if (sub := [r for r in rows if ingress_of(r) == i])]
 
 
+def _style(lab: str) -> dict[str, Any]:
+    """One colour per mode, one line style and marker per ingress."""
+    mode, _, ingress = lab.partition(" [")
+    ingress = ingress.rstrip("]") or "proxy"
+    return {"color": f"C{MODES.index(mode) % 10}", "ls": {"proxy": "-", "direct": ":", "haproxy": "--"}[ingress],
+            "marker": {"proxy": "o", "direct": "s", "haproxy": "^"}[ingress]}
+
+
 def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path, slo_ms: float) -> list[Path]:
     import matplotlib
 
@@ -55,12 +63,12 @@ def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path, slo_ms: fl
     top = closed[-1] if closed else None
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for m in modes:
-        ls = ":" if m.endswith("]") else "-"  # direct ingress dotted, next to its proxy line
+        style = _style(m)
         slo = [r for r in rows if label(r) == m and _is_slo(r["load"])]
-        axes[0].plot([r["tenants"] for r in slo], [r["rps"] for r in slo], marker="o", ls=ls, label=m)
+        axes[0].plot([r["tenants"] for r in slo], [r["rps"] for r in slo], label=m, **style)
         hi = [r for r in rows if label(r) == m and r["load"] == top]
-        axes[1].plot([r["tenants"] for r in hi], [r["rps"] for r in hi], marker="o", ls=ls, label=m)
-        axes[2].plot([r["tenants"] for r in hi], [r["p99_ms"] for r in hi], marker="o", ls=ls, label=m)
+        axes[1].plot([r["tenants"] for r in hi], [r["rps"] for r in hi], label=m, **style)
+        axes[2].plot([r["tenants"] for r in hi], [r["p99_ms"] for r in hi], label=m, **style)
     axes[0].set(xscale="log", xlabel="tenants", ylabel="requests/s", title=f"highest rate with p99 <= {slo_ms:g} ms (open loop)")
     axes[1].set(xscale="log", xlabel="tenants", ylabel="requests/s", title=f"throughput ({top})")
     axes[2].set(xscale="log", yscale="log", xlabel="tenants", ylabel="p99 ms", title=f"p99 latency ({top})")
@@ -74,7 +82,7 @@ def plot_matrix(rows: list[dict[str, Any]], name: str, results: Path, slo_ms: fl
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for m in modes:
         hi = [r for r in rows if label(r) == m and r["load"] == top]
-        ax.plot([r["tenants"] for r in hi], [r["model_rss_mb"] for r in hi], marker="o", ls=":" if m.endswith("]") else "-", label=m)
+        ax.plot([r["tenants"] for r in hi], [r["model_rss_mb"] for r in hi], label=m, **_style(m))
     ax.set(xscale="log", xlabel="tenants", ylabel="MiB", title="RSS of the model-holding replica vs tenants")
     ax.legend(fontsize=7)
     fig.tight_layout()
