@@ -147,15 +147,17 @@ def build_feed(
             prompt_pad[r, P - len(b.prompt) :] = False
     R = max(1, max(b.rank for b in bundles))
     inputs = {"hist": hist, "pad": ~real, "prompt": prompt, "prompt_pad": prompt_pad}
+    # one broadcast copy per (tenant, projection), not per row: a batch is often few tenants
+    members_of = [(bundles[m[0]], np.asarray(m)) for m in groups.values()]
     for name, i, o in projections:
         A = np.zeros((B, R, i), np.float32)
         Bm = np.zeros((B, o, R), np.float32)
-        for r, b in enumerate(bundles):
+        for b, members in members_of:
             ab = b.lora.get(name)
             if ab is not None:
                 k = ab[0].shape[0]
-                A[r, :k] = ab[0]
-                Bm[r, :, :k] = ab[1]
+                A[members, :k] = ab[0]
+                Bm[members, :, :k] = ab[1]
         inputs[f"lora_a.{name}"], inputs[f"lora_b.{name}"] = A, Bm
     return Feed(inputs, idx)
 
