@@ -87,6 +87,10 @@ class TextConfig(_Strict):
     batch_size: int = Field(256, ge=1)
     max_length: int = Field(64, ge=8, le=512)
     num_threads: int = Field(2, ge=1)
+    device: str = Field(
+        "cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
+        description="where the encoder runs: cpu, cuda[:N], or auto (cuda when torch sees a GPU)",
+    )
     cache_dir: str = ".cache/rec-text"
     allow_download: bool = Field(False, description="allow fetching a hub model (never by default)")
 

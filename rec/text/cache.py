@@ -146,7 +146,7 @@ def encode_cached(encoder: TextEncoder, texts: list[str], cache_dir: str | Path,
 
 def get_encoder(cfg: TextConfig) -> TextEncoder:
     """Build a ``TextEncoder`` for ``cfg`` once per process and reuse it."""
-    key = (cfg.model, cfg.allow_download, cfg.batch_size, cfg.max_length, cfg.num_threads)
+    key = (cfg.model, cfg.allow_download, cfg.batch_size, cfg.max_length, cfg.num_threads, cfg.device)
     if key not in _ENCODERS:
         _ENCODERS[key] = TextEncoder(cfg)
     return _ENCODERS[key]

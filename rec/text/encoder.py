@@ -141,7 +141,8 @@ class TextEncoder:
     deterministic unit vector for a given model and ``max_length``.
 
     Instances built for the same ``(model, allow_download)`` share one loaded torch module
-    (loaded once per process, in eval mode, on CPU); treat it as read-only.
+    (loaded once per process, in eval mode; moved to ``cfg.device`` when encoding); treat it as
+    read-only.
 
     Attributes:
         num_encoded: How many texts went through the model in this instance's lifetime (cache
@@ -232,22 +233,37 @@ class TextEncoder:
         order = np.argsort([-len(r["input_ids"]) for r in rows], kind="stable")
         bs = self.cfg.batch_size
         starts = range(0, len(texts), bs)
+        device = encoder_device(self.cfg.device)
+        model = self.model.to(device)  # the shared module: a no-op once it is there
         prior_threads = torch.get_num_threads()
         torch.set_num_threads(self.cfg.num_threads)  # Ray sets OMP_NUM_THREADS per task; be explicit
         try:
             with torch.inference_mode():
                 for s in tqdm(starts, desc="encode texts", unit="batch", disable=not (progress and len(texts) >= PROGRESS_MIN_TEXTS)):
                     idx = order[s : s + bs]
-                    batch = self._pad([rows[i] for i in idx])
-                    hidden = self.model(**batch).last_hidden_state  # (B, T, D)
+                    batch = {k: v.to(device) for k, v in self._pad([rows[i] for i in idx]).items()}
+                    hidden = model(**batch).last_hidden_state  # (B, T, D)
                     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
                     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, D)
                     pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                    out[idx] = pooled.float().numpy()
+                    out[idx] = pooled.float().cpu().numpy()
         finally:
             torch.set_num_threads(prior_threads)
         self.num_encoded += len(texts)
         return out
+
+
+def encoder_device(name: str) -> torch.device:
+    """``TextConfig.device`` -> a torch device (``auto``: the first GPU if torch sees one).
+
+    Raises:
+        ValueError: A GPU was asked for but torch sees none.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"text.device={name!r} but torch sees no GPU here; use text.device=cpu or auto")
+    return torch.device(name)
 
 
 def clear_model_memo() -> None:
@@ -255,4 +271,4 @@ def clear_model_memo() -> None:
     _load.cache_clear()
 
 
-__all__ = ["TextEncoder", "resolve_model", "clear_model_memo", "PACKAGED_ID"]
+__all__ = ["TextEncoder", "resolve_model", "clear_model_memo", "encoder_device", "PACKAGED_ID"]

@@ -2,6 +2,10 @@
 
 No Ray here: ``ray_train.py`` calls these inside each worker, the benchmarks and tests call them
 directly. A batch may mix tenants; each row is scored against its own tenant's catalog.
+
+Device: batches are built on the CPU (numpy) and moved to the device of the model's weights, so
+the same functions train on a GPU (``train.use_gpu``: Ray Train puts the model there) and on the
+CPU; ranks are computed on the host.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ def catalog_representations(model: Backbone, tenant: TenantCorpus, text_emb: tor
     """All item vectors ``(N, D)`` of one tenant."""
     # A tenant the model never trained on (id_offset < 0) has no ID rows: text only (zero-shot).
     has_ids = model.id_emb is not None and tenant.id_offset >= 0
-    ids = torch.arange(tenant.id_offset, tenant.id_offset + tenant.num_items) if has_ids else None
-    return model.item_representations(text_emb, ids)
+    device = next(model.parameters()).device
+    ids = torch.arange(tenant.id_offset, tenant.id_offset + tenant.num_items, device=device) if has_ids else None
+    return model.item_representations(None if text_emb is None else text_emb.to(device, non_blocking=True), ids)
 
 
 def _gather(catalog: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Item vectors ``(B, T, D)`` for padded indices ``(B, T)`` and the pad mask ``(B, T)``."""
+    """Item vectors ``(B, T, D)`` for padded indices ``(B, T)`` and the pad mask ``(B, T)``, both on
+    the catalog's device."""
+    idx = idx.to(catalog.device, non_blocking=True)
     pad = idx == PAD
     return catalog[idx.clamp(min=0)], pad
 
@@ -54,7 +61,10 @@ class CorpusLoss(nn.Module):
         tenants: list[TenantCorpus],
         text_embs: list[torch.Tensor | None],
     ) -> torch.Tensor:
-        """Mean loss over target positions. ``tenant_idx (B,)``, ``inputs/targets (B, T)``."""
+        """Mean loss over target positions. ``tenant_idx (B,)``, ``inputs/targets (B, T)`` (any device:
+        moved to the backbone's)."""
+        device = next(self.backbone.parameters()).device
+        tenant_idx, inputs, targets = (x.to(device, non_blocking=True) for x in (tenant_idx, inputs, targets))
         total, count = inputs.new_zeros((), dtype=torch.float32), 0
         for t in torch.unique(tenant_idx).tolist():
             sel = tenant_idx == t
@@ -167,7 +177,7 @@ def tenant_ranks(
     for sl, scores in tenant_scores(model, tenant, text_emb, rows.histories, batch_size):
         hist = rows.histories[sl]
         exclude = [h[h >= 0] for h in hist] if exclude_history else None
-        ranks.append(rank_of_target(scores.numpy(), rows.targets[sl], exclude=exclude))
+        ranks.append(rank_of_target(scores.cpu().numpy(), rows.targets[sl], exclude=exclude))
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
 

@@ -161,3 +161,26 @@ def test_encode_items_memoizes_encoder(tmp_path: Path) -> None:
     out = encode_items(["blush", "bronzer"], cfg)
     np.testing.assert_array_equal(encode_items(["bronzer"], cfg)[0], out[1])
     assert get_encoder(cfg).num_encoded == 2
+
+
+def test_device_setting_is_validated() -> None:
+    from pydantic import ValidationError
+
+    from rec.text.encoder import encoder_device
+
+    with pytest.raises(ValidationError, match="device"):
+        TextConfig(device="gpu")
+    assert encoder_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert encoder_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="text.device=cpu or auto"):
+            encoder_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU here")
+def test_cuda_encoding_matches_cpu(encoder: TextEncoder) -> None:
+    on_gpu = TextEncoder(CFG.model_copy(update={"device": "cuda"}))
+    try:
+        np.testing.assert_allclose(on_gpu.encode(TEXTS), encoder.encode(TEXTS), atol=1e-4)
+    finally:
+        on_gpu.model.to("cpu")  # the loaded module is shared by every encoder of this model
