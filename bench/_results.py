@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import resource
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,14 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _gpu_name() -> str | None:
+    """The GPU torch computes on, if this process imported torch and torch sees one."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(0)
+
+
 def machine_info() -> dict[str, Any]:
     import psutil
 
@@ -33,7 +42,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": None,
+        "gpu": _gpu_name(),
         "os": platform.platform(),
         "versions": library_versions(),
     }
