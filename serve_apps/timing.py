@@ -10,7 +10,8 @@ record several, depending on the layout):
 - ``call``: the handler's call of the Ranker (the local call, or the Serve hop to another replica);
 - ``ranker``: Ranker-side, from ``recommend`` entry to its answer;
 - ``queue``: a request's wait in the ``@serve.batch`` queue (entry to batch start);
-- ``thread``: a batch's hop onto the worker thread; ``resolve`` / ``feed`` / ``ort`` / ``topk``:
+- ``inline``: batch start to ranking, for a batch ranked on the event loop (every tenant held);
+- ``thread``: a batch's hop onto the worker thread (a tenant had to be loaded); ``resolve`` / ``feed`` / ``ort`` / ``topk``:
   the parts of ``rank_batch`` (per batch).
 """
 

@@ -95,7 +95,7 @@ def _answer(ranker: Any, row: _Row, user: np.ndarray | None, model_version: str)
 
 def rank_batch(
     ranker: Any, registry: TenantRegistry, requests: list[RankRequest], max_len: int, model_version: str,
-    timings: dict[str, float] | None = None,
+    timings: dict[str, float] | None = None, resolved: dict[str, ServedTenant] | None = None,
 ) -> list[dict[str, Any] | RankError]:
     """Answer a mixed-tenant batch with one shared-model call (see module doc).
 
@@ -106,6 +106,8 @@ def rank_batch(
         requests: The batch.
         max_len: Longest history the model takes; older items are dropped.
         model_version: Reported in every answer.
+        resolved: Optional; the served version of every tenant in the batch, already resolved
+            (``TenantRegistry.cached``), so no row touches the registry.
         timings: Optional; receives seconds spent resolving tenants and history ids
             (``resolve_s``), building the feed (``feed_s``), in ``session.run`` (``ort_s``) and
             ranking + building the answers (``topk_s``).
@@ -118,7 +120,7 @@ def rank_batch(
     rows: list[_Row] = []
     for i, req in enumerate(requests):
         try:
-            served = registry.get(req.tenant)
+            served = resolved[req.tenant] if resolved is not None else registry.get(req.tenant)
         except UnknownTenant as e:
             out[i] = RankError(404, e.args[0])
             continue

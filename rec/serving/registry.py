@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,17 +100,12 @@ class TenantRegistry:
         with self._lock:
             now = self._clock()
             entry = self._cache.get(tenant)
-            if entry is not None and now - entry.checked_at < self.poll_interval_s:
-                self._cache.move_to_end(tenant)
-                return entry.served
-            stamp = self.store.pointer_stamp(tenant)
+            stamp, served = self._held(tenant, entry, now)
+            if served is not None:
+                return served
             if stamp is None:
                 self._drop(tenant)
                 raise UnknownTenant(f"unknown tenant {tenant!r}: publish a catalog first (`rec publish --tenant {tenant}`)")
-            if entry is not None and entry.stamp == stamp:
-                entry.checked_at = now
-                self._cache.move_to_end(tenant)
-                return entry.served
             down = self._unavailable.get(tenant)
             if down is not None and down[0] == stamp:
                 raise TenantUnavailable(down[1])
@@ -124,6 +119,30 @@ class TenantRegistry:
             self._cache.move_to_end(tenant)
             self._evict(keep=tenant)
             return entry.served
+
+    def cached(self, tenants: Iterable[str]) -> dict[str, ServedTenant] | None:
+        """What :meth:`get` returns for each of ``tenants``, but only when no tenant needs a load:
+        each is held, and its pointer is unchanged (at most one ``stat`` each, as ``get``).
+
+        Never waits: returns None when another thread holds the registry (it may be loading),
+        or when some tenant is not held, was republished, or has no pointer. The serving loop
+        then resolves on a worker thread with :meth:`get`, which loads and reports errors.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            now, out = self._clock(), {}
+            for tenant in tenants:
+                entry = self._cache.get(tenant)
+                if entry is None:
+                    return None
+                _, served = self._held(tenant, entry, now)
+                if served is None:
+                    return None
+                out[tenant] = served
+            return out
+        finally:
+            self._lock.release()
 
     def status(self, tenant: str) -> dict[str, Any]:
         """What a replica serves for ``tenant`` (loads it if needed). Raises like :meth:`get`."""
@@ -157,6 +176,20 @@ class TenantRegistry:
             self._drop(tenant)
 
     # --- internals -----------------------------------------------------------------------------
+    def _held(self, tenant: str, entry: _Entry | None, now: float) -> tuple[tuple[int, int] | None, ServedTenant | None]:
+        """``(pointer stamp or None, served)``; ``served`` is the held version when it is still
+        current (checked within ``poll_interval_s``, or its pointer unchanged), else None. The
+        stamp is None when it was not read (fresh) or the pointer is gone. Lock held by caller."""
+        if entry is not None and now - entry.checked_at < self.poll_interval_s:
+            self._cache.move_to_end(tenant)
+            return None, entry.served
+        stamp = self.store.pointer_stamp(tenant)
+        if entry is not None and stamp is not None and entry.stamp == stamp:
+            entry.checked_at = now
+            self._cache.move_to_end(tenant)
+            return stamp, entry.served
+        return stamp, None
+
     def _drop(self, tenant: str) -> None:
         if self._cache.pop(tenant, None) is not None:
             self.evictions += 1

@@ -32,6 +32,9 @@ def test_mixed_batch_is_one_model_call_and_equals_single_rows(serving_world):
         assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in alone["items"]]
         np.testing.assert_allclose([i["score"] for i in got["items"]], [i["score"] for i in alone["items"]], atol=1e-5)
     assert batch[-1]["cold_start"] and len(batch[-1]["items"]) == 4
+    # tenants resolved up front (the serving loop's inline path) give the same answers
+    resolved = reg.cached({r.tenant for r in reqs})
+    assert resolved is not None and rank_batch(ranker, reg, reqs, ranker.max_len, "m", resolved=resolved) == batch
 
 
 def test_a_bundle_that_breaks_the_model_call_fails_only_its_rows(serving_world):

@@ -38,6 +38,41 @@ def test_poll_interval_delays_the_check(world_copy):
     assert reg.get("podcasts").version == 1
 
 
+def test_cached_answers_only_what_needs_no_load_and_never_waits(world_copy):
+    """The serving loop ranks inline only on what ``cached`` returns; anything else goes to ``get``."""
+    import threading
+
+    now = [0.0]
+    store = ArtifactRoot(world_copy)
+    reg = TenantRegistry(store, load_tenant_bundle, poll_interval_s=5.0, clock=lambda: now[0])
+    assert reg.cached(["podcasts"]) is None  # not held: a load is needed
+    held = reg.get("podcasts")
+    assert reg.cached(["podcasts"]) == {"podcasts": held} and reg.cached([]) == {}
+    assert reg.cached(["podcasts", "books"]) is None and reg.cached(["nobody"]) is None
+    now[0] = 6.0  # poll due, pointer unchanged: one stat, still served from memory
+    assert reg.cached(["podcasts"]) == {"podcasts": held} and reg.loads == 1
+    store.set_current("podcasts", 1)
+    now[0] = 12.0  # poll due, pointer moved: the new version must be loaded first
+    assert reg.cached(["podcasts"]) is None and reg.loads == 1
+    assert reg.get("podcasts").version == 1
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with reg._lock:  # as a worker thread loading a bundle does
+            busy.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    busy.wait(10)
+    try:
+        assert reg.cached(["podcasts"]) is None  # returns at once instead of waiting on the load
+    finally:
+        release.set()
+        t.join()
+    assert reg.cached(["podcasts"])["podcasts"].version == 1
+
+
 def test_lru_stays_within_the_byte_budget(world_copy):
     store = ArtifactRoot(world_copy)
     size = {t: load_tenant_bundle(store.version_dir(t, store.current_version(t))).nbytes for t in store.tenants()}
