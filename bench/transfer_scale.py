@@ -3,7 +3,7 @@
 The few-shot benchmark (bench/fewshot.py, 2-core protocol) pretrains on 3,000 users per source,
 and its held-out selection published the **untrained init**: every trained epoch ranked the
 held-out catalog worse zero-shot. This probe asks whether that is a data-size effect. For each
-``--users`` setting (users per source; 0 = every user) it pretrains the same backbone (the
+``--runs`` setting (users per source, 0 = every user, x width) it pretrains the same backbone (the
 ``pretrain`` overrides of the few-shot config: text-only, d_model 64, 2 layers, full-softmax CE)
 on the same six sources with ``rec.training.loop`` in one process (a GPU when there is one), and
 after every epoch ranks, zero-shot, the held-out tenant (``game2018``) and the six few-shot
@@ -164,12 +164,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def run_pair(text: str) -> tuple[int, int]:
+    """``"3000x64"`` -> ``(3000, 64)`` for ``--runs``."""
+    users, sep, width = text.partition("x")
+    if not (sep and users.isdigit() and width.isdigit() and int(width) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not USERSxD_MODEL (e.g. 3000x64, or 0x256 for every user at width 256)")
+    return int(users), int(width)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "bench" / "fewshot-2core.yaml"), help="sources, targets and pretrain overrides")
     ap.add_argument("--export", type=Path, help="write the tenants as compact arrays here, then stop")
     ap.add_argument("--tenants", type=Path, help="read the tenants --export wrote")
-    ap.add_argument("--runs", nargs="+", default=["3000x64", "30000x64", "0x64"], help="USERSxD_MODEL: users per source (0 = all) x width")
+    ap.add_argument("--runs", nargs="+", type=run_pair, default=[(3000, 64), (30000, 64), (0, 64)],
+                    help="USERSxD_MODEL pairs: users per source (0 = all) x width, e.g. 3000x64 0x256")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -202,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         write_results(a.name, protocol(a, device, index), rows, COLUMNS, results_dir=a.results_dir)
         plot(rows, a.results_dir / f"{a.name}.png")
 
-    for run in a.runs:
-        users, d_model = (int(v) for v in run.split("x"))
+    for users, d_model in a.runs:
         run_setting(users, d_model, a.tenants, index, cfg, evals, a.epochs, a.batch_size, a.lr, device, rows, save)
     return 0
 
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 def protocol(a: argparse.Namespace, device: Any, index: dict) -> dict[str, Any]:
     return {"question": "does zero-shot transfer to unseen catalogs improve with more pretraining users per source?",
             "sources": index["sources"], "holdout": index["holdout"], "targets": index["targets"],
-            "config": Path(a.config).name, "runs (users per source x d_model)": a.runs, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
+            "config": Path(a.config).name, "runs (users per source x d_model)": [f"{u}x{d}" for u, d in a.runs], "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
             "device": str(device), "eval": f"zero-shot test NDCG@10 / HR@10, full ranking, the few-shot benchmark's {NUM_EVAL_USERS} "
             "held-out users (k_shot_split seed 0); epoch -1 = the untrained init"}
 

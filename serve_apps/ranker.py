@@ -145,7 +145,7 @@ class TenantRanker:
         tenants = {r.tenant for r in requests}
         self.batches.append((len(requests), len(tenants)))
         # Every tenant held and current: pure compute (a few ms), run right here. A worker-thread hop
-        # cost ~0.2 ms of CPU per request and widened tail latency (GIL hand-offs with the HTTP loop,
+        # cost 0.10-0.14 ms of CPU per request and widened tail latency (GIL hand-offs with the HTTP loop,
         # bench/README.md). A batch that needs a load (cold tenant, new version) goes to a thread so
         # disk reads and checksums never block the loop.
         served = self.registry.cached(tenants)

@@ -257,13 +257,16 @@ def encoder_device(name: str) -> torch.device:
     """``TextConfig.device`` -> a torch device (``auto``: the first GPU if torch sees one).
 
     Raises:
-        ValueError: A GPU was asked for but torch sees none.
+        ValueError: A GPU was asked for that torch does not see.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"text.device={name!r} but torch sees no GPU here; use text.device=cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"text.device={name!r} but torch sees {torch.cuda.device_count()} GPU(s); use cuda:0..{torch.cuda.device_count() - 1} or auto")
+    return device
 
 
 def clear_model_memo() -> None:

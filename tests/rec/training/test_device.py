@@ -65,8 +65,12 @@ def test_loop_trains_and_ranks_on_the_models_device(device: str) -> None:
 @CUDA
 def test_cuda_training_follows_cpu_training() -> None:
     """Same seed, same batches: the GPU run computes what the CPU run computes (fp32, no TF32)."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
-    cpu, _, cpu_after = _train("cpu", 2)
-    gpu, _, gpu_after = _train("cuda", 2)
+    try:
+        cpu, _, cpu_after = _train("cpu", 2)
+        gpu, _, gpu_after = _train("cuda", 2)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     assert gpu == pytest.approx(cpu, rel=1e-3)
     assert gpu_after["all"]["ndcg@10"] == pytest.approx(cpu_after["all"]["ndcg@10"], abs=0.02)
