@@ -265,7 +265,7 @@ def variant_scores(spec: dict[str, Any], dataset: str, hists: list[np.ndarray]) 
     parts = []
     for s in range(0, len(hists), 256):
         out = fn(hists[s:s + 256])
-        parts.append(out if gives_scores else out @ bundle.catalog.T)
+        parts.append(out if gives_scores else out @ bundle.catalog_fp32().T)
     return np.concatenate(parts)
 
 
@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     from rec.export.onnx_export import export_merged_tenant_model, export_serving_model, parity_data_from_tenant
     from rec.export.serving_graph import ServingGraph
     from rec.export.tenant_bundle import export_tenant_bundle
-    from rec.serving.runtime import BASE_VARIANTS, VARIANTS
     from rec.io.artifacts import read_manifest
+    from rec.serving.runtime import BASE_VARIANTS, VARIANTS
     from rec.text import encode_items
     from rec.training.corpus import build_corpus
 

@@ -148,7 +148,7 @@ class SharedRanker:
     # --- serving -------------------------------------------------------------------------------
     def user_vectors(self, histories: list[np.ndarray], bundles: list[TenantBundle],
                      timings: dict[str, float] | None = None) -> np.ndarray:
-        """``[B, D]`` user vectors (already temperature-scaled): ``scores = user @ bundle.catalog.T``.
+        """``[B, D]`` user vectors (already temperature-scaled): ``scores = user @ bundle.catalog_fp32().T``.
 
         ``timings`` (optional) receives ``feed_s`` and ``ort_s`` for this call.
         """
