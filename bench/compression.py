@@ -146,10 +146,10 @@ def left_pad(rows: list[np.ndarray], max_len: int) -> np.ndarray:
 # --- the variants' serving paths -----------------------------------------------------------------
 def _users_fn(spec: dict[str, Any], dataset: str, threads: int = 1):  # noqa: ANN202
     """``(fn(histories) -> user vectors [B, D] or scores [B, N], bundle, gives_scores)`` for one variant."""
-    from rec.export.tenant_bundle import load_tenant_bundle
+    from rec.serving.bundles import load_tenant_bundle
 
     if spec["kind"] == "merged":
-        from rec.export.runtime import make_session
+        from rec.serving.runtime import make_session
 
         sess, max_len = make_session(Path(spec["merged"][dataset]) / "model.onnx"), spec["max_len"]
 
@@ -160,7 +160,7 @@ def _users_fn(spec: dict[str, Any], dataset: str, threads: int = 1):  # noqa: AN
         return scores, None, True
     bundle = load_tenant_bundle(spec["bundles"][dataset])
     if spec["kind"] == "shared":
-        from rec.export.runtime import SharedRanker
+        from rec.serving.runtime import SharedRanker
 
         ranker = SharedRanker(spec["model_dir"], intra_op_threads=threads, variant=spec["variant"],
                               base_graph=spec.get("base_graph", True))
@@ -181,8 +181,8 @@ def _users_fn(spec: dict[str, Any], dataset: str, threads: int = 1):  # noqa: AN
                 return (model.user_vector(cat[idx.clamp(min=0)], idx < 0) / model.temperature).numpy()
 
         return users, bundle, False
-    from rec.export.runtime import build_feed  # "torch-graph": the exported module, eager
     from rec.export.serving_graph import ServingGraph
+    from rec.serving.feed import build_feed  # "torch-graph": the exported module, eager
 
     graph = ServingGraph(loaded.model).eval()
 
@@ -197,7 +197,7 @@ def _users_fn(spec: dict[str, Any], dataset: str, threads: int = 1):  # noqa: AN
 def _requester(spec: dict[str, Any]):  # noqa: ANN202
     """``(model, request)`` of the latency protocol: the model call alone (feed + forward: user
     vectors, or scores for ort-merged) and a whole request (the model call + the top-10 of every row)."""
-    from rec.export.runtime import SharedRanker
+    from rec.serving.runtime import SharedRanker
 
     fn, bundle, gives_scores = _users_fn(spec, LATENCY_DATASET)
     if gives_scores:
@@ -265,7 +265,7 @@ def variant_scores(spec: dict[str, Any], dataset: str, hists: list[np.ndarray]) 
     parts = []
     for s in range(0, len(hists), 256):
         out = fn(hists[s:s + 256])
-        parts.append(out if gives_scores else out @ bundle.catalog.T)
+        parts.append(out if gives_scores else out @ bundle.catalog_fp32().T)
     return np.concatenate(parts)
 
 
@@ -293,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from rec.compression import DistillLoss, ffn_prune, magnitude_prune, make_permanent, make_student, recover, sparsity
     from rec.export.onnx_export import export_merged_tenant_model, export_serving_model, parity_data_from_tenant
-    from rec.export.runtime import BASE_VARIANTS, VARIANTS
     from rec.export.serving_graph import ServingGraph
     from rec.export.tenant_bundle import export_tenant_bundle
     from rec.io.artifacts import read_manifest
+    from rec.serving.runtime import BASE_VARIANTS, VARIANTS
     from rec.text import encode_items
     from rec.training.corpus import build_corpus
 

@@ -21,7 +21,7 @@ random):
 Every mode uses the same batching policy (``--max-batch`` / ``--batch-wait``).
 
 Tenants: ``--real`` synthetic tenants get real LoRA adapters (random, non-zero), published with
-``rec.serving.publish_tenant`` (fp32 and int8 catalogs, two roots) and exported once each as a
+``rec.export.publish.publish_tenant`` (fp32 and int8 catalogs, two roots) and exported once each as a
 merged model. The ``N`` benchmark tenants are file copies of those artifacts (manifest tenant
 renamed), so the tenant count drives cache / multiplex behaviour without N exports.
 
@@ -76,7 +76,7 @@ def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path,
     from rec.data.synthetic import generate_tenants
     from rec.export.onnx_export import export_merged_tenant_model
     from rec.models.backbone import build_backbone
-    from rec.serving.publish import ensure_serving_model, publish_tenant
+    from rec.export.publish import ensure_serving_model, publish_tenant
     from rec.text import encode_items
     from rec.training.checkpoint import export_backbone, load_backbone
 
@@ -160,7 +160,7 @@ def app_for(mode: str, roots: dict[str, Path], backbone: Path, merged: Path, a: 
     variant = VARIANT[mode]
     args = {"artifact_root": str(roots[variant]), "model_variant": variant, "adapter_dtype": "fp16" if variant == "int8" else "fp32",
             "tenant_cache_mb": 1024, "max_batch_size": a.max_batch, "batch_wait_timeout_s": a.batch_wait,
-            "multiplex": mode == "ort-shared-sharded", "max_tenants_per_replica": a.max_models}
+            "multiplex": mode == "ort-shared-sharded", "max_tenants_per_replica": a.max_models, "record_timings": True}
     if mode == "ort-shared-fp32-2hop":  # the layout before the single-hop app: Ingress -> Ranker, no multiplexing
         plain = RecommenderArgs.model_validate(args).model_dump(mode="json")
         return Ingress.bind(plain, Ranker.bind(plain)), "Ingress", "Ranker"
@@ -368,7 +368,8 @@ def autoscale_only(a: argparse.Namespace, name: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
+    """The command line (``--quick`` shortens every load) and the results name."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--tenants", nargs="+", type=int, default=[1, 100, 1000])
@@ -400,14 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.tenants, a.duration, a.slo_steps, a.slo_duration, a.autoscale_steps = [1, 10], 3.0, 3, 2.0, "0.3:5,1.0:8,0.3:7"
     name = a.name or ("serve_load_quick" if a.quick else "serve_load")
-    if a.autoscale_only:
-        return autoscale_only(a, name)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from bench._results import RESULTS, write_results
-    from rec.io.artifacts import atomic_write_bytes
+    return a, name
 
-    t_run = time.perf_counter()
+
+def run_loads(a: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, float], list]:
+    """Every (tenant count, ingress, mode) load, back to back, then the autoscaling run:
+    ``(rows, autoscale result, setup seconds, load averages)``."""
     load_avg = [os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     rows: list[dict[str, Any]] = []
@@ -435,8 +434,13 @@ def main(argv: list[str] | None = None) -> int:
             load_avg.append(os.getloadavg())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    tgt = targets(rows, a.tenants, a.slo_ms)
-    protocol = {
+    return rows, auto, setup, load_avg
+
+
+def protocol_of(a: argparse.Namespace, setup: dict[str, float], auto: dict[str, Any] | None, load_avg: list,
+                wall_s: float) -> dict[str, Any]:
+    """The ``protocol`` block of the results: what each column means and how it was measured."""
+    return {
         "model": "default ModelConfig (d_model 64, 2 blocks, random init), LoRA rank 8 on every projection (random "
                  f"non-zero B), catalogs of {a.items} items; {a.real} real adapters, each published as a bundle (fp32 and "
                  "int8 catalogs) and exported once as a merged per-tenant ONNX model (export_merged_tenant_model)",
@@ -459,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                  "ort-shared-int8 = int8 model + int8 catalogs + fp16 LoRA; every other shared mode fp32 throughout",
         "ingress": "how the load generator reached each app (row key ingress): proxy = Serve's HTTP proxy on 127.0.0.1 "
                    f"(Ray's default); direct = the ingress replica's own HTTP port (Serve's throughput-optimized mode, "
-                   f"env {json.dumps(INGRESS_ENV['direct'])}, found with serve_apps.ingress.http_targets); haproxy = Ray's "
+                   f"env {json.dumps(INGRESS_ENV['direct'])}, found with serve_apps.direct_ingress.http_targets); haproxy = Ray's "
                    f"HAProxy on the Serve port in front of those replica ports (env {json.dumps(INGRESS_ENV['haproxy'])}; "
                    f"haproxy {haproxy_version()}). direct/haproxy modes: {', '.join(a.direct_modes)}. Measured: "
                    f"{', '.join(a.ingress)}, each in its own Ray session, back to back per tenant count; cpu 'proxy' "
@@ -483,9 +487,18 @@ def main(argv: list[str] | None = None) -> int:
         "machine_load": f"load average (1/5/15 min) before/after each (tenants, mode): {[tuple(round(x, 1) for x in la) for la in load_avg]}; "
                         "the 2 cores are shared with other jobs: compare modes within a tenant count (run back to back)",
         "setup_s": {k: round(v, 1) for k, v in setup.items()},
-        "wall_s": round(time.perf_counter() - t_run, 1),
+        "wall_s": round(wall_s, 1),
     }
-    pngs = plot_matrix(rows, name, RESULTS, a.slo_ms)
+
+
+def write_serve_load(name: str, protocol: dict[str, Any], rows: list[dict[str, Any]], auto: dict[str, Any] | None,
+                     slo_ms: float, tenant_counts: list[int]) -> None:
+    """Results JSON + markdown + plots, with the targets and the autoscaling run added to the JSON."""
+    from bench._results import RESULTS, write_results
+    from rec.io.artifacts import atomic_write_bytes
+
+    tgt = targets(rows, tenant_counts, slo_ms)
+    pngs = plot_matrix(rows, name, RESULTS, slo_ms)
     if auto:
         pngs.append(plot_autoscale(auto, name, RESULTS))
     notes = notes_markdown(rows, tgt, auto, pngs)
@@ -497,6 +510,19 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_bytes(jpath, json.dumps(payload, indent=2, default=str).encode())
     print(notes)
     print(f"wall {protocol['wall_s']} s")
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, name = parse_args(argv)
+    if a.autoscale_only:
+        return autoscale_only(a, name)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    t_run = time.perf_counter()
+    rows, auto, setup, load_avg = run_loads(a)
+    protocol = protocol_of(a, setup, auto, load_avg, time.perf_counter() - t_run)
+    write_serve_load(name, protocol, rows, auto, a.slo_ms, a.tenants)
     return 0
 
 

@@ -26,6 +26,66 @@ def _rows(index: dict, history: list, max_len: int) -> list[int]:
     return [index[i] for i in history if i in index][-max_len:]
 
 
+def load_merged_onnx(merged: str, tenant: str) -> tuple:
+    """``(session, None, id -> row, ids)`` of a tenant's merged ONNX model (catalog baked in)."""
+    from rec.io.artifacts import read_manifest
+    from rec.serving.runtime import make_session
+
+    folder = Path(merged) / tenant
+    read_manifest(folder)  # checksums, as a loader of published artifacts would
+    ids = json.loads((folder / "item_ids.json").read_text())
+    return make_session(folder / "model.onnx", intra_op_threads=1), None, {x: j for j, x in enumerate(ids)}, ids
+
+
+def load_merged_torch(base, root: str, tenant: str) -> tuple:  # noqa: ANN001 - a LoadedBackbone
+    """``(model, catalog, id -> row, ids)``: the base backbone with the tenant's bundle merged in
+    (LoRA ``W + B A``, prompt set) and its catalog as a tensor."""
+    import copy
+
+    import torch
+
+    from rec.serving.bundles import load_tenant_bundle
+    from rec.serving.store import ArtifactRoot
+
+    store = ArtifactRoot(root)
+    b = load_tenant_bundle(store.version_dir(tenant, store.current_version(tenant)))
+    model = copy.deepcopy(base.model).eval()
+    with torch.no_grad():
+        for name, (a, bm) in b.lora.items():
+            model.get_submodule(name).weight += torch.from_numpy(bm @ a)
+        if b.prompt is not None:
+            model.prompt = torch.nn.Parameter(torch.from_numpy(b.prompt), requires_grad=False)
+    ids = b.item_ids.tolist()
+    return model, torch.from_numpy(b.catalog_fp32()), {x: j for j, x in enumerate(ids)}, ids
+
+
+def score_one_tenant_batch(kind: str, loaded: tuple, reqs: list, max_len: int) -> list[dict]:
+    """Answers (top-k ids and scores) for requests ``(loaded model, history, k)`` of ONE tenant."""
+    model, catalog, index, ids = loaded
+    rows = [_rows(index, h, max_len) for _, h, _ in reqs]
+    T = max(1, max(len(r) for r in rows))
+    idx = np.zeros((len(rows), T), np.int64)
+    pad = np.ones((len(rows), T), bool)
+    for j, r in enumerate(rows):
+        if r:
+            idx[j, T - len(r):] = r
+            pad[j, T - len(r):] = False
+    if kind == "ort":
+        scores = model.run(["scores"], {"items": idx, "pad": pad})[0]
+    else:
+        import torch
+
+        with torch.no_grad():
+            it, pd = torch.from_numpy(idx), torch.from_numpy(pad)
+            scores = model.scores(model.user_vector(catalog[it], pd), catalog).numpy()
+    out = []
+    for j, (_, _, k) in enumerate(reqs):
+        top = np.argpartition(-scores[j], k)[:k]
+        top = top[np.argsort(-scores[j][top])]
+        out.append({"items": [{"item_id": ids[i], "score": float(scores[j][i])} for i in top]})
+    return out
+
+
 def multiplex_app(kind: str, root: str, backbone: str, merged: str, max_models: int, max_batch: int,
                   batch_wait: float):  # noqa: ANN201
     """One deployment that holds up to ``max_models`` per-tenant models (``@serve.multiplexed``):
@@ -51,35 +111,9 @@ def multiplex_app(kind: str, root: str, backbone: str, merged: str, max_models: 
             self.batched.set_batch_wait_timeout_s(batch_wait)
 
             async def load(tenant: str):  # noqa: ANN202 - a plain function: Serve keeps its LRU on it
-                return self._load(tenant)
+                return load_merged_onnx(merged, tenant) if kind == "ort" else load_merged_torch(self.base, root, tenant)
 
             self.load = serve.multiplexed(max_num_models_per_replica=max_models)(load)
-
-        def _load(self, tenant: str):  # noqa: ANN202
-            if kind == "ort":
-                from rec.export.runtime import make_session
-                from rec.io.artifacts import read_manifest
-
-                folder = Path(merged) / tenant
-                read_manifest(folder)  # checksums, as a loader of published artifacts would
-                ids = json.loads((folder / "item_ids.json").read_text())
-                return make_session(folder / "model.onnx", intra_op_threads=1), None, {x: j for j, x in enumerate(ids)}, ids
-            import copy
-
-            import torch
-
-            from rec.export.tenant_bundle import load_tenant_bundle
-            from rec.serving.store import ArtifactRoot
-
-            store = ArtifactRoot(root)
-            b = load_tenant_bundle(store.version_dir(tenant, store.current_version(tenant)))
-            model = copy.deepcopy(self.base.model).eval()
-            with torch.no_grad():
-                for name, (a, bm) in b.lora.items():
-                    model.get_submodule(name).weight += torch.from_numpy(bm @ a)
-                if b.prompt is not None:
-                    model.prompt = torch.nn.Parameter(torch.from_numpy(b.prompt), requires_grad=False)
-            return model, torch.from_numpy(b.catalog), b.item_index, b.item_ids
 
         @api.post("/v1/tenants/{tenant_id}/recommendations")
         async def recommend(self, tenant_id: str, body: dict) -> dict:
@@ -98,30 +132,8 @@ def multiplex_app(kind: str, root: str, backbone: str, merged: str, max_models: 
 
         @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
         async def batched(self, reqs: list) -> list:
-            (model, catalog, index, ids) = reqs[0][0]  # one tenant per batch (split by model id)
             self.batches.append(len(reqs))
-            rows = [_rows(index, h, self.max_len) for _, h, _ in reqs]
-            T = max(1, max(len(r) for r in rows))
-            idx = np.zeros((len(rows), T), np.int64)
-            pad = np.ones((len(rows), T), bool)
-            for j, r in enumerate(rows):
-                if r:
-                    idx[j, T - len(r):] = r
-                    pad[j, T - len(r):] = False
-            if kind == "ort":
-                scores = model.run(["scores"], {"items": idx, "pad": pad})[0]
-            else:
-                import torch
-
-                with torch.no_grad():
-                    it, pd = torch.from_numpy(idx), torch.from_numpy(pad)
-                    scores = model.scores(model.user_vector(catalog[it], pd), catalog).numpy()
-            out = []
-            for j, (_, _, k) in enumerate(reqs):
-                top = np.argpartition(-scores[j], k)[:k]
-                top = top[np.argsort(-scores[j][top])]
-                out.append({"items": [{"item_id": ids[i], "score": float(scores[j][i])} for i in top]})
-            return out
+            return score_one_tenant_batch(kind, reqs[0][0], reqs, self.max_len)  # one tenant per batch (split by model id)
 
     return PerTenantModels.bind()
 
@@ -133,7 +145,7 @@ class RawTimer:
     session.run, top-k, answer dicts)."""
 
     def __init__(self, roots: dict[str, Path], backbone: Path, merged: Path, sources: list[str]) -> None:
-        from rec.export.tenant_bundle import load_tenant_bundle
+        from rec.serving.bundles import load_tenant_bundle
         from rec.serving.store import ArtifactRoot
 
         self.roots, self.backbone, self.merged, self.sources = roots, backbone, merged, sources
@@ -152,7 +164,7 @@ class RawTimer:
         return float(np.median(times) * 1000)
 
     def _shared(self, mode: str):  # noqa: ANN202
-        from rec.export.runtime import SharedRanker
+        from rec.serving.runtime import SharedRanker
         from rec.serving.store import ArtifactRoot
 
         variant = VARIANT[mode]
@@ -168,7 +180,7 @@ class RawTimer:
             feed = r.build_feed([rows[i % len(rows)] for i in range(b)], [self.bundles[i % len(rows)] for i in range(b)]).inputs
             ms = self._median(lambda: r.raw_run(feed))
         elif mode == "ort-merged-multiplex":
-            from rec.export.runtime import make_session
+            from rec.serving.runtime import make_session
 
             sess = make_session(self.merged / sorted(p.name for p in self.merged.iterdir())[0] / "model.onnx", intra_op_threads=1)
             feed = {"items": np.tile(rows[0], (b, 1)).astype(np.int64), "pad": np.zeros((b, HIST), bool)}
@@ -180,7 +192,7 @@ class RawTimer:
 
             torch.set_num_threads(1)
             m = load_backbone(self.backbone).model
-            cat = torch.from_numpy(self.bundles[0].catalog)
+            cat = torch.from_numpy(self.bundles[0].catalog_fp32())
             idx, pad = torch.from_numpy(np.tile(rows[0], (b, 1))), torch.zeros(b, HIST, dtype=torch.bool)
 
             def run() -> None:
@@ -198,14 +210,14 @@ class RawTimer:
         if key not in self.cache:
             import functools
 
-            from rec.serving.bundles import load_serving_bundle
+            from rec.serving.bundles import load_tenant_bundle
             from rec.serving.ranking import RankRequest, rank_batch
             from rec.serving.registry import TenantRegistry
             from rec.serving.store import ArtifactRoot
 
             r = self._shared(mode)
             dtype = "fp16" if VARIANT[mode] == "int8" else "fp32"
-            reg = TenantRegistry(ArtifactRoot(self.roots[VARIANT[mode]]), functools.partial(load_serving_bundle, adapter_dtype=dtype))
+            reg = TenantRegistry(ArtifactRoot(self.roots[VARIANT[mode]]), functools.partial(load_tenant_bundle, adapter_dtype=dtype))
             reqs = [RankRequest(self.sources[i % len(self.sources)], tuple(self.bundles[i % len(self.bundles)].item_ids[:HIST]), 10)
                     for i in range(b)]
             self.cache[key] = self._median(lambda: rank_batch(r, reg, reqs, r.max_len, "m"))

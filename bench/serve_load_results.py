@@ -12,7 +12,7 @@ SHARED = ("ort-shared-fp32", "ort-shared-int8", "ort-shared-fp32-2hop", "ort-sha
 VARIANT = {"ort-shared-fp32": "fp32", "ort-shared-int8": "int8", "ort-shared-fp32-2hop": "fp32", "ort-shared-sharded": "fp32"}
 ISSUE_SHARED = ("ort-shared-fp32", "ort-shared-int8")  # issue 5's design (c): the app as shipped
 # How clients reach the app: Serve's HTTP proxy, the ingress replica's own port (Serve's
-# throughput-optimized direct ingress, serve_apps/ingress.py), or HAProxy in front of those ports.
+# throughput-optimized direct ingress, serve_apps/direct_ingress.py), or HAProxy in front of those ports.
 INGRESS = ("proxy", "direct", "haproxy")
 DIRECT_MODES = ("torch-multiplex", "ort-merged-multiplex", "ort-shared-fp32", "ort-shared-int8")
 

@@ -10,9 +10,9 @@ import shutil
 import time
 from collections.abc import Iterator
 
-from serve_apps.ingress import DIRECT_INGRESS_ENV, HAPROXY_INGRESS_ENV
+from serve_apps.direct_ingress import DIRECT_INGRESS_ENV, HAPROXY_INGRESS_ENV
 
-# The environment of each ingress (serve_apps/ingress.py). For the bench: replicas drain 1 s instead of 30 s when an
+# The environment of each ingress (serve_apps/direct_ingress.py). For the bench: replicas drain 1 s instead of 30 s when an
 # app is deleted (the drain lets a production load balancer stop sending first; here nothing does).
 _DRAIN = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 INGRESS_ENV = {"proxy": {}, "direct": {**DIRECT_INGRESS_ENV, **_DRAIN}, "haproxy": {**HAPROXY_INGRESS_ENV, **_DRAIN}}
@@ -65,7 +65,7 @@ def app_url(app: str, ingress: str, port: int) -> str:
         url = f"http://127.0.0.1:{port}/{app}"
         _wait_routed(url)
         return url
-    from serve_apps.ingress import http_targets
+    from serve_apps.direct_ingress import http_targets
 
     for _ in range(50):  # serve.run returns with the replica RUNNING; its port registers right after
         urls = [u for u in http_targets(app, host="127.0.0.1") if f":{port}/" not in u]

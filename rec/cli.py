@@ -296,7 +296,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from rec.serving.publish import ensure_serving_model, publish_tenant
+    from rec.export.publish import ensure_serving_model, publish_tenant
     from rec.training.checkpoint import load_backbone
 
     dirs = [o for o in args.overrides if "=" not in o]
@@ -315,7 +315,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from rec.serving.publish import rollback_tenant
+    from rec.export.publish import rollback_tenant
 
     res = rollback_tenant(args.root, args.tenant, args.to)
     print(f"{res.tenant}: v{res.previous} -> v{res.version} ({res.method})")

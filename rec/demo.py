@@ -118,7 +118,7 @@ def run_demo(cfg: RecConfig, console: Any | None = None) -> DemoReport:  # noqa:
     from rec.data.loaders import load_source
     from rec.data.synthetic import generate_tenants
     from rec.ray_session import LOCAL_RUNTIME_ENV
-    from rec.serving.publish import ensure_serving_model, publish_tenant
+    from rec.export.publish import ensure_serving_model, publish_tenant
     from rec.text import encode_items
     from rec.training.checkpoint import load_backbone
     from rec.training.ray_train import pretrain

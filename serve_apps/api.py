@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Path, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.responses import JSONResponse
 
@@ -32,7 +33,6 @@ from rec.data.schema import validate_tenant_id
 from rec.serving.auth import ApiKeyChecker
 from rec.serving.events import EventLog
 from rec.serving.store import ArtifactRoot
-from serve_apps import timing
 from serve_apps.args import Limits, RecommenderArgs
 from serve_apps.ranker import TenantRanker
 from serve_apps.schemas import (
@@ -43,30 +43,51 @@ from serve_apps.schemas import (
     RecommendResponse,
     TenantStatus,
 )
+from serve_apps.timing import Timings
 
 __all__ = ["Ingress", "app"]
 
 API_TITLE = "fewshot-rec recommendations"
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over the limit, by Content-Length or by counting (chunked)."""
+_DEFAULT_LIMITS = Limits()
 
-    def __init__(self, app, limits: dict[str, int]) -> None:  # noqa: ANN001
-        self.app, self.limits = app, limits
+
+def _serving_ingress() -> "Ingress | None":
+    """The :class:`Ingress` instance of this replica (Serve's public replica context), or None
+    outside a replica (the app called directly, e.g. to render its OpenAPI document)."""
+    try:
+        return serve.get_replica_context().servable_object
+    except RayServeException:
+        return None
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over ``limits.max_body_bytes`` of the replica's ingress, by
+    Content-Length or by counting (chunked); records the ``asgi`` stage when the ingress records
+    timings. The app is module-level (routes are declared on it), so the per-replica settings are
+    read from the replica's ingress instance, not from module state."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001
+        self.app = app
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        ingress = _serving_ingress()
+        limit = ingress.limits.max_body_bytes if ingress is not None else _DEFAULT_LIMITS.max_body_bytes
+        timings = ingress.timings if ingress is not None else None
+        if timings is None:
+            await self._limited(scope, receive, send, limit)
+            return
         t0 = time.perf_counter()
         try:
-            await self._limited(scope, receive, send)
+            await self._limited(scope, receive, send, limit)
         finally:
-            timing.TIMINGS.add("asgi", time.perf_counter() - t0)
+            timings.add("asgi", time.perf_counter() - t0)
 
-    async def _limited(self, scope, receive, send) -> None:  # noqa: ANN001
-        limit = self.limits["max_body_bytes"]
+    async def _limited(self, scope, receive, send, limit: int) -> None:  # noqa: ANN001
         too_big = JSONResponse(
             {"detail": f"request body exceeds limits.max_body_bytes={limit} bytes; send fewer ids or raise the limit"}, 413
         )
@@ -100,9 +121,6 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-# Set per replica from the app args (Ingress.__init__); the middleware reads it on every request.
-_LIMITS: dict[str, int] = {"max_body_bytes": Limits().max_body_bytes}
-
 app = FastAPI(
     title=API_TITLE,
     version="1",
@@ -110,7 +128,7 @@ app = FastAPI(
     docs_url="/docs",
     openapi_url="/openapi.json",
 )
-app.add_middleware(BodyLimit, limits=_LIMITS)
+app.add_middleware(BodyLimit)
 
 _bearer = HTTPBearer(auto_error=False, description="tenant API key as a bearer token")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="tenant API key")
@@ -143,13 +161,14 @@ class Ingress:
 
     def __init__(self, args: dict[str, Any], ranker: DeploymentHandle | None = None) -> None:
         self.args = RecommenderArgs.model_validate(args)
-        self.limits = self.args.limits
-        _LIMITS["max_body_bytes"] = self.limits.max_body_bytes
+        self.limits = self.args.limits  # read by BodyLimit for every request of this replica
+        self.timings = Timings() if self.args.record_timings else None
         self.store = ArtifactRoot(self.args.artifact_root)
         self.keys = ApiKeyChecker(self.store.keys_path, require_keys=self.args.require_api_keys)
         self.events = EventLog(self.store.events_dir)
         self.ranker = ranker
-        self.local = TenantRanker(args) if ranker is None else None
+        # single-hop: the local Ranker records into the same Timings, so stats() has every stage
+        self.local = TenantRanker(args, timings=self.timings) if ranker is None else None
 
     # --- helpers -------------------------------------------------------------------------------
     async def _authorize(self, tenant_id: str, presented: str | None) -> None:
@@ -165,7 +184,7 @@ class Ingress:
 
     async def _call(self, method: str, tenant_id: str | None, *args: Any) -> Any:
         """``method`` of the Ranker: in this replica, or over a Serve hop (multiplexed by tenant)."""
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if self.timings is not None else 0.0
         if self.local is not None:
             out = await getattr(self.local, method)(*args)
         else:
@@ -173,7 +192,8 @@ class Ingress:
             if self.args.multiplex and tenant_id is not None:
                 handle = handle.options(multiplexed_model_id=tenant_id)
             out = await getattr(handle, method).remote(*args)
-        timing.TIMINGS.add("call", time.perf_counter() - t0)
+        if self.timings is not None:
+            self.timings.add("call", time.perf_counter() - t0)
         return out
 
     def _check_ids(self, what: str, ids: list[str], most: int, limit_name: str) -> None:
@@ -202,7 +222,7 @@ class Ingress:
         Unknown history ids are dropped and listed in ``unknown_items``; with no known id left the
         answer is a cold-start ranking (``cold_start: true``).
         """
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if self.timings is not None else 0.0
         await self._authorize(tenant_id, _presented(bearer, api_key))
         if body.k > self.limits.max_k:
             raise HTTPException(422, f"k={body.k} exceeds limits.max_k={self.limits.max_k}")
@@ -211,7 +231,8 @@ class Ingress:
             self._check_ids("candidates", body.candidates, self.limits.max_candidates, "max_candidates")
         request = {"tenant": tenant_id, **body.model_dump()}
         out = _raise_if_error(await self._call("recommend", tenant_id, request))
-        timing.TIMINGS.add("handler", time.perf_counter() - t0)
+        if self.timings is not None:
+            self.timings.add("handler", time.perf_counter() - t0)
         # The Ranker builds exactly RecommendResponse's fields: skip re-validating ~10 nested items
         # per request (response_model still documents the body in /openapi.json).
         return JSONResponse(out)
@@ -276,7 +297,7 @@ class Ingress:
         (``asgi``, ``handler``, ``call``) are returned as ``ingress_timings``."""
         out = await self._call("stats", None, reset)
         if self.local is None:
-            out = {**out, "ingress_timings": timing.TIMINGS.summary()}
-            if reset:
-                timing.TIMINGS.clear()
+            out = {**out, "ingress_timings": self.timings.summary() if self.timings is not None else {}}
+            if reset and self.timings is not None:
+                self.timings.clear()
         return out

@@ -44,5 +44,7 @@ class RecommenderArgs(BaseModel):
     multiplex: bool = Field(False, description="shard tenants over Ranker replicas with @serve.multiplexed (tenant id = model id)")
     max_tenants_per_replica: int = Field(64, ge=1, description="multiplex mode: tenants held per replica before LRU unload")
     require_api_keys: bool = Field(False, description="True: tenants without keys are closed; False: keys are per-tenant opt-in")
+    record_timings: bool = Field(
+        False, description="record per-stage request timings in the replica (stats(); for benchmarks, off in production)")
     limits: Limits = Field(default_factory=Limits)
 

@@ -9,7 +9,11 @@ scores all its warm rows with one model call, each row carrying its own tenant's
   one replica, with no Serve hop between validation and the model;
 - ``multiplex: true``: as its own deployment (:data:`Ranker`) behind the ``Ingress``; the ingress
   tags each call with the tenant id as the multiplexed model id, so Serve routes a tenant to the
-  replicas that already hold it (tenant sharding); Serve then batches per tenant.
+  replicas that already hold it (tenant sharding); Serve then batches per tenant. Serve's
+  multiplex LRU only tracks which tenant ids a replica reports for routing (it holds no bundle);
+  the registry's own LRU, bounded to the same ``max_tenants_per_replica``, evicts the bundles.
+
+Per-stage timings (``serve_apps.timing``) are recorded only when ``args.record_timings`` is set.
 """
 
 from __future__ import annotations
@@ -24,19 +28,19 @@ from typing import Any
 
 from ray import serve
 
-from rec.export.runtime import VARIANTS, SharedRanker
 from rec.io.artifacts import ArtifactError
-from rec.serving.bundles import load_serving_bundle
+from rec.serving.bundles import TenantBundle, load_tenant_bundle
 from rec.serving.ranking import RankError, RankRequest, rank_batch
 from rec.serving.registry import TenantRegistry, TenantUnavailable, UnknownTenant
+from rec.serving.runtime import VARIANTS, SharedRanker
 from rec.serving.store import ArtifactRoot
-from serve_apps import timing
 from serve_apps.args import RecommenderArgs
+from serve_apps.timing import Timings
 
 __all__ = ["Ranker", "TenantRanker", "model_info"]
 
 
-def model_info(ranker: Any) -> dict[str, Any]:
+def model_info(ranker: SharedRanker) -> dict[str, Any]:
     """What a replica reports about its shared model: version (checksum prefix of the served
     variant), the backbone it was exported from, the longest history it reads."""
     files = ranker.manifest.get("files", {})
@@ -48,32 +52,24 @@ def model_info(ranker: Any) -> dict[str, Any]:
     }
 
 
-class _PinnedTenant:
-    """What Serve's multiplex LRU holds per tenant: unloading it drops the tenant's bundle here too,
-    so a replica's memory follows the tenants Serve routes to it."""
-
-    def __init__(self, registry: TenantRegistry, tenant: str) -> None:
-        self.registry, self.tenant = registry, tenant
-
-    def __del__(self) -> None:  # Serve calls this on LRU unload
-        self.registry.evict(self.tenant)
-
-
 class TenantRanker:
     """Scores recommendation requests of any tenant (see module doc).
 
     Args:
         args: :class:`serve_apps.args.RecommenderArgs` as a dict (what the Serve YAML holds).
-        bundle_loader: ``path -> bundle``; default ``rec.serving.bundles.load_serving_bundle``
-            (compact: catalog as stored, LoRA in ``args.adapter_dtype``).
+        bundle_loader: ``path -> TenantBundle``; default ``rec.serving.bundles.load_tenant_bundle``
+            (catalog as stored, LoRA in ``args.adapter_dtype``).
         ranker_factory: ``(model_dir, intra_op_threads, variant) -> SharedRanker``.
+        timings: Where to record per-stage timings; default a new :class:`Timings` when
+            ``args.record_timings``, else None (nothing recorded). The single-hop ingress passes its own.
     """
 
     def __init__(
         self,
         args: dict[str, Any],
-        bundle_loader: Callable[[Path], Any] | None = None,
-        ranker_factory: Callable[..., Any] | None = None,
+        bundle_loader: Callable[[Path], TenantBundle] | None = None,
+        ranker_factory: Callable[..., SharedRanker] | None = None,
+        timings: Timings | None = None,
     ) -> None:
         self.args = RecommenderArgs.model_validate(args)
         self.store = ArtifactRoot(self.args.artifact_root)
@@ -83,11 +79,13 @@ class TenantRanker:
         self.info = model_info(self.ranker)
         self.registry = TenantRegistry(
             self.store,
-            bundle_loader or functools.partial(load_serving_bundle, adapter_dtype=self.args.adapter_dtype),
+            bundle_loader or functools.partial(load_tenant_bundle, adapter_dtype=self.args.adapter_dtype),
             max_bytes=int(self.args.tenant_cache_mb * (1 << 20)),
             poll_interval_s=self.args.poll_interval_s,
             validate=self._check_backbone,
+            max_tenants=self.args.max_tenants_per_replica if self.args.multiplex else None,
         )
+        self.timings = timings if timings is not None else (Timings() if self.args.record_timings else None)
         self._batched.set_max_batch_size(self.args.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self.batches: deque[tuple[int, int]] = deque(maxlen=4096)  # (rows, tenants) of recent batches
@@ -95,13 +93,15 @@ class TenantRanker:
         if self.args.multiplex:
             registry = self.registry
 
-            async def pin_tenant(tenant: str) -> _PinnedTenant:
+            async def pin_tenant(tenant: str) -> str:
+                # Serve keeps the returned id in its routing LRU; the bundle stays in the registry,
+                # whose own LRU (same bound) evicts it, so nothing is released through __del__.
                 await asyncio.to_thread(registry.get, tenant)
-                return _PinnedTenant(registry, tenant)
+                return tenant
 
             self._pin = serve.multiplexed(max_num_models_per_replica=self.args.max_tenants_per_replica)(pin_tenant)
 
-    def _check_backbone(self, bundle: Any) -> None:
+    def _check_backbone(self, bundle: TenantBundle) -> None:
         want, got = self.info["backbone_checksum"], bundle.manifest.get("backbone_checksum")
         if want and got != want:
             raise ArtifactError(
@@ -121,7 +121,7 @@ class TenantRanker:
 
     async def recommend(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request (validated by the ingress) -> response dict or ``{"error": {status, detail}}``."""
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if self.timings is not None else 0.0
         err = await self._maybe_pin(request["tenant"])
         if err is not None:
             return err
@@ -132,16 +132,18 @@ class TenantRanker:
             exclude_history=bool(request["exclude_history"]),
             candidates=None if request.get("candidates") is None else tuple(request["candidates"]),
         )
-        out = await self._batched((req, time.perf_counter()))
-        timing.TIMINGS.add("ranker", time.perf_counter() - t0)
+        out = await self._batched((req, time.perf_counter() if self.timings is not None else 0.0))
+        if self.timings is not None:
+            self.timings.add("ranker", time.perf_counter() - t0)
         return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _batched(self, items: list[tuple[RankRequest, float]]) -> list[dict[str, Any]]:
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if self.timings is not None else 0.0
         requests = [r for r, _ in items]
-        for _, entered in items:
-            timing.TIMINGS.add("queue", t0 - entered)
+        if self.timings is not None:
+            for _, entered in items:
+                self.timings.add("queue", t0 - entered)
         tenants = {r.tenant for r in requests}
         self.batches.append((len(requests), len(tenants)))
         # Every tenant held and current: pure compute (a few ms), run right here. A worker-thread hop
@@ -156,12 +158,15 @@ class TenantRanker:
         return [r.to_dict() if isinstance(r, RankError) else r for r in out]
 
     def _rank(self, requests: list[RankRequest], queued: float, served: dict | None = None) -> list[dict[str, Any] | RankError]:
-        timing.TIMINGS.add("thread" if served is None else "inline", time.perf_counter() - queued)
+        if self.timings is None:
+            return rank_batch(self.ranker, self.registry, requests, self.info["max_len"], self.info["model_version"],
+                              resolved=served)
+        self.timings.add("thread" if served is None else "inline", time.perf_counter() - queued)
         t: dict[str, float] = {}
         out = rank_batch(self.ranker, self.registry, requests, self.info["max_len"], self.info["model_version"], timings=t,
                          resolved=served)
         for stage, sec in t.items():
-            timing.TIMINGS.add(stage.removesuffix("_s"), sec)
+            self.timings.add(stage.removesuffix("_s"), sec)
         return out
 
     async def tenant_status(self, tenant: str) -> dict[str, Any]:
@@ -178,7 +183,7 @@ class TenantRanker:
             return RankError(503, str(e)).to_dict()
         except ArtifactError as e:
             return RankError(503, str(e)).to_dict()
-        method = getattr(served.bundle, "method", "zero-shot")
+        method = served.bundle.method
         published = st["published_version"]
         return {
             "tenant": tenant,
@@ -186,7 +191,7 @@ class TenantRanker:
             "published_version": None if published is None else f"v{published}",
             "method": method,
             "zero_shot": method == "zero-shot",
-            "catalog_size": int(served.bundle.catalog.shape[0]),
+            "catalog_size": served.bundle.num_items,
             "model_version": self.info["model_version"],
             "fallback_reason": st["fallback_reason"],
             "failed_versions": st["failed_versions"],
@@ -197,13 +202,14 @@ class TenantRanker:
 
     async def stats(self, reset: bool = False) -> dict[str, Any]:
         """Replica internals for tests/benchmarks: recent batches as (rows, tenants), loaded tenants
-        (bytes each), registry counters, per-stage timings (``serve_apps.timing``); ``reset``
-        clears batches and timings afterwards."""
+        (bytes each), registry counters, per-stage timings (``serve_apps.timing``; empty unless
+        ``record_timings``); ``reset`` clears batches and timings afterwards."""
         out = {"batches": list(self.batches), "loaded": self.registry.loaded(), "loads": self.registry.loads,
-               "timings": timing.TIMINGS.summary()}
+               "timings": self.timings.summary() if self.timings is not None else {}}
         if reset:
             self.batches.clear()
-            timing.TIMINGS.clear()
+            if self.timings is not None:
+                self.timings.clear()
         return out
 
 

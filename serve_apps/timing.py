@@ -1,8 +1,10 @@
 """Per-replica timing of the request path, for the serving benchmark's overhead decomposition.
 
-Each stage records its duration (``time.perf_counter`` pairs, ~0.1 us each) into a bounded ring;
-``summary()`` gives count / p50 / p90 per stage in milliseconds. Stages (one replica process may
-record several, depending on the layout):
+Off by default: a replica records only when its ``RecommenderArgs.record_timings`` is set; then
+the ingress and the Ranker of that replica share one :class:`Timings` (no module-level state), and
+``stats()`` returns it. Each stage records its duration (``time.perf_counter`` pairs, ~0.1 us each)
+into a bounded ring; ``summary()`` gives count / p50 / p90 per stage in milliseconds. Stages (one
+replica process may record several, depending on the layout):
 
 - ``asgi``: the replica's ASGI app, from the request reaching it to the last body byte sent
   (FastAPI parsing + validation, the handler, serialization);
@@ -21,10 +23,12 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["Timings", "TIMINGS"]
+__all__ = ["Timings"]
 
 
 class Timings:
+    """Bounded per-stage rings of durations (seconds); one per replica that records timings."""
+
     def __init__(self, maxlen: int = 4096) -> None:
         self.maxlen = maxlen
         self._d: dict[str, deque[float]] = {}
@@ -46,6 +50,3 @@ class Timings:
                 out[stage] = {"n": int(len(a)), "p50_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)),
                               "mean_ms": float(a.mean())}
         return out
-
-
-TIMINGS = Timings()  # one per replica process

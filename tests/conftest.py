@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from serve_apps.ingress import DIRECT_INGRESS_ENV
+from serve_apps.direct_ingress import DIRECT_INGRESS_ENV
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Serve runs the way the shipped cluster configs run it: throughput-optimized, each ingress replica
-# also serving HTTP on its own port (serve_apps/ingress.py); the proxy keeps working too. Replicas
+# also serving HTTP on its own port (serve_apps/direct_ingress.py); the proxy keeps working too. Replicas
 # drain 1 s, not 30 s, when a test deletes an app (no load balancer needs the time here).
 for _k, _v in {**DIRECT_INGRESS_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}.items():
     os.environ.setdefault(_k, _v)

@@ -51,7 +51,8 @@ from rec.export.parity import (
     run_parity,
     structural_checks,
 )
-from rec.export.runtime import BASE_FILE, BASE_INPUTS, BASE_VARIANTS, SERVING_KIND, VARIANTS, build_feed, make_session
+from rec.serving.feed import build_feed
+from rec.serving.runtime import BASE_FILE, BASE_INPUTS, BASE_VARIANTS, SERVING_KIND, VARIANTS, make_session
 from rec.export.serving_graph import OUTPUT_NAME, BaseGraph, MergedGraph, ServingGraph
 from rec.export.tenant_bundle import _catalog
 from rec.io.artifacts import artifact_writer

@@ -16,9 +16,10 @@ import torch
 
 from rec.data.schema import Tenant
 from rec.export.errors import ExportError
-from rec.export.runtime import Feed, build_feed
 from rec.export.serving_graph import OUTPUT_NAME, ServingGraph
-from rec.export.tenant_bundle import TenantBundle, _catalog
+from rec.export.tenant_bundle import _catalog
+from rec.serving.bundles import TenantBundle
+from rec.serving.feed import Feed, build_feed
 from rec.training.checkpoint import LoadedBackbone
 
 __all__ = [

@@ -43,9 +43,9 @@ import torch
 from torch import nn
 
 from rec.config import LORA_TARGETS
-from rec.export.runtime import BASE_INPUTS
 from rec.models.backbone import Backbone
 from rec.models.layers import CausalSelfAttention, additive_mask_attention, attention_bias
+from rec.serving.runtime import BASE_INPUTS
 
 __all__ = ["ServingGraph", "BaseGraph", "MergedGraph", "adapted_projections", "input_names", "OUTPUT_NAME"]
 

@@ -1,6 +1,7 @@
-"""Tenant bundles: what the shared serving graph needs to serve one tenant.
+"""Export of tenant bundles: what the shared serving graph needs to serve one tenant.
 
-Layout (an artifact folder, see ``rec.io.artifacts``)::
+The bundle type and its loader are the serving runtime's (``rec.serving.bundles``). Layout (an
+artifact folder, see ``rec.io.artifacts``)::
 
     <out>/
       catalog.safetensors          "catalog" [N,D] fp32 | fp16 | int8 (+ "scale" [N] fp32 for int8)
@@ -29,59 +30,24 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors.numpy import load_file as load_np
 from safetensors.numpy import save_file as save_np
 
 from rec.data.schema import DataError, Tenant, validate_tenant_id
 from rec.export.errors import AdapterShapeError, ExportError
-from rec.io.artifacts import ArtifactError, artifact_writer, read_manifest
+from rec.io.artifacts import ArtifactError, artifact_writer
+from rec.serving.bundles import CATALOG_DTYPES, KIND, TenantBundle
+from rec.serving.bundles import decode_catalog as _decode_catalog
 
-if TYPE_CHECKING:  # the serving side (load_tenant_bundle) must not import torch/peft
+if TYPE_CHECKING:  # importing this module must stay cheap: torch/peft load inside the export functions
     from rec.training.checkpoint import LoadedBackbone
 
-__all__ = ["TenantBundle", "export_tenant_bundle", "load_tenant_bundle", "CATALOG_DTYPES", "KIND"]
+__all__ = ["export_tenant_bundle"]
 
-KIND = "tenant-bundle"
-CATALOG_DTYPES = ("fp32", "fp16", "int8")
 PARITY_TOL = 1e-4
-
-
-@dataclass
-class TenantBundle:
-    """A loaded tenant bundle (see module doc). ``catalog`` is always dequantized fp32.
-
-    ``nbytes`` is the resident size of the arrays (catalog + adapter tensors), for cache sizing.
-    """
-
-    tenant: str
-    item_ids: list[str]
-    catalog: np.ndarray
-    lora: dict[str, tuple[np.ndarray, np.ndarray]]
-    prompt: np.ndarray | None
-    method: str
-    manifest: dict[str, Any]
-    item_index: dict[str, int] = field(default_factory=dict)
-    nbytes: int = 0
-    path: Path | None = None  # the folder it was loaded from
-
-    def __post_init__(self) -> None:
-        if not self.item_index:
-            self.item_index = {i: r for r, i in enumerate(self.item_ids)}
-        if not self.nbytes:
-            arrays = [self.catalog, *(t for ab in self.lora.values() for t in ab)]
-            if self.prompt is not None:
-                arrays.append(self.prompt)
-            self.nbytes = int(sum(a.nbytes for a in arrays))
-
-    @property
-    def rank(self) -> int:
-        """Largest LoRA rank of the bundle (0 without LoRA)."""
-        return max((a.shape[0] for a, _ in self.lora.values()), default=0)
 
 
 # --- extraction ----------------------------------------------------------------------------------
@@ -153,21 +119,14 @@ def _encode_catalog(catalog: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
     return {"catalog": q, "scale": scale}
 
 
-def _decode_catalog(t: dict[str, np.ndarray], dtype: str) -> np.ndarray:
-    cat = t["catalog"]
-    if dtype == "int8":
-        return cat.astype(np.float32) * t["scale"][:, None]
-    return cat.astype(np.float32)
-
-
 def _bundle_parity(
     loaded: LoadedBackbone, adapted, bundle: TenantBundle, tenant: Tenant, text_emb: np.ndarray, max_users: int = 64
 ) -> dict[str, Any]:
     """Scores of (shared graph in torch + bundle) vs the reference adapted model on the tenant's users."""
     import torch
 
-    from rec.export.runtime import build_feed
     from rec.export.serving_graph import ServingGraph
+    from rec.serving.feed import build_feed
 
     seqs = [s for s in tenant.sequences() if len(s) >= 1][:max_users]
     if not seqs:
@@ -274,39 +233,5 @@ def export_tenant_bundle(
     with artifact_writer(out_dir, kind=KIND, meta=meta) as tmp:
         save_np(stored, str(tmp / "catalog.safetensors"))
         save_np(tensors, str(tmp / "adapter_tensors.safetensors"))
-        (tmp / "item_ids.json").write_text(json.dumps(bundle.item_ids))
+        (tmp / "item_ids.json").write_text(json.dumps(bundle.item_ids.tolist()))
     return Path(out_dir)
-
-
-def load_tenant_bundle(path: str | Path) -> TenantBundle:
-    """Load and verify a tenant bundle folder.
-
-    Raises:
-        ArtifactError: Missing folder/manifest, not a tenant bundle, checksum mismatch, or
-            tensors inconsistent with the manifest.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise ArtifactError(f"tenant bundle {path} does not exist: pass the folder `rec export-tenant` printed")
-    manifest = read_manifest(path, kind=KIND)
-    try:
-        cat = load_np(str(path / "catalog.safetensors"))
-        tens = load_np(str(path / "adapter_tensors.safetensors"))
-        item_ids = json.loads((path / "item_ids.json").read_text())
-    except Exception as e:  # noqa: BLE001 - any parse failure of a checksummed file means corruption
-        raise ArtifactError(f"{path}: cannot read the bundle ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    dtype = manifest.get("catalog_dtype")
-    if dtype not in CATALOG_DTYPES or "catalog" not in cat or (dtype == "int8" and "scale" not in cat):
-        raise ArtifactError(f"{path}: catalog tensors do not match catalog_dtype={dtype!r}")
-    catalog = _decode_catalog(cat, dtype)
-    if catalog.shape != (manifest["num_items"], manifest["d_model"]) or len(item_ids) != len(catalog):
-        raise ArtifactError(f"{path}: catalog shape {catalog.shape} / {len(item_ids)} item ids disagree with the manifest")
-    lora = {}
-    for key in tens:
-        if key.startswith("lora_a."):
-            name = key.removeprefix("lora_a.")
-            if f"lora_b.{name}" not in tens:
-                raise ArtifactError(f"{path}: {key} has no matching lora_b.{name}")
-            lora[name] = (tens[key].astype(np.float32), tens[f"lora_b.{name}"].astype(np.float32))
-    prompt = tens["prompt"].astype(np.float32) if "prompt" in tens else None
-    return TenantBundle(manifest["tenant"], [str(i) for i in item_ids], catalog, lora, prompt, manifest["method"], manifest, path=path)

@@ -2,8 +2,7 @@
 
 Every warm row (non-empty history) goes through ONE call of the shared model, each row carrying its
 own tenant's adapter tensors (``SharedRanker.user_vectors``); top-K then runs on each row's own
-catalog. Bundles are ``rec.serving.bundles.ServingBundle`` (``rows_of``, ``item_ids``,
-``centroid``, ``num_items``). Serve's ``@serve.batch`` hands batches here; the function itself
+catalog. Bundles are :class:`rec.serving.bundles.TenantBundle`. Serve's ``@serve.batch`` hands batches here; the function itself
 needs no Serve, so it is tested and benchmarked directly.
 
 Per-row problems (unknown tenant, a tenant whose bundles do not load) become that row's error; the
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rec.serving.registry import ServedTenant, TenantRegistry, TenantUnavailable, UnknownTenant
+from rec.serving.runtime import SharedRanker
 
 __all__ = ["RankRequest", "rank_batch", "RankError"]
 
@@ -59,7 +59,7 @@ class _Row:
     unknown_candidates: list[str]
 
 
-def _answer(ranker: Any, row: _Row, user: np.ndarray | None, model_version: str) -> dict[str, Any]:
+def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_version: str) -> dict[str, Any]:
     bundle = row.served.bundle
     cold = user is None
     if cold:
@@ -79,7 +79,7 @@ def _answer(ranker: Any, row: _Row, user: np.ndarray | None, model_version: str)
         warnings.append("no known history items: cold-start ranking (catalog centroid)")
     if row.served.fallback_reason:
         warnings.append(f"serving fallback version v{row.served.version}: {row.served.fallback_reason}")
-    method = getattr(bundle, "method", "zero-shot")
+    method = bundle.method
     return {
         "tenant": row.req.tenant,
         "items": [{"item_id": bundle.item_ids[r], "score": float(s)} for r, s in zip(top_rows.tolist(), scores.tolist(), strict=True)],
@@ -94,13 +94,13 @@ def _answer(ranker: Any, row: _Row, user: np.ndarray | None, model_version: str)
 
 
 def rank_batch(
-    ranker: Any, registry: TenantRegistry, requests: list[RankRequest], max_len: int, model_version: str,
+    ranker: SharedRanker, registry: TenantRegistry, requests: list[RankRequest], max_len: int, model_version: str,
     timings: dict[str, float] | None = None, resolved: dict[str, ServedTenant] | None = None,
 ) -> list[dict[str, Any] | RankError]:
     """Answer a mixed-tenant batch with one shared-model call (see module doc).
 
     Args:
-        ranker: ``rec.export.runtime.SharedRanker`` (``user_vectors``, ``top_k``).
+        ranker: The shared model (``user_vectors``, ``top_k``).
         registry: Resolves each row's tenant to the version it is served from, once per batch, so
             a response never mixes versions.
         requests: The batch.

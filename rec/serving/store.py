@@ -3,7 +3,7 @@
 Layout::
 
     <root>/model/                     ONNX serving model (``rec.export.onnx_export``) + manifest
-    <root>/tenants/<tenant>/v<N>/     tenant bundle (``rec.export.tenant_bundle``): catalog
+    <root>/tenants/<tenant>/v<N>/     tenant bundle (``rec.serving.bundles``): catalog
                                       matrix, adapter tensors, manifest with checksums
     <root>/tenants/<tenant>/CURRENT   {"version": N}: the version replicas serve, replaced atomically
     <root>/tenants/<tenant>/api_keys.json   scrypt hashes of the tenant's API keys (optional)

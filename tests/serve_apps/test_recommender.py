@@ -25,7 +25,7 @@ import yaml
 from rec.adaptation.artifacts import load_adapter
 from rec.serving.auth import create_api_key, revoke_api_keys
 from rec.serving.events import EventLog
-from rec.serving.publish import publish_tenant
+from rec.export.publish import publish_tenant
 from rec.serving.store import ArtifactRoot
 from serve_apps.args import RecommenderArgs
 
@@ -66,7 +66,7 @@ def server(ray_local, serving_world, tmp_path_factory):
     shutil.copytree(serving_world.root, root)
     port = _free_port()
     args = {"artifact_root": str(root), "poll_interval_s": 0.2, "max_batch_size": 16, "batch_wait_timeout_s": 0.05,
-            "limits": LIMITS}
+            "limits": LIMITS, "record_timings": True}
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(RecommenderArgs.model_validate(args)), name=APP, route_prefix="/")
@@ -144,7 +144,7 @@ def test_openapi_docs_health(server):
 def test_direct_ingress_replica_port_answers_like_the_proxy(server):
     """Throughput-optimized Serve (the session runs it, see tests/conftest.py): the replica's own
     port serves the same API as the proxy: same scores, same 4xx, same OpenAPI."""
-    from serve_apps.ingress import http_targets
+    from serve_apps.direct_ingress import http_targets
 
     urls = http_targets(APP, host="127.0.0.1")
     direct = [u for u in urls if u != server.url]
@@ -468,8 +468,9 @@ def test_multiplexed_sharding_answers_the_same(server):
         st = requests.get(server.url + "/sharded/v1/tenants/courses", timeout=10).json()
         assert st["catalog_size"] == 80
         stats = serve.get_deployment_handle("Ranker", app_name="sharded").stats.remote().result()
-        assert len(stats["loaded"]) <= 2, stats  # Serve's per-replica tenant LRU bounds the bundles held
+        assert len(stats["loaded"]) <= 2, stats  # the registry's LRU, bounded like Serve's multiplex LRU
         assert stats["loads"] >= 4  # tenants were unloaded and loaded again
+        assert stats["timings"] == {}  # record_timings is off by default: nothing is recorded
     finally:
         serve.delete("sharded")
 

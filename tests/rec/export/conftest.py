@@ -69,7 +69,7 @@ def serving_dir(backbone_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ranker(serving_dir):
-    from rec.export.runtime import SharedRanker
+    from rec.serving.runtime import SharedRanker
 
     return SharedRanker(serving_dir)
 
@@ -77,7 +77,8 @@ def ranker(serving_dir):
 @pytest.fixture(scope="session")
 def bundles(small_backbone, new_tenant, tenant_text, adapters, tmp_path_factory):  # noqa: F811
     """fp32 tenant bundles, loaded: zero-shot plus every adapter the shared graph can serve."""
-    from rec.export.tenant_bundle import export_tenant_bundle, load_tenant_bundle
+    from rec.export.tenant_bundle import export_tenant_bundle
+    from rec.serving.bundles import load_tenant_bundle
 
     root = tmp_path_factory.mktemp("bundles")
     out = {"zero-shot": load_tenant_bundle(export_tenant_bundle(small_backbone, new_tenant, tenant_text, None, root / "zero-shot"))}

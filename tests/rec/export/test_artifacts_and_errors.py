@@ -14,9 +14,10 @@ import pytest
 from rec.export.errors import AdapterShapeError, ExportError, FeedError
 from rec.export.onnx_export import export_merged_tenant_model
 from rec.export.parity import same_topk, topk
-from rec.export.runtime import SharedRanker, make_session
-from rec.export.tenant_bundle import TenantBundle, export_tenant_bundle, load_tenant_bundle
+from rec.export.tenant_bundle import export_tenant_bundle
 from rec.io.artifacts import ArtifactError, artifact_writer, read_manifest
+from rec.serving.bundles import TenantBundle, load_tenant_bundle
+from rec.serving.runtime import SharedRanker, make_session
 from tests.rec.export.conftest import histories, reference_scores
 
 REC = str(Path(sys.executable).with_name("rec"))
@@ -25,28 +26,30 @@ REC = str(Path(sys.executable).with_name("rec"))
 # --- tenant bundles --------------------------------------------------------------------------------
 def test_bundle_manifest_and_contents(bundles, adapters, new_tenant, small_backbone):
     b = bundles["lora-r8"]
-    m = b.manifest
+    m = read_manifest(b.path)  # a loaded bundle keeps only the manifest fields serving reads
+    assert {k: m[k] for k in b.manifest} == b.manifest
     assert m["kind"] == "tenant-bundle" and m["tenant"] == new_tenant.name and m["method"] == "lora"
     assert m["backbone_checksum"] == small_backbone.checksum and m["adapter"]["path"] == str(adapters["lora-r8"])
     assert m["adapter"]["version"] == "v1" and set(m["lora_ranks"].values()) == {8}
     assert m["parity"]["max_abs_diff_scores"] <= 1e-4 and m["parity"]["users"] > 0
     assert set(m["files"]) == {"catalog.safetensors", "adapter_tensors.safetensors", "item_ids.json"}
-    assert b.item_ids == [str(i) for i in new_tenant.items.ids] and b.item_index[b.item_ids[5]] == 5
+    assert b.item_ids.tolist() == [str(i) for i in new_tenant.items.ids] and b.rows_of([b.item_ids[5]])[0].tolist() == [5]
     assert b.catalog.shape == (new_tenant.num_items, small_backbone.cfg.model.d_model) and b.catalog.dtype == np.float32
-    assert b.nbytes == b.catalog.nbytes + sum(a.nbytes + c.nbytes for a, c in b.lora.values())
+    assert b.nbytes == b.catalog.nbytes + sum(a.nbytes + c.nbytes for a, c in b.lora.values()) + b.item_ids.nbytes
 
 
 @pytest.mark.parametrize("dtype, atol", [("fp16", 5e-3), ("int8", 5e-2)])
 def test_compressed_catalogs(dtype, atol, small_backbone, new_tenant, tenant_text, adapters, bundles, tmp_path):
     path = export_tenant_bundle(small_backbone, new_tenant, tenant_text, adapters["lora-r4"], tmp_path / dtype, catalog_dtype=dtype)
     b, ref = load_tenant_bundle(path), bundles["lora-r4"]
-    assert b.manifest["catalog_dtype"] == dtype and b.catalog.dtype == np.float32
-    assert np.abs(b.catalog - ref.catalog).max() <= atol
-    assert b.manifest["parity"]["catalog_max_abs_dequant_error"] <= atol
+    assert b.manifest["catalog_dtype"] == dtype and b.catalog.dtype == {"fp16": np.float16, "int8": np.int8}[dtype]  # as stored
+    cat = b.catalog_fp32()
+    assert np.abs(cat - ref.catalog).max() <= atol
+    assert read_manifest(path)["parity"]["catalog_max_abs_dequant_error"] <= atol
     size = (path / "catalog.safetensors").stat().st_size
-    assert size < 0.6 * ref.manifest["files"]["catalog.safetensors"]["bytes"]
+    assert size < 0.6 * read_manifest(ref.path)["files"]["catalog.safetensors"]["bytes"]
     user = np.random.default_rng(0).standard_normal((20, b.catalog.shape[1])).astype(np.float32)
-    overlap = np.mean([len(set(a) & set(c)) / 10 for a, c in zip(topk(user @ b.catalog.T), topk(user @ ref.catalog.T))])
+    overlap = np.mean([len(set(a) & set(c)) / 10 for a, c in zip(topk(user @ cat.T), topk(user @ ref.catalog.T))])
     assert overlap >= 0.9
 
 

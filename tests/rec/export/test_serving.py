@@ -8,9 +8,9 @@ import torch
 
 from rec.export.onnx_export import parity_data_from_tenant
 from rec.export.parity import same_topk, topk
-from rec.export.runtime import SharedRanker
 from rec.export.serving_graph import ServingGraph, adapted_projections, input_names
 from rec.io.artifacts import read_manifest
+from rec.serving.runtime import SharedRanker
 from tests.rec.export.conftest import histories, reference_scores
 
 SHARED = ["zero-shot", "head", "prompt", "lora-r4", "lora-r8", "lora-r16", "lora-adaptor", "adalora"]
@@ -113,7 +113,7 @@ def test_zero_adapter_equals_the_base_model(ranker, bundles, small_backbone, new
     # In torch the zero LoRA term is exactly 0.0: bit-identical to the plain backbone's serving path
     # (last position only), and equal to its full encoder up to float rounding.
     graph = ServingGraph(small_backbone.model)
-    from rec.export.runtime import build_feed
+    from rec.serving.feed import build_feed
 
     lora = bundles["lora-r8"]
     feed = build_feed(hists[:4], [lora, zero, zero, zero], graph.projections, small_backbone.cfg.data.max_seq_len)
@@ -129,7 +129,7 @@ def test_zero_adapter_equals_the_base_model(ranker, bundles, small_backbone, new
 
 
 def test_every_sequence_length_and_rank_runs(ranker, bundles, small_backbone):
-    from rec.export.runtime import build_feed
+    from rec.serving.feed import build_feed
 
     graph = ServingGraph(small_backbone.model)
     max_len = small_backbone.cfg.data.max_seq_len

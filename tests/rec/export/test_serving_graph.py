@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rec.export.runtime import build_feed
 from rec.export.serving_graph import BaseGraph, ServingGraph
 from rec.models.layers import CausalSelfAttention, additive_mask_attention, attention_bias, attention_mask
+from rec.serving.feed import build_feed
 
 
 def _batch(model, lengths: list[int], T: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

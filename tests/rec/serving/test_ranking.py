@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from rec.export.runtime import SharedRanker
-from rec.serving.bundles import load_serving_bundle
+from rec.serving.bundles import load_tenant_bundle
 from rec.serving.ranking import RankError, RankRequest, rank_batch
 from rec.serving.registry import TenantRegistry
+from rec.serving.runtime import SharedRanker
 from rec.serving.store import ArtifactRoot
 
 
@@ -21,7 +21,7 @@ def _req(world, tenant: str, user: int, k: int = 5) -> RankRequest:
 def test_mixed_batch_is_one_model_call_and_equals_single_rows(serving_world):
     store = ArtifactRoot(serving_world.root)
     ranker = SharedRanker(store.model_dir)
-    reg = TenantRegistry(store, load_serving_bundle)
+    reg = TenantRegistry(store, load_tenant_bundle)
     reqs = [_req(serving_world, t, u) for u in range(3) for t in ("podcasts", "books", "courses")]
     reqs.append(RankRequest("courses", (), 4))  # cold row: answered without the model
     runs = ranker.runs
@@ -42,7 +42,7 @@ def test_a_bundle_that_breaks_the_model_call_fails_only_its_rows(serving_world):
     ranker = SharedRanker(store.model_dir)
 
     def load(path):  # noqa: ANN001, ANN202 - a books bundle whose LoRA has the wrong shape
-        b = load_serving_bundle(path)
+        b = load_tenant_bundle(path)
         if b.tenant == "books":
             name = ranker.projections[0][0]
             b = dataclasses.replace(b, lora={name: (np.zeros((2, 3), np.float32), np.zeros((3, 2), np.float32))})

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from rec.export.tenant_bundle import load_tenant_bundle
+from rec.serving.bundles import load_tenant_bundle
+from rec.serving.ranking import RankRequest, rank_batch
 from rec.serving.registry import TenantRegistry, TenantUnavailable, UnknownTenant
+from rec.serving.runtime import SharedRanker
 from rec.serving.store import ArtifactRoot
 
 
@@ -38,10 +44,8 @@ def test_poll_interval_delays_the_check(world_copy):
     assert reg.get("podcasts").version == 1
 
 
-def test_cached_answers_only_what_needs_no_load_and_never_waits(world_copy):
+def test_cached_answers_only_what_needs_no_load(world_copy):
     """The serving loop ranks inline only on what ``cached`` returns; anything else goes to ``get``."""
-    import threading
-
     now = [0.0]
     store = ArtifactRoot(world_copy)
     reg = TenantRegistry(store, load_tenant_bundle, poll_interval_s=5.0, clock=lambda: now[0])
@@ -55,22 +59,55 @@ def test_cached_answers_only_what_needs_no_load_and_never_waits(world_copy):
     now[0] = 12.0  # poll due, pointer moved: the new version must be loaded first
     assert reg.cached(["podcasts"]) is None and reg.loads == 1
     assert reg.get("podcasts").version == 1
-    busy, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with reg._lock:  # as a worker thread loading a bundle does
-            busy.set()
-            release.wait(10)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    busy.wait(10)
-    try:
-        assert reg.cached(["podcasts"]) is None  # returns at once instead of waiting on the load
-    finally:
-        release.set()
-        t.join()
     assert reg.cached(["podcasts"])["podcasts"].version == 1
+
+
+def test_a_slow_load_blocks_neither_held_tenants_nor_other_loads(serving_world, world_copy):
+    """Loads run outside the registry lock: while one tenant's bundle is stuck on disk, a batch of
+    a held tenant is resolved and ranked, another tenant loads, and a second request for the
+    stuck tenant waits for that same load instead of starting its own."""
+    store = ArtifactRoot(world_copy)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_podcasts(path: Path):
+        if path.parent.name == "podcasts":
+            entered.set()
+            assert release.wait(30)
+        return load_tenant_bundle(path)
+
+    reg = TenantRegistry(store, slow_podcasts, poll_interval_s=0.0)  # poll 0: every call re-stats the pointer
+    held = reg.get("books")
+    ranker = SharedRanker(store.model_dir)
+    books = serving_world.tenants["books"]
+    request = RankRequest("books", tuple(str(books.items.ids[i]) for i in books.sequence(0)[:5]), 5)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(reg.get, "podcasts")
+        assert entered.wait(10)
+        second = pool.submit(reg.get, "podcasts")
+        try:
+            t0 = time.monotonic()
+            resolved = reg.cached(["books"])
+            assert resolved == {"books": held}
+            answer = rank_batch(ranker, reg, [request], ranker.max_len, "m", resolved=resolved)[0]
+            assert isinstance(answer, dict) and len(answer["items"]) == 5
+            assert reg.get("courses").version == 1  # a load of another tenant goes on meanwhile
+            assert time.monotonic() - t0 < 10 and not first.done() and not second.done()
+        finally:
+            release.set()
+        a, b = first.result(30), second.result(30)
+    assert a is b and a.version == 2  # one load served both requests for podcasts
+    assert reg.loads == 3 and set(reg.loaded()) == {"books", "courses", "podcasts"}
+
+
+def test_explicit_eviction_and_a_count_bound(world_copy):
+    store = ArtifactRoot(world_copy)
+    reg = TenantRegistry(store, load_tenant_bundle, max_tenants=2)
+    for t in ("books", "courses", "podcasts"):
+        reg.get(t)
+    assert list(reg.loaded()) == ["courses", "podcasts"] and reg.evictions == 1
+    reg.evict("courses")
+    assert list(reg.loaded()) == ["podcasts"] and reg.cached(["courses"]) is None
+    assert reg.get("courses").version == 1 and reg.loads == 4
 
 
 def test_lru_stays_within_the_byte_budget(world_copy):

@@ -1,5 +1,8 @@
 """Publish and roll back tenant versions in a serving artifact root (``rec publish``/``rec rollback``).
 
+Publishing exports (it needs the backbone checkpoint and torch), so it lives with export, not with
+the serving runtime that replicas import; the replicas only follow the pointers it moves.
+
 The recipe: export the tenant bundle into a staging folder -> claim ``v<N>`` with an atomic rename
 -> load it back (checksums, shapes, backbone) -> replace the tenant's ``CURRENT`` pointer. Replicas
 notice the new pointer on their next poll; until the last step nothing they read has changed.
@@ -13,7 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from rec.data.schema import Tenant
+from rec.export.onnx_export import export_serving_model
+from rec.export.tenant_bundle import export_tenant_bundle
 from rec.io.artifacts import ArtifactError, read_manifest
+from rec.serving.bundles import load_tenant_bundle
 from rec.serving.store import ArtifactRoot
 from rec.training.checkpoint import LoadedBackbone
 
@@ -45,8 +51,6 @@ def ensure_serving_model(root: str | Path, loaded: LoadedBackbone, quantize: boo
                 "use a new artifact root for a new backbone (and re-publish every tenant there)"
             )
         return store.model_dir
-    from rec.export.onnx_export import export_serving_model
-
     return Path(export_serving_model(loaded, store.model_dir, quantize=quantize))
 
 
@@ -64,8 +68,6 @@ def publish_tenant(
         ArtifactError, ExportError, DataError: from the bundle export or its verification; the
             pointer is then unchanged.
     """
-    from rec.export.tenant_bundle import export_tenant_bundle, load_tenant_bundle
-
     store = ArtifactRoot(root)
     if not (store.model_dir / "manifest.json").is_file():
         raise ArtifactError(f"{store.model_dir}: no serving model; run `rec publish` with --backbone once to export it")
@@ -86,8 +88,6 @@ def rollback_tenant(root: str | Path, tenant: str, to: int | None = None) -> Pub
     Raises:
         ArtifactError: The tenant is not published, has nothing older, or ``v<to>`` does not load.
     """
-    from rec.export.tenant_bundle import load_tenant_bundle
-
     store = ArtifactRoot(root)
     current = store.current_version(tenant)
     if current is None:

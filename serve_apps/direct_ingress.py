@@ -37,6 +37,10 @@ def http_targets(app_name: str, host: str | None = None) -> list[str]:
     running; raises ``ValueError`` for an application Serve does not know.
     """
     import ray
+    # A client-side helper (replicas never import this module). Ray 2.60 has no public call that
+    # returns replica ports without the dashboard: the Serve REST API (GET /api/serve/applications/)
+    # carries the same ``target_groups`` but needs the dashboard, which local runs and tests omit.
+    # So this asks the Serve controller directly, as that REST endpoint does.
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)

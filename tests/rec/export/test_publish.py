@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from rec.cli import main
-from rec.export.tenant_bundle import load_tenant_bundle
+from rec.export.publish import ensure_serving_model, publish_tenant, rollback_tenant
 from rec.io.artifacts import ArtifactError
-from rec.serving.publish import ensure_serving_model, publish_tenant, rollback_tenant
+from rec.serving.bundles import load_tenant_bundle
 from rec.serving.store import ArtifactRoot
 from rec.training.checkpoint import export_backbone
 
