@@ -22,7 +22,7 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Path, Security
+from fastapi import FastAPI, Header, HTTPException, Path, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.serve.exceptions import RayServeException
@@ -31,7 +31,8 @@ from starlette.responses import JSONResponse
 
 from rec.data.schema import validate_tenant_id
 from rec.serving.auth import ApiKeyChecker
-from rec.serving.events import EventLog
+from rec.serving.events import EventLog, GroupCommitWriter
+from rec.serving.ranking import IMPRESSION_KEY
 from rec.serving.store import ArtifactRoot
 from serve_apps.args import Limits, RecommenderArgs
 from serve_apps.ranker import TenantRanker
@@ -166,6 +167,7 @@ class Ingress:
         self.store = ArtifactRoot(self.args.artifact_root)
         self.keys = ApiKeyChecker(self.store.keys_path, require_keys=self.args.require_api_keys)
         self.events = EventLog(self.store.events_dir)
+        self.impressions = GroupCommitWriter(self.events) if self.args.log_impressions else None
         self.ranker = ranker
         # single-hop: the local Ranker records into the same Timings, so stats() has every stage
         self.local = TenantRanker(args, timings=self.timings) if ranker is None else None
@@ -231,6 +233,14 @@ class Ingress:
             self._check_ids("candidates", body.candidates, self.limits.max_candidates, "max_candidates")
         request = {"tenant": tenant_id, **body.model_dump()}
         out = _raise_if_error(await self._call("recommend", tenant_id, request))
+        impression = out.pop(IMPRESSION_KEY, None)
+        if self.impressions is not None and impression is not None:
+            impression["received_unix"] = time.time()
+            try:  # durable before the answer: group-committed with concurrent requests' impressions
+                await asyncio.wrap_future(self.impressions.submit(tenant_id, [impression]))
+            except OSError as e:
+                raise HTTPException(503, f"the impression log cannot be written ({e.strerror or e}); retry later",
+                                    headers={"Retry-After": "5"}) from None
         if self.timings is not None:
             self.timings.add("handler", time.perf_counter() - t0)
         # The Ranker builds exactly RecommendResponse's fields: skip re-validating ~10 nested items
@@ -250,6 +260,9 @@ class Ingress:
         tenant_id: str = _TenantId,
         bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
         api_key: str | None = Security(_api_key),
+        idempotency_key: str | None = Header(
+            None, alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
+            description="retry-safe writes: a POST repeated with the same key (within 24 h) is acknowledged again, logged once"),
     ) -> dict[str, Any]:
         """Append impression/click/purchase events to the tenant's log; fsynced before 201."""
         await self._authorize(tenant_id, _presented(bearer, api_key))
@@ -259,10 +272,14 @@ class Ingress:
         if self.store.pointer_stamp(tenant_id) is None:
             raise HTTPException(404, f"unknown tenant {tenant_id!r}: publish a catalog first (`rec publish --tenant {tenant_id}`)")
         now = time.time()
-        rows = [{**e.model_dump(), "timestamp": e.timestamp if e.timestamp is not None else now, "received_unix": now}
-                for e in body.events]
-        n = await asyncio.to_thread(self.events.append, tenant_id, rows)
-        return {"tenant": tenant_id, "accepted": n}
+        rows = [{"kind": "event", **e.model_dump(exclude_none=True), "timestamp": e.timestamp if e.timestamp is not None else now,
+                 "received_unix": now} for e in body.events]
+        try:
+            res = await asyncio.to_thread(self.events.append, tenant_id, rows, idempotency_key)
+        except OSError as e:
+            raise HTTPException(503, f"the event log cannot be written ({e.strerror or e}); nothing was recorded, retry later",
+                                headers={"Retry-After": "5"}) from None
+        return {"tenant": tenant_id, "accepted": res.accepted, "duplicate": res.duplicate}
 
     @app.get("/v1/tenants/{tenant_id}", response_model=TenantStatus, responses=_ERRORS, summary="Tenant serving status")
     async def tenant_status(

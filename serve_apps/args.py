@@ -46,5 +46,9 @@ class RecommenderArgs(BaseModel):
     require_api_keys: bool = Field(False, description="True: tenants without keys are closed; False: keys are per-tenant opt-in")
     record_timings: bool = Field(
         False, description="record per-stage request timings in the replica (stats(); for benchmarks, off in production)")
+    live_feedback: bool = Field(
+        True, description="learn each tenant's exploration policy and online prior from its event log (rec.serving.live_feedback)")
+    log_impressions: bool = Field(
+        True, description="append every answer's impression record (request id, items, propensities) to the tenant's log before replying")
     limits: Limits = Field(default_factory=Limits)
 

@@ -30,6 +30,8 @@ from ray import serve
 
 from rec.io.artifacts import ArtifactError
 from rec.serving.bundles import TenantBundle, load_tenant_bundle
+from rec.serving.events import EventLog
+from rec.serving.live_feedback import LiveFeedback
 from rec.serving.ranking import RankError, RankRequest, rank_batch
 from rec.serving.registry import TenantRegistry, TenantUnavailable, UnknownTenant
 from rec.serving.runtime import VARIANTS, SharedRanker
@@ -86,6 +88,8 @@ class TenantRanker:
             max_tenants=self.args.max_tenants_per_replica if self.args.multiplex else None,
         )
         self.timings = timings if timings is not None else (Timings() if self.args.record_timings else None)
+        self.feedback = (LiveFeedback(self.store.tenant_dir, EventLog(self.store.events_dir), self.args.poll_interval_s)
+                         if self.args.live_feedback else None)
         self._batched.set_max_batch_size(self.args.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         self.batches: deque[tuple[int, int]] = deque(maxlen=4096)  # (rows, tenants) of recent batches
@@ -131,6 +135,7 @@ class TenantRanker:
             k=int(request["k"]),
             exclude_history=bool(request["exclude_history"]),
             candidates=None if request.get("candidates") is None else tuple(request["candidates"]),
+            user_id=request.get("user_id"),
         )
         out = await self._batched((req, time.perf_counter() if self.timings is not None else 0.0))
         if self.timings is not None:
@@ -160,11 +165,11 @@ class TenantRanker:
     def _rank(self, requests: list[RankRequest], queued: float, served: dict | None = None) -> list[dict[str, Any] | RankError]:
         if self.timings is None:
             return rank_batch(self.ranker, self.registry, requests, self.info["max_len"], self.info["model_version"],
-                              resolved=served)
+                              resolved=served, feedback=self.feedback)
         self.timings.add("thread" if served is None else "inline", time.perf_counter() - queued)
         t: dict[str, float] = {}
         out = rank_batch(self.ranker, self.registry, requests, self.info["max_len"], self.info["model_version"], timings=t,
-                         resolved=served)
+                         resolved=served, feedback=self.feedback)
         for stage, sec in t.items():
             self.timings.add(stage.removesuffix("_s"), sec)
         return out

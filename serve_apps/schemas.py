@@ -47,15 +47,20 @@ class RecommendRequest(_Body):
     candidates: list[ItemId] | None = Field(
         None, description="optional filter: rank only these item ids (unknown ones are ignored with a warning)"
     )
+    user_id: StrictStr | None = Field(None, min_length=1, max_length=128, description="logged with the impression record")
 
 
 class ScoredItem(BaseModel):
     item_id: str
     score: float
+    position: int = Field(description="1-based position shown")
+    propensity: float = Field(description="probability the policy shows this item at this position (1.0 = deterministic)")
 
 
 class RecommendResponse(BaseModel):
     tenant: str
+    request_id: str = Field(description="quote it in feedback events (request_id) to attribute them to this answer")
+    policy: str = Field(description="exploration policy that picked the items: greedy, epsilon, thompson, lints or linucb")
     items: list[ScoredItem]
     adapter_version: str = Field(description="tenant bundle version that answered, e.g. v3")
     method: str = Field(description="adaptation method of that version; 'zero-shot' = base model")
@@ -71,6 +76,8 @@ class FeedbackEvent(_Body):
     item_id: ItemId
     user_id: StrictStr | None = Field(None, min_length=1, max_length=128)
     timestamp: StrictFloat | StrictInt | None = Field(None, ge=0, description="unix seconds; default: time received")
+    request_id: StrictStr | None = Field(
+        None, min_length=1, max_length=64, description="request_id of the recommendation answer this event is feedback on")
 
 
 class EventsRequest(_Body):
@@ -80,6 +87,7 @@ class EventsRequest(_Body):
 class EventsResponse(BaseModel):
     tenant: str
     accepted: int = Field(description="events durably appended (fsynced) before this response")
+    duplicate: bool = Field(False, description="the Idempotency-Key was seen before: nothing new was written")
 
 
 class TenantStatus(BaseModel):

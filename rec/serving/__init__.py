@@ -14,7 +14,12 @@ checks it in a fresh interpreter). Publishing a tenant exports, so it lives in
   loads run outside its lock, one per tenant at a time.
 - :mod:`rec.serving.ranking`: ``rank_batch``, one shared-model call for a mixed-tenant batch.
 - :mod:`rec.serving.auth`: per-tenant API keys stored as scrypt hashes.
-- :mod:`rec.serving.events`: the durable (fsynced) feedback log.
+- :mod:`rec.serving.events`: the durable, day-partitioned event log (fsynced; idempotency keys;
+  group-committed impression records).
+- :mod:`rec.serving.policies`: exploration policies (greedy, epsilon, Thompson, LinTS, LinUCB)
+  re-ranking the model's top-N, with per-position propensities.
+- :mod:`rec.serving.online_prior`: decayed per-item event counts blended into catalog scores.
+- :mod:`rec.serving.live_feedback`: each tenant's policy state and prior, learned by tailing its log.
 - :mod:`rec.serving.errors`: ``FeedError``, ``AdapterShapeError``.
 
 The Serve application is in ``serve_apps/`` (see docs/serving.md).

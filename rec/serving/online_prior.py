@@ -2,9 +2,11 @@
 
 A text-only model knows nothing of what a tenant's users actually pick. This prior counts
 clicks and purchases per catalog row with exponential time decay (half-life ``half_life_s``),
-and :meth:`OnlinePrior.blend` adds ``weight * standardise(log1p(counts))`` to the model's
-standardised scores. With no events the blend is the model's ranking unchanged; as events arrive
-the tenant's own popularity takes over where the titles carry little signal.
+and :meth:`OnlinePrior.blend` adds ``weight * log1p(counts)`` to the model's standardised scores:
+``weight`` is how many model standard deviations an e-fold of (decayed) events is worth. With no
+events the blend is the model's ranking unchanged; as events arrive the tenant's own popularity
+takes over where the titles carry little signal, smoothly (one click moves an item by
+``0.69 * weight``, not to the top).
 
 Decay is applied lazily: counts are stored relative to a reference time and rescaled on read,
 so an update is O(items in the event) and a read O(catalog).
@@ -67,7 +69,7 @@ class OnlinePrior:
         return float(self._counts.sum())
 
     def blend(self, scores: np.ndarray, rows: np.ndarray, t: float) -> np.ndarray:
-        """Model ``scores`` of catalog ``rows`` with the prior added (both standardised).
+        """Model ``scores`` of catalog ``rows``, standardised, plus ``weight * log1p(counts)``.
 
         Returns the scores unchanged (as float64) while no event has been observed.
         """
@@ -75,7 +77,7 @@ class OnlinePrior:
         if self.total == 0 or self.weight == 0:
             return scores
         pop = np.log1p(self.counts(t)[np.asarray(rows, np.int64)])
-        return _standardise(scores) + self.weight * _standardise(pop)
+        return _standardise(scores) + self.weight * pop
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:

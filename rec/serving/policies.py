@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-__all__ = ["POLICIES", "PolicyConfig", "PolicyState", "Slate", "choose"]
+__all__ = ["POLICIES", "PolicyConfig", "PolicyState", "Slate", "choose", "greedy_slate"]
 
 PolicyName = Literal["greedy", "epsilon", "thompson", "lints", "linucb"]
 POLICIES: tuple[str, ...] = ("greedy", "epsilon", "thompson", "lints", "linucb")
@@ -101,25 +101,40 @@ class PolicyState:
         if self.precision.shape != (f, f) or self.target.shape != (f,):
             raise ValueError(f"policy state regression must have {f} features: the model's dim changed; reset the state")
 
-    def update(self, rows: np.ndarray, clicked: np.ndarray, z: np.ndarray, vectors: np.ndarray) -> None:
-        """Learn from one shown slate.
+    def observe_impression(self, rows: np.ndarray, z: np.ndarray, vectors: np.ndarray) -> None:
+        """Count one shown slate (no click yet; clicks arrive later, :meth:`observe_click`).
 
         Args:
             rows: ``(k,)`` shown catalog rows.
-            clicked: ``(k,)`` 1 where the user clicked that row, else 0.
-            z: ``(k,)`` the shown rows' standardised model scores (:attr:`Slate.z`, logged with
-                the impression).
-            vectors: ``(k, dim)`` the shown rows' catalog vectors.
+            z: ``(k,)`` their standardised model scores (:attr:`Slate.z`, logged with the impression).
+            vectors: ``(k, dim)`` their catalog vectors.
         """
-        rows, clicked = np.asarray(rows, np.int64), np.asarray(clicked, np.float64)
-        if rows.min(initial=0) < 0 or rows.max(initial=0) >= self.num_items:
-            raise ValueError(f"rows must lie in [0, {self.num_items}): the slate is not from this catalog")
+        rows = self._check_rows(rows)
         np.add.at(self.impressions, rows, 1.0)
-        np.add.at(self.clicks, rows, clicked)
         x = features(np.asarray(z, np.float64), np.asarray(vectors, np.float64))
         self.precision += x.T @ x
-        self.target += x.T @ clicked
         self._posterior = None
+
+    def observe_click(self, rows: np.ndarray, z: np.ndarray, vectors: np.ndarray) -> None:
+        """Count clicks on rows of an already observed impression (reward 1 for each)."""
+        rows = self._check_rows(rows)
+        np.add.at(self.clicks, rows, 1.0)
+        x = features(np.asarray(z, np.float64), np.asarray(vectors, np.float64))
+        self.target += x.sum(axis=0)
+        self._posterior = None
+
+    def update(self, rows: np.ndarray, clicked: np.ndarray, z: np.ndarray, vectors: np.ndarray) -> None:
+        """Impression and its clicks at once (``clicked``: ``(k,)`` 1 where clicked)."""
+        self.observe_impression(rows, z, vectors)
+        hit = np.asarray(clicked, bool)
+        if hit.any():
+            self.observe_click(np.asarray(rows)[hit], np.asarray(z)[hit], np.asarray(vectors)[hit])
+
+    def _check_rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_items):
+            raise ValueError(f"rows must lie in [0, {self.num_items}): the slate is not from this catalog")
+        return rows
 
     def posterior(self, cfg: PolicyConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(mean, cov, chol)`` of the regression weights; cached until the next update."""
@@ -154,6 +169,12 @@ class PolicyState:
             return cls(num_items, dim)
         arrays = load_file(str(path))
         return cls(num_items, dim, **arrays)
+
+
+def greedy_slate(rows: np.ndarray, scores: np.ndarray) -> Slate:
+    """The model's own order (``rows`` already best first), propensity 1 each."""
+    scores = np.asarray(scores, np.float64)
+    return Slate(np.asarray(rows, np.int64), np.ones(len(rows)), "greedy", _standardise(scores) if len(scores) else scores)
 
 
 # --- features ---------------------------------------------------------------------------------

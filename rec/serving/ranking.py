@@ -5,6 +5,12 @@ own tenant's adapter tensors (``SharedRanker.user_vectors``); top-K then runs on
 catalog. Bundles are :class:`rec.serving.bundles.TenantBundle`. Serve's ``@serve.batch`` hands batches here; the function itself
 needs no Serve, so it is tested and benchmarked directly.
 
+Each answer carries a ``request_id``, the ``policy`` that picked the shown items and, per item, its
+``position`` and ``propensity``; the impression record under :data:`IMPRESSION_KEY` is what the
+ingress logs before it replies (``rec.serving.events``). With ``feedback``, a tenant's online
+prior is blended into its catalog scores and its exploration policy re-ranks the model's top-N
+(``rec.serving.live_feedback``).
+
 Per-row problems (unknown tenant, a tenant whose bundles do not load) become that row's error; the
 other rows of the batch are still answered.
 """
@@ -13,15 +19,21 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from rec.serving.live_feedback import LiveFeedback, TenantFeedback
+from rec.serving.policies import Slate, greedy_slate
 from rec.serving.registry import ServedTenant, TenantRegistry, TenantUnavailable, UnknownTenant
 from rec.serving.runtime import SharedRanker
 
-__all__ = ["RankRequest", "rank_batch", "RankError"]
+__all__ = ["IMPRESSION_KEY", "RankRequest", "rank_batch", "RankError"]
+
+#: Key of the impression record in an answer: the ingress logs it and removes it before replying.
+IMPRESSION_KEY = "_impression"
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +47,7 @@ class RankRequest:
     k: int
     exclude_history: bool = True
     candidates: tuple[str, ...] | None = None
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,22 @@ class _Row:
     unknown_candidates: list[str]
 
 
-def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_version: str) -> dict[str, Any]:
+def _slate(ranker: SharedRanker, row: _Row, user: np.ndarray, exclude: np.ndarray, feedback: TenantFeedback | None,
+           now: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Slate]:
+    """The shown rows, their scores and the slate (policy, propensities, z) for one row."""
+    bundle, k = row.served.bundle, row.req.k
+    if feedback is None:
+        rows, scores = ranker.top_k(bundle, user, k, set(exclude.tolist()))
+        return rows, scores, greedy_slate(rows, scores)
+    n_cand = max(k, feedback.settings.candidates) if feedback.explores else k
+    rows, scores = ranker.top_k(bundle, user, n_cand, set(exclude.tolist()), adjust=lambda s: feedback.adjust(s, now))
+    slate = feedback.choose(rows, scores, k, rng)
+    shown = {int(r): j for j, r in enumerate(rows.tolist())}
+    return slate.rows, scores[[shown[int(r)] for r in slate.rows.tolist()]], slate
+
+
+def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_version: str,
+            feedback: TenantFeedback | None, rng: np.random.Generator) -> dict[str, Any]:
     bundle = row.served.bundle
     cold = user is None
     if cold:
@@ -69,7 +97,8 @@ def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_vers
     if row.candidate_rows is not None:
         outside = np.setdiff1d(np.arange(n, dtype=np.int64), row.candidate_rows, assume_unique=False)
         exclude = np.union1d(exclude, outside)
-    top_rows, scores = ranker.top_k(bundle, user, row.req.k, set(exclude.tolist()))
+    now = time.time()
+    top_rows, scores, slate = _slate(ranker, row, user, exclude, feedback, now, rng)
     warnings = []
     if row.unknown:
         warnings.append(f"{len(row.unknown)} history item id(s) are not in tenant {row.req.tenant!r}'s catalog and were ignored")
@@ -80,22 +109,38 @@ def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_vers
     if row.served.fallback_reason:
         warnings.append(f"serving fallback version v{row.served.version}: {row.served.fallback_reason}")
     method = bundle.method
+    ids = [bundle.item_ids[r] for r in top_rows.tolist()]
+    props = [float(p) for p in slate.propensities.tolist()]
+    request_id = uuid.uuid4().hex
+    adapter_version = f"v{row.served.version}"
+    impression = {
+        "kind": "impression", "request_id": request_id, "items": ids, "positions": list(range(1, len(ids) + 1)),
+        "propensities": props, "z": [round(float(z), 6) for z in slate.z.tolist()], "policy": slate.policy,
+        "model_version": model_version, "adapter_version": adapter_version, "timestamp": now,
+    }
+    if row.req.user_id is not None:
+        impression["user_id"] = row.req.user_id
     return {
         "tenant": row.req.tenant,
-        "items": [{"item_id": bundle.item_ids[r], "score": float(s)} for r, s in zip(top_rows.tolist(), scores.tolist(), strict=True)],
-        "adapter_version": f"v{row.served.version}",
+        "request_id": request_id,
+        "policy": slate.policy,
+        "items": [{"item_id": i, "score": float(s), "position": j + 1, "propensity": p}
+                  for j, (i, s, p) in enumerate(zip(ids, scores.tolist(), props, strict=True))],
+        "adapter_version": adapter_version,
         "method": method,
         "zero_shot": method == "zero-shot",
         "cold_start": cold,
         "model_version": model_version,
         "unknown_items": row.unknown,
         "warnings": warnings,
+        IMPRESSION_KEY: impression,
     }
 
 
 def rank_batch(
     ranker: SharedRanker, registry: TenantRegistry, requests: list[RankRequest], max_len: int, model_version: str,
     timings: dict[str, float] | None = None, resolved: dict[str, ServedTenant] | None = None,
+    feedback: LiveFeedback | None = None, rng: np.random.Generator | None = None,
 ) -> list[dict[str, Any] | RankError]:
     """Answer a mixed-tenant batch with one shared-model call (see module doc).
 
@@ -108,6 +153,8 @@ def rank_batch(
         model_version: Reported in every answer.
         resolved: Optional; the served version of every tenant in the batch, already resolved
             (``TenantRegistry.cached``), so no row touches the registry.
+        feedback: Optional; each tenant's live policy and online prior (greedy, no prior without).
+        rng: Random generator of the exploration policies (default: a fresh unseeded one).
         timings: Optional; receives seconds spent resolving tenants and history ids
             (``resolve_s``), building the feed (``feed_s``), in ``session.run`` (``ort_s``) and
             ranking + building the answers (``topk_s``).
@@ -151,9 +198,11 @@ def rank_batch(
                 except Exception as e:  # noqa: BLE001
                     out[r.index] = RankError(503, f"tenant {r.req.tenant!r} v{r.served.version} cannot be scored: {e}")
     t2 = time.perf_counter()
+    rng = rng if rng is not None else np.random.default_rng()
     for r in rows:
         if out[r.index] is None:
-            out[r.index] = _answer(ranker, r, users.get(r.index), model_version)
+            fb = feedback.get(r.req.tenant, r.served.bundle) if feedback is not None else None
+            out[r.index] = _answer(ranker, r, users.get(r.index), model_version, fb, rng)
     if timings is not None:
         timings.update(resolve_s=t1 - t0, feed_s=model_t.get("feed_s", 0.0), ort_s=model_t.get("ort_s", 0.0),
                        topk_s=time.perf_counter() - t2)

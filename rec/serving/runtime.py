@@ -15,6 +15,8 @@ through the per-row graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import os
 import threading
 import time
@@ -161,10 +163,14 @@ class SharedRanker:
         return out
 
     @staticmethod
-    def top_k(bundle: TenantBundle, user_vec: np.ndarray, k: int, exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def top_k(
+        bundle: TenantBundle, user_vec: np.ndarray, k: int, exclude: set[int] | None = None,
+        adjust: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best catalog rows of ``bundle`` for one user vector ``[D]``, best first.
 
-        ``exclude`` rows (e.g. already seen items) are never returned. Returns ``(rows, scores)``.
+        ``exclude`` rows (e.g. already seen items) are never returned; ``adjust`` maps the full
+        ``[N]`` catalog scores before ranking (the online prior). Returns ``(rows, scores)``.
         """
         user_vec = np.asarray(user_vec, np.float32).reshape(-1)
         if user_vec.shape[0] != bundle.catalog.shape[1]:
@@ -172,6 +178,8 @@ class SharedRanker:
         if k < 1:
             raise FeedError(f"k must be >= 1, got {k}")
         scores = catalog_scores(bundle, user_vec)
+        if adjust is not None:
+            scores = np.array(adjust(scores), np.float32)
         if exclude:
             ex = np.fromiter((i for i in exclude if 0 <= i < len(scores)), np.int64)
             scores[ex] = -np.inf

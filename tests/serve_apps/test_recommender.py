@@ -133,7 +133,7 @@ def test_openapi_docs_health(server):
     assert rec["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/RecommendRequest")
     assert {"404", "413", "422"} <= set(rec["responses"])
     schemas = spec["components"]["schemas"]
-    assert {"history", "k", "exclude_history", "candidates"} == set(schemas["RecommendRequest"]["properties"])
+    assert {"history", "k", "exclude_history", "candidates", "user_id"} == set(schemas["RecommendRequest"]["properties"])
     assert {"adapter_version", "model_version", "zero_shot", "items"} <= set(schemas["RecommendResponse"]["properties"])
     assert "swagger" in requests.get(server.url + "/docs", timeout=10).text.lower()
     assert requests.get(server.url + "/healthz", timeout=10).json() == {"status": "ok"}
@@ -153,7 +153,7 @@ def test_direct_ingress_replica_port_answers_like_the_proxy(server):
     body = {"history": hist, "k": 7, "exclude_history": True}
     via_proxy = server.post("/v1/tenants/podcasts/recommendations", body).json()
     via_replica = requests.post(f"{direct[0]}/v1/tenants/podcasts/recommendations", json=body, timeout=30).json()
-    assert len(via_proxy["items"]) == 7 and via_replica == via_proxy
+    assert len(via_proxy["items"]) == 7 and _stable(via_replica) == _stable(via_proxy)
     bad = requests.post(f"{direct[0]}/v1/tenants/podcasts/recommendations", json={"history": hist, "k": 0}, timeout=30)
     assert bad.status_code == 422 and "k" in bad.text
     assert requests.post(f"{direct[0]}/v1/tenants/nope/recommendations", json={"history": []}, timeout=30).status_code == 404
@@ -463,7 +463,7 @@ def test_multiplexed_sharding_answers_the_same(server):
             a = server.recommend(tenant, hist, k=5).json()
             b = server.post(f"/sharded/v1/tenants/{tenant}/recommendations", {"history": hist, "k": 5, "exclude_history": False})
             assert b.status_code == 200, b.text
-            assert b.json() == a
+            assert _stable(b.json()) == _stable(a)
         assert server.post("/sharded/v1/tenants/nosuch/recommendations", {"history": []}).status_code == 404
         st = requests.get(server.url + "/sharded/v1/tenants/courses", timeout=10).json()
         assert st["catalog_size"] == 80
@@ -513,7 +513,7 @@ def test_feedback_event_survives_a_replica_kill(server):
     ev = {"events": [{"type": "purchase", "item_id": "a-0007", "user_id": "u1", "timestamp": 1700000000},
                      {"type": "click", "item_id": "a-0008"}]}
     r = server.post("/v1/tenants/books/events", ev)
-    assert r.status_code == 201 and r.json() == {"tenant": "books", "accepted": 2}
+    assert r.status_code == 201 and r.json() == {"tenant": "books", "accepted": 2, "duplicate": False}
     from serve_apps.recommender import SINGLE_HOP
 
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
@@ -522,7 +522,7 @@ def test_feedback_event_survives_a_replica_kill(server):
     for a in replicas:
         ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
     after = log.read("books")
-    assert [e["item_id"] for e in after[before:]] == ["a-0007", "a-0008"]
+    assert [e["item_id"] for e in after[before:] if e["kind"] == "event"] == ["a-0007", "a-0008"]
     assert after[before]["timestamp"] == 1700000000 and after[before]["type"] == "purchase"
     deadline = time.time() + 60
     while time.time() < deadline:  # Serve replaces the replica; the log keeps growing from there
@@ -534,4 +534,42 @@ def test_feedback_event_survives_a_replica_kill(server):
             pass
         time.sleep(0.5)
     assert r.status_code == 201
-    assert [e["item_id"] for e in log.read("books")[before:]] == ["a-0007", "a-0008", "a-0009"]
+    assert [e["item_id"] for e in log.read("books")[before:] if e["kind"] == "event"] == ["a-0007", "a-0008", "a-0009"]
+
+
+def _stable(answer: dict) -> dict:
+    """An answer without its per-call request id."""
+    return {k: v for k, v in answer.items() if k != "request_id"}
+
+
+# --- attribution and idempotent writes ------------------------------------------------------------
+def test_answers_are_logged_as_impressions_and_events_join_them(server):
+    log = EventLog(ArtifactRoot(server.root).events_dir)
+    hist = _hist(server.world, "courses")
+    r = server.post("/v1/tenants/courses/recommendations", {"history": hist, "k": 4, "user_id": "u-9"})
+    assert r.status_code == 200, r.text
+    ans = r.json()
+    assert ans["policy"] == "greedy" and [i["position"] for i in ans["items"]] == [1, 2, 3, 4]
+    # the impression is durable before the answer: it is in the log already
+    imp = [e for e in log.read("courses") if e.get("request_id") == ans["request_id"] and e["kind"] == "impression"]
+    assert len(imp) == 1 and imp[0]["user_id"] == "u-9" and imp[0]["items"] == [i["item_id"] for i in ans["items"]]
+    assert imp[0]["propensities"] == [1.0] * 4 and imp[0]["adapter_version"] == ans["adapter_version"]
+    click = {"events": [{"type": "click", "item_id": ans["items"][1]["item_id"], "request_id": ans["request_id"]}]}
+    assert server.post("/v1/tenants/courses/events", click).status_code == 201
+    joined = [e for e in log.read("courses") if e.get("request_id") == ans["request_id"]]
+    assert [e["kind"] for e in joined] == ["impression", "event"]
+
+
+def test_a_retried_event_post_with_an_idempotency_key_is_logged_once(server):
+    log = EventLog(ArtifactRoot(server.root).events_dir)
+    before = len(log.read("courses"))
+    ev = {"events": [{"type": "purchase", "item_id": "c-0001"}, {"type": "click", "item_id": "c-0002"}]}
+    headers = {"Idempotency-Key": "order-77-attempt"}
+    first = requests.post(server.url + "/v1/tenants/courses/events", json=ev, headers=headers, timeout=30)
+    again = requests.post(server.url + "/v1/tenants/courses/events", json=ev, headers=headers, timeout=30)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["duplicate"] is False and again.json() == {"tenant": "courses", "accepted": 2, "duplicate": True}
+    new = [e for e in log.read("courses")[before:] if e["kind"] == "event"]
+    assert [e["item_id"] for e in new] == ["c-0001", "c-0002"]
+    bad = requests.post(server.url + "/v1/tenants/courses/events", json=ev, headers={"Idempotency-Key": "has space"}, timeout=30)
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.text

@@ -1,0 +1,242 @@
+"""What a replica learns from a tenant's live log: exploration policy state and the online prior.
+
+The event log is the single source of truth. Every replica tails each active tenant's log
+(:meth:`EventLog.tail`) every ``poll_interval_s`` on a background thread and applies the new
+records to its in-memory :class:`TenantFeedback`:
+
+- a service ``impression`` record -> the policy counts the shown slate (``observe_impression``)
+  and remembers it by ``request_id``;
+- a client ``click``/``purchase`` -> the online prior counts the item; when it names the
+  ``request_id`` of a remembered impression that showed the item, the policy counts a click on
+  that slate position's features (``observe_click``).
+
+Because every replica applies the same log in the same order, replicas converge to the same
+state without talking to each other, and a restarted replica rebuilds it by replaying the log.
+A tenant's settings live in ``<tenant folder>/feedback.json`` (:class:`FeedbackSettings`,
+written by ``rec feedback-settings``); a changed file is picked up on the next poll.
+
+The rank path never waits for this: :meth:`LiveFeedback.get` returns the state built so far, or
+None (rank greedily, no prior) while a tenant's first replay is still running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rec.io.artifacts import atomic_write_json
+from rec.serving.bundles import TenantBundle
+from rec.serving.events import EventLog
+from rec.serving.online_prior import OnlinePrior
+from rec.serving.policies import POLICIES, PolicyConfig, PolicyState, Slate, choose
+
+__all__ = ["FEEDBACK_SETTINGS_FILE", "FeedbackSettings", "LiveFeedback", "TenantFeedback", "read_feedback_settings",
+           "write_feedback_settings"]
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_SETTINGS_FILE = "feedback.json"
+
+
+class FeedbackSettings(BaseModel):
+    """A tenant's exploration policy and online prior (``<tenant folder>/feedback.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal[POLICIES] = Field("greedy", description="how the shown k are picked from the model's candidates")  # type: ignore[valid-type]
+    candidates: int = Field(50, ge=1, le=1000, description="model top-N a non-greedy policy re-ranks")
+    epsilon: float = Field(0.1, ge=0.0, le=1.0)
+    prior_strength: float = Field(10.0, gt=0.0, description="thompson: pseudo-impressions behind the model's prior")
+    ridge: float = Field(1.0, gt=0.0, description="lints/linucb: prior precision of the regression")
+    noise: float = Field(0.25, gt=0.0, description="lints: posterior scale")
+    alpha: float = Field(0.5, ge=0.0, description="linucb: optimism bonus width")
+    score_weight: float = Field(0.05, gt=0.0, description="lints/linucb: prior weight on the model score")
+    propensity_samples: int = Field(64, ge=1, le=4096)
+    prior_weight: float = Field(0.5, ge=0.0, description="online popularity prior's weight against the model (0: off)")
+    prior_half_life_s: float = Field(7 * 86400.0, gt=0.0, description="half-life of an event in the online prior")
+
+    def policy_config(self) -> PolicyConfig:
+        return PolicyConfig(self.policy, self.epsilon, self.prior_strength, self.ridge, self.noise, self.alpha,
+                            self.score_weight, self.propensity_samples)
+
+
+def read_feedback_settings(tenant_dir: Path) -> FeedbackSettings:
+    """The tenant's settings, defaults when it has none.
+
+    Raises:
+        ValueError: the file exists but is not valid (the message names the bad key).
+    """
+    path = Path(tenant_dir) / FEEDBACK_SETTINGS_FILE
+    if not path.is_file():
+        return FeedbackSettings()
+    try:
+        return FeedbackSettings.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise ValueError(f"{path}: invalid feedback settings: {e}") from None
+
+
+def write_feedback_settings(tenant_dir: Path, settings: FeedbackSettings) -> Path:
+    """Write atomically; replicas pick it up on their next poll."""
+    path = Path(tenant_dir) / FEEDBACK_SETTINGS_FILE
+    atomic_write_json(path, settings.model_dump())
+    return path
+
+
+class TenantFeedback:
+    """One tenant's live policy state and online prior (see module doc); thread-safe."""
+
+    def __init__(self, tenant: str, bundle: TenantBundle, settings: FeedbackSettings, max_remembered: int = 100_000) -> None:
+        self.tenant = tenant
+        self.settings = settings
+        self.policy = settings.policy_config()
+        self.item_ids = bundle.item_ids
+        self.state = PolicyState(bundle.num_items, int(bundle.catalog.shape[1]))
+        self.prior = OnlinePrior(bundle.num_items, settings.prior_half_life_s, settings.prior_weight)
+        self.offsets: dict[str, int] = {}
+        self.applied = 0
+        self._vectors = bundle
+        self._shown: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._max_remembered = max_remembered
+        self._lock = threading.Lock()
+
+    def same_catalog(self, bundle: TenantBundle) -> bool:
+        return bundle.item_ids is self.item_ids or (
+            bundle.num_items == len(self.item_ids) and bundle.item_ids.tolist() == self.item_ids.tolist())
+
+    def apply(self, records: list[dict[str, Any]]) -> None:
+        """Learn from log records in log order (impressions, clicks, purchases)."""
+        with self._lock:
+            for rec in records:
+                try:
+                    self._apply_one(rec)
+                except (KeyError, TypeError, ValueError) as e:  # a malformed line never stops learning
+                    log.warning("tenant %s: skipped a log record (%s: %s)", self.tenant, type(e).__name__, e)
+            self.applied += len(records)
+
+    def _apply_one(self, rec: dict[str, Any]) -> None:
+        if rec.get("kind") == "impression":
+            rows, unknown = self.item_ids.rows_of(rec["items"])
+            if unknown or len(rows) != len(rec["z"]):
+                return  # a slate of another catalog version
+            z = np.asarray(rec["z"], np.float64)
+            self.state.observe_impression(rows, z, self._vectors_of(rows))
+            self._shown[rec["request_id"]] = (rows, z)
+            if len(self._shown) > self._max_remembered:
+                self._shown.popitem(last=False)
+            return
+        if rec.get("type") not in ("click", "purchase"):
+            return
+        rows, unknown = self.item_ids.rows_of([rec["item_id"]])
+        if unknown:
+            return
+        self.prior.observe(rows, float(rec.get("timestamp") or rec.get("received_unix") or 0.0))
+        slate = self._shown.get(rec.get("request_id") or "")
+        if slate is not None:
+            hit = slate[0] == rows[0]
+            if hit.any():
+                self.state.observe_click(slate[0][hit], slate[1][hit], self._vectors_of(slate[0][hit]))
+
+    def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        b = self._vectors
+        vec = b.catalog[rows].astype(np.float64)
+        return vec * b.catalog_scale[rows, None] if b.catalog_scale is not None else vec
+
+    @property
+    def explores(self) -> bool:
+        return self.policy.name != "greedy"
+
+    def adjust(self, scores: np.ndarray, now: float) -> np.ndarray:
+        """Full-catalog model scores with the online prior blended in (unchanged without events)."""
+        if self.prior.total == 0 or self.prior.weight == 0:
+            return scores
+        with self._lock:
+            return self.prior.blend(scores, np.arange(len(scores)), now)
+
+    def choose(self, rows: np.ndarray, scores: np.ndarray, k: int, rng: np.random.Generator) -> Slate:
+        vectors = self._vectors_of(rows) if self.policy.name in ("lints", "linucb") else None
+        with self._lock:
+            return choose(rows, scores, vectors, k, self.policy, self.state, rng)
+
+
+class LiveFeedback:
+    """Per-replica registry of :class:`TenantFeedback`, kept current by one background thread.
+
+    Args:
+        tenant_dir: Maps a tenant id to its artifact folder (where ``feedback.json`` lives).
+        log: The tenants' event log.
+        poll_interval_s: How often active tenants' logs and settings are re-read.
+        idle_s: A tenant not ranked for this long is dropped (rebuilt by replay when it returns).
+    """
+
+    def __init__(self, tenant_dir, log: EventLog, poll_interval_s: float = 1.0, idle_s: float = 3600.0) -> None:  # noqa: ANN001
+        self._tenant_dir = tenant_dir
+        self._log = log
+        self._poll = max(poll_interval_s, 0.05)
+        self._idle_s = idle_s
+        self._tenants: dict[str, TenantFeedback] = {}
+        self._wanted: dict[str, tuple[TenantBundle, float]] = {}
+        self._stamps: dict[str, float | None] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-feedback", daemon=True)
+        self._thread.start()
+
+    def get(self, tenant: str, bundle: TenantBundle) -> TenantFeedback | None:
+        """The tenant's state if built for this catalog, else None (and a build is scheduled)."""
+        fb = self._tenants.get(tenant)
+        with self._lock:
+            self._wanted[tenant] = (bundle, time.monotonic())
+        if fb is not None and (fb._vectors is bundle or fb.same_catalog(bundle)):
+            fb._vectors = bundle
+            return fb
+        self._wake.set()
+        return None
+
+    def refresh(self) -> None:
+        """One poll: build new tenants (replaying their log), apply new records, reload settings."""
+        with self._lock:
+            wanted = dict(self._wanted)
+        now = time.monotonic()
+        for tenant, (bundle, seen) in wanted.items():
+            if now - seen > self._idle_s:
+                with self._lock:
+                    self._wanted.pop(tenant, None)
+                self._tenants.pop(tenant, None)
+                continue
+            try:
+                self._refresh_tenant(tenant, bundle)
+            except (OSError, ValueError) as e:
+                log.warning("tenant %s: live feedback not refreshed: %s", tenant, e)
+
+    def _refresh_tenant(self, tenant: str, bundle: TenantBundle) -> None:
+        settings_path = Path(self._tenant_dir(tenant)) / FEEDBACK_SETTINGS_FILE
+        stamp = settings_path.stat().st_mtime if settings_path.is_file() else None
+        fb = self._tenants.get(tenant)
+        if fb is None or stamp != self._stamps.get(tenant) or not fb.same_catalog(bundle):
+            fb = TenantFeedback(tenant, bundle, read_feedback_settings(Path(self._tenant_dir(tenant))))
+            self._stamps[tenant] = stamp
+        fb.apply(self._log.tail(tenant, fb.offsets))
+        self._tenants[tenant] = fb
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one bad poll
+                log.exception("live feedback poll failed")
+            self._wake.wait(self._poll)
+            self._wake.clear()
