@@ -35,6 +35,7 @@ from rec.serving.events import EventLog, GroupCommitWriter
 from rec.serving.ranking import IMPRESSION_KEY
 from rec.serving.store import ArtifactRoot
 from serve_apps.args import Limits, RecommenderArgs
+from serve_apps.metrics import RequestMetrics, TenantMetrics
 from serve_apps.ranker import TenantRanker
 from serve_apps.schemas import (
     ErrorBody,
@@ -130,6 +131,7 @@ app = FastAPI(
     openapi_url="/openapi.json",
 )
 app.add_middleware(BodyLimit)
+app.add_middleware(RequestMetrics, metrics_of=lambda: getattr(_serving_ingress(), "metrics", None))
 
 _bearer = HTTPBearer(auto_error=False, description="tenant API key as a bearer token")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="tenant API key")
@@ -168,6 +170,7 @@ class Ingress:
         self.keys = ApiKeyChecker(self.store.keys_path, require_keys=self.args.require_api_keys)
         self.events = EventLog(self.store.events_dir)
         self.impressions = GroupCommitWriter(self.events) if self.args.log_impressions else None
+        self.metrics = TenantMetrics() if self.args.export_metrics else None
         self.ranker = ranker
         # single-hop: the local Ranker records into the same Timings, so stats() has every stage
         self.local = TenantRanker(args, timings=self.timings) if ranker is None else None
@@ -234,6 +237,8 @@ class Ingress:
         request = {"tenant": tenant_id, **body.model_dump()}
         out = _raise_if_error(await self._call("recommend", tenant_id, request))
         impression = out.pop(IMPRESSION_KEY, None)
+        if self.metrics is not None:
+            self.metrics.answered(tenant_id, out["policy"], out["adapter_version"])
         if self.impressions is not None and impression is not None:
             impression["received_unix"] = time.time()
             try:  # durable before the answer: group-committed with concurrent requests' impressions
@@ -279,6 +284,8 @@ class Ingress:
         except OSError as e:
             raise HTTPException(503, f"the event log cannot be written ({e.strerror or e}); nothing was recorded, retry later",
                                 headers={"Retry-After": "5"}) from None
+        if self.metrics is not None and not res.duplicate:
+            self.metrics.posted(tenant_id, [e.type for e in body.events])
         return {"tenant": tenant_id, "accepted": res.accepted, "duplicate": res.duplicate}
 
     @app.get("/v1/tenants/{tenant_id}", response_model=TenantStatus, responses=_ERRORS, summary="Tenant serving status")

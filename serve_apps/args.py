@@ -50,5 +50,7 @@ class RecommenderArgs(BaseModel):
         True, description="learn each tenant's exploration policy and online prior from its event log (rec.serving.live_feedback)")
     log_impressions: bool = Field(
         True, description="append every answer's impression record (request id, items, propensities) to the tenant's log before replying")
+    export_metrics: bool = Field(
+        True, description="per-tenant requests, latency, impressions, events, version and policy as Ray metrics (serve_apps.metrics)")
     limits: Limits = Field(default_factory=Limits)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,9 @@ def text_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("text-cache"))
 
 
+METRICS_PORT_ENV = "FEWSHOT_TEST_METRICS_PORT"
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local 2-CPU Ray for the whole session (Ray on 2 cores: start once, always shut down)."""
@@ -49,7 +53,12 @@ def ray_local():
     if ray.is_initialized():
         yield ray
         return
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    os.environ[METRICS_PORT_ENV] = str(sock.getsockname()[1])  # where tests scrape Ray's Prometheus metrics
+    sock.close()
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False,
+             _metrics_export_port=int(os.environ[METRICS_PORT_ENV]))
     try:
         yield ray
     finally:

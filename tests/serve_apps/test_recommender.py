@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import socket
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from rec.serving.events import EventLog
 from rec.export.publish import publish_tenant
 from rec.serving.store import ArtifactRoot
 from serve_apps.args import RecommenderArgs
+from tests.conftest import METRICS_PORT_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -573,3 +576,43 @@ def test_a_retried_event_post_with_an_idempotency_key_is_logged_once(server):
     assert [e["item_id"] for e in new] == ["c-0001", "c-0002"]
     bad = requests.post(server.url + "/v1/tenants/courses/events", json=ev, headers={"Idempotency-Key": "has space"}, timeout=30)
     assert bad.status_code == 422 and "Idempotency-Key" in bad.text
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+def _scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def _series(body: str, name: str) -> list[str]:
+    return [line for line in body.splitlines() if line.startswith(f"ray_{name}") and not line.startswith("#")]
+
+
+def test_tenant_metrics_are_exported_in_prometheus_format(server):
+    port = int(os.environ[METRICS_PORT_ENV])
+    hist = [str(i) for i in server.world.tenants["courses"].items.ids[:3]]
+    for _ in range(3):
+        assert server.recommend("courses", hist, k=3).status_code == 200
+    assert server.post("/v1/tenants/courses/events", {"events": [{"type": "click", "item_id": hist[0]}]}).status_code == 201
+    assert server.post("/v1/tenants/Bad!/recommendations", {"history": []}).status_code in (404, 422)
+    def exported(body: str) -> list[str]:
+        """What is still missing from the scrape (empty once everything is there)."""
+        ok = [s for s in _series(body, "fewshot_requests_total") if 'tenant="courses"' in s and 'status="200"' in s
+              and 'route="recommendations"' in s and float(s.rsplit(" ", 1)[1]) >= 3]
+        checks = {
+            "requests": bool(ok),
+            "click": any('tenant="courses"' in s and 'type="click"' in s for s in _series(body, "fewshot_events_total")),
+            "impressions": any('tenant="courses"' in s and 'policy="greedy"' in s for s in _series(body, "fewshot_impressions_total")),
+            "latency": any('tenant="courses"' in s for s in _series(body, "fewshot_request_latency_ms_bucket")),
+            "policy": any('tenant="courses"' in s for s in _series(body, "fewshot_policy")),
+        }
+        return [name for name, hit in checks.items() if not hit]
+
+    deadline, body = time.time() + 60, ""
+    while time.time() < deadline:  # Ray's agent exports every few seconds
+        body = _scrape(port)
+        if not exported(body):
+            break
+        time.sleep(1)
+    assert not exported(body), exported(body)
+    # a malformed tenant id never becomes a label value
+    assert not any('tenant="Bad!"' in s for s in _series(body, "fewshot_requests_total"))
