@@ -34,9 +34,9 @@ def _flag_overrides(*pairs: tuple[object, str]) -> list[str]:
 
 
 def _load(args: argparse.Namespace, extra: list[str] | None = None):  # noqa: ANN202
-    from rec.config import load_config
+    from rec.config import DATA_ROOT_ENV, load_config
 
-    return load_config(args.config, list(extra or []) + list(args.overrides))
+    return load_config(args.config, list(extra or []) + list(args.overrides), data_root=os.environ.get(DATA_ROOT_ENV))
 
 
 def _print_metrics(title: str, metrics: dict[str, dict[str, float]]) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rec.data.padding import left_pad
 from rec.data.schema import Tenant
 from rec.export.errors import ExportError
 from rec.export.parity import (
@@ -355,10 +356,7 @@ def export_merged_tenant_model(
     graph = MergedGraph(adapted, catalog).eval()
     max_len = int(loaded.cfg.data.max_seq_len)
     data = parity_data_from_tenant(loaded, tenant, text_emb, max_users)
-    rows = np.full((len(data.histories), max_len), -1, np.int64)
-    for i, h in enumerate(data.histories):
-        h = h[-max_len:]
-        rows[i, max_len - len(h):] = h
+    rows = left_pad(data.histories, max_len)
     pad = rows < 0
     # Example for tracing: sizes >= 2 and distinct (B=3, T=min(7, max_len)), as torch.export specializes 0/1.
     ex_rows = torch.from_numpy(np.resize(rows, (3, max_len))[:, -7:].copy())

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from rec.data.padding import left_pad
 from rec.export.errors import AdapterShapeError, FeedError
 from rec.export.tenant_bundle import TenantBundle
 from rec.io.artifacts import ArtifactError, read_manifest
@@ -46,7 +47,6 @@ BASE_VARIANTS = {"fp32": "model.base.onnx", "int8": "model.base.int8.onnx"}
 BASE_FILE = BASE_VARIANTS["fp32"]
 #: its inputs (``rec.export.serving_graph.BaseGraph``)
 BASE_INPUTS = ("hist", "pad")
-PAD = -1
 
 
 @dataclass
@@ -116,11 +116,8 @@ def build_feed(
         if h.ndim != 1 or (h.size and not np.issubdtype(h.dtype, np.integer)):
             raise FeedError(f"a history must be a 1-D array of integer item rows, got dtype {h.dtype} shape {h.shape}")
         rows.append(h[-max_len:])
-    B, T = len(rows), max(1, max(len(h) for h in rows))
-    idx = np.full((B, T), PAD, np.int64)
-    for r, h in enumerate(rows):
-        if len(h):
-            idx[r, T - len(h) :] = h
+    idx = left_pad(rows, max_len, fit_longest=True)
+    B, T = idx.shape
     lens = np.fromiter((len(h) for h in rows), np.int64, B)
     real = np.arange(T)[None, :] >= (T - lens)[:, None]  # not padding (an item row of -1 is an error, not padding)
     hist = np.zeros((B, T, d), np.float32)

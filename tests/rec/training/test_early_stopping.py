@@ -8,7 +8,7 @@ import torch
 
 from rec.data.schema import DataError, ItemTable, Tenant
 from rec.training.corpus import tenant_corpus
-from rec.training.loop import EarlyStopping
+from rec.training.early_stopping import EarlyStopping
 
 
 def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
