@@ -16,19 +16,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DATA_FORMATS = (
-    "synthetic",
-    "movielens-100k",
-    "movielens-1m",
-    "movielens-1m-tsv",
-    "seqrec",
-    "unisrec",
-    "lcrec",
-    "s3rec",
-    "sasrec",
-    "hetrec-lastfm",
-    "generic",
-)
+def data_formats() -> tuple[str, ...]:
+    """Every ``data.sources[].format``: the file loaders' formats (``rec.data.loaders.FORMATS``) plus ``synthetic``."""
+    from rec.data.loaders import FORMATS  # here, not at the top: the loaders import this module
+
+    return ("synthetic", *FORMATS)
 
 
 #: environment variable the entry points (CLI, benchmarks) read for the data root when data.root is unset
@@ -62,7 +54,7 @@ class TenantSource(_Strict):
     ``rec.data.paths``); an absolute one as it is.
     """
 
-    format: Literal[DATA_FORMATS]  # type: ignore[valid-type]
+    format: str = Field(description="a loader format of rec.data.loaders.FORMATS (docs/data-formats.md)")
     path: str = Field("", description="dataset folder (generic: file); relative = under data.root")
     name: str | None = Field(None, description="tenant id; default derived from the path")
     subset: str | None = Field(None, description="file stem inside the folder, e.g. 'Beauty' for s3rec")
@@ -74,6 +66,14 @@ class TenantSource(_Strict):
     time_col: str | None = "timestamp"
     items_path: str | None = Field(None, description="generic: item table (item_id + text columns)")
     text_cols: list[str] = Field(default_factory=lambda: ["title"])
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        known = data_formats()
+        if v not in known:
+            raise ValueError(f"unknown data format {v!r}: choose from {list(known)}")
+        return v
 
 
 class DataConfig(_Strict):
@@ -290,6 +290,14 @@ class MetaConfig(_Strict):
     run_name: str = "meta"
 
 
+#: storage of a tenant's catalog matrix in its bundle (``rec export``, ``rec publish``, the demo)
+CATALOG_DTYPES = ("fp32", "fp16", "int8")
+#: storage of a bundle's LoRA / prompt tensors once loaded for serving
+ADAPTER_DTYPES = ("fp32", "fp16")
+#: the shared serving model's weights (int8 = ORT dynamic quantization)
+MODEL_VARIANTS = ("fp32", "int8")
+
+
 class DemoConfig(_Strict):
     """``rec demo``: the whole story on the synthetic default (see ``rec.demo``)."""
 
@@ -299,8 +307,9 @@ class DemoConfig(_Strict):
     sweep: str = Field("tuning/configs/quick.yaml", description="sweep YAML for the tuned tenants")
     onboard_method: Literal["lora", "prompt", "head"] = "lora"
     onboard_k_users: int = Field(64, ge=1, description="users of the onboarding tenant it adapts on")
-    model_variant: Literal["fp32", "int8"] = "int8"
-    catalog_dtype: Literal["fp32", "fp16", "int8"] = "int8"
+    # int8 on purpose (the CLI's export default is fp32): the demo shows the compressed serving path
+    model_variant: Literal[MODEL_VARIANTS] = "int8"  # type: ignore[valid-type]
+    catalog_dtype: Literal[CATALOG_DTYPES] = "int8"  # type: ignore[valid-type]
     http_port: int = Field(8000, ge=1, le=65535)
     requests_per_tenant: int = Field(20, ge=1)
     keep_serving: bool = Field(False, description="leave Ray Serve running after the report (Ctrl-C to stop)")
@@ -433,17 +442,18 @@ def read_yaml_mapping(path: str | Path, what: str, error: type[Exception], hint:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = RecConfig,
-                data_root: str | None = None) -> Any:
+                data_root: str | None = None, base: dict[str, Any] | None = None) -> Any:
     """Load a YAML config (or defaults when ``path`` is None) and apply dotted overrides.
 
     Args:
+        base: Start from this tree instead of a file (e.g. a backbone's own config), when ``path`` is None.
         data_root: ``data.root`` when neither the file nor the overrides set it (the CLI passes
             ``$REC_DATA_ROOT`` here: the library itself never reads the environment).
 
     Raises:
         ConfigError: Missing/unreadable file, invalid YAML, unknown keys, bad values — all named.
     """
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = dict(base or {})
     if path is not None:
         tree = read_yaml_mapping(path, "config file", ConfigError, "pass an existing YAML file (see configs/)")
     tree = apply_overrides(tree, list(overrides or []))

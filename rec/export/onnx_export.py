@@ -16,7 +16,8 @@
 
     <out>/ model.onnx [+ model.int8.onnx], item_ids.json, manifest.json (kind=merged-tenant-model)
 
-Why dynamo: the legacy TorchScript exporter hard-codes sequence lengths (FIELD-NOTES). Every
+Why dynamo: the legacy TorchScript exporter silently hard-codes the sequence length inside
+``nn.TransformerEncoder`` attention, so any other length fails at run time. Every
 export is checked with ``onnx.checker`` and run in ONNX Runtime against the torch module on
 random and (when given) real inputs; the fp32 model is refused (nothing is published) unless
 max |diff| <= 1e-4 and every row's top-10 is identical (up to swaps of float ties,

@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # the serving side (load_tenant_bundle) must not import torch
 __all__ = ["TenantBundle", "export_tenant_bundle", "load_tenant_bundle", "CATALOG_DTYPES", "KIND"]
 
 KIND = "tenant-bundle"
-CATALOG_DTYPES = ("fp32", "fp16", "int8")
+from rec.config import CATALOG_DTYPES  # noqa: E402 - one list, in the typed config
 PARITY_TOL = 1e-4
 
 
