@@ -43,14 +43,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `bench` and `rec` importable
 
 from bench._results import RESULTS, log, write_results  # noqa: E402
-from rec.config import RayConfig, RecConfig, TenantSource, load_config  # noqa: E402
+from rec.config import DATA_ROOT_ENV, RayConfig, RecConfig, TenantSource, load_config  # noqa: E402
 from rec.data.schema import Tenant  # noqa: E402
 from rec.io.artifacts import atomic_write_bytes  # noqa: E402
 from rec.data.splits import leave_one_out  # noqa: E402
-from rec.metrics import metrics_from_ranks, rank_of_target  # noqa: E402
+from rec.metrics import popularity_metrics  # noqa: E402
 from rec.training.corpus import Corpus, EvalRows, build_corpus  # noqa: E402
 
-DATA = Path("/work/shared/datasets")
 MODELS = ("popularity", "sasrec-id", "fewshot-rec")
 PROTOCOL = (
     "leave-one-out by time (last item = test, second-last = validation, the rest = training); "
@@ -84,17 +83,17 @@ _COMMON = {
 DATASETS = {
     "ml-1m": DatasetSpec(
         "ml-1m",
-        TenantSource(format="movielens-1m-tsv", path=str(DATA / "ml-1m"), name="ml-1m"),
+        TenantSource(format="movielens-1m-tsv", path="ml-1m", name="ml-1m"),
         {**_COMMON, "train.epochs": 8, "train.patience": 2},
     ),
     "beauty": DatasetSpec(
         "beauty",
-        TenantSource(format="seqrec", path=str(DATA / "seqrec-benchmark/amazon2014-beauty"), name="beauty"),
+        TenantSource(format="seqrec", path="seqrec-benchmark/amazon2014-beauty", name="beauty"),
         {**_COMMON, "train.epochs": 6, "train.patience": 2},
     ),
     "scientific": DatasetSpec(
         "scientific",
-        TenantSource(format="unisrec", path=str(DATA / "amazon-scientific-unisrec"), name="scientific"),
+        TenantSource(format="unisrec", path="amazon-scientific-unisrec", name="scientific"),
         {**_COMMON, "train.epochs": 20, "train.patience": 3},
     ),
 }
@@ -201,18 +200,6 @@ class WorkerRssSampler:
         self._thread.join()
 
 
-def popularity_metrics(corpus: Corpus, split: str, batch: int = 2048) -> dict[str, float]:
-    """Full-ranking metrics of the training-count popularity ranking (same harness as the models)."""
-    tc = corpus.tenants[0]
-    rows = tc.valid if split == "valid" else tc.test
-    pop = tc.item_popularity.astype(np.float32)
-    ranks = [
-        rank_of_target(np.broadcast_to(pop, (len(rows.targets[s : s + batch]), len(pop))), rows.targets[s : s + batch])
-        for s in range(0, len(rows.targets), batch)
-    ]
-    return metrics_from_ranks(np.concatenate(ranks), ks=[10])
-
-
 def row(dataset: str, model: str, m: dict[str, float], epochs: int, train_s: float, rss: float) -> dict[str, Any]:
     return {
         "dataset": dataset, "model": model, "hr@10": m["hr@10"], "ndcg@10": m["ndcg@10"], "mrr@10": m["mrr@10"],
@@ -226,11 +213,12 @@ def bench_dataset(spec: DatasetSpec, models: list[str], args: argparse.Namespace
     import psutil
 
     from rec.data.loaders import load_source
+    from rec.data.paths import data_root
     from rec.training.ray_train import pretrain
 
     src = spec.source.model_copy(update={"max_users": QUICK_USERS} if args.quick else {})
     t0 = time.perf_counter()
-    tenant = load_source(src, min_seq_len=3)
+    tenant = load_source(src, min_seq_len=3, root=data_root(None, os.environ.get(DATA_ROOT_ENV)))  # paths: under the data root
     text_cfg = run_config(spec, "fewshot-rec" if "fewshot-rec" in models else "sasrec-id", args)
     corpus = build_corpus(text_cfg, tenants=[tenant])
     corpus = sample_validation(corpus, tenant, val_users(spec, args), text_cfg.train.seed)
@@ -241,9 +229,9 @@ def bench_dataset(spec: DatasetSpec, models: list[str], args: argparse.Namespace
     for model in models:
         if model == "popularity":
             t1 = time.perf_counter()
-            m = popularity_metrics(corpus, "test")
+            m = popularity_metrics(tc.item_popularity, tc.test.targets)
             pop_s = time.perf_counter() - t1
-            curves[model] = popularity_metrics(corpus, "valid")["ndcg@10"]
+            curves[model] = popularity_metrics(tc.item_popularity, tc.valid.targets)["ndcg@10"]
             rows.append(row(spec.name, model, m, 0, pop_s, psutil.Process().memory_info().rss / 2**20))
         else:
             cfg = run_config(spec, model, args)

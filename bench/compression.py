@@ -58,6 +58,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench._results import RESULTS, log, markdown_table, write_results  # noqa: E402
+from rec.config import DATA_ROOT_ENV  # noqa: E402
+from rec.data.padding import left_pad  # noqa: E402
 from rec.io.artifacts import atomic_write_bytes  # noqa: E402
 
 COLUMNS = ["variant", "dataset", "size_bytes", "catalog_bytes", "ndcg@10", "top10_overlap", "p50_ms_b1", "p50_ms_b32",
@@ -86,28 +88,19 @@ def pretrain_config(args: argparse.Namespace):  # noqa: ANN201
     }
     key = hashlib.sha256(json.dumps(ov, sort_keys=True).encode()).hexdigest()[:10]
     ov["train.output_dir"] = str(args.runs / f"backbone-{key}")
+    ov["ray.num_cpus"] = 2
     return load_config(None, [f"{k}={v}" for k, v in ov.items()])
 
 
 def get_backbone(args: argparse.Namespace):  # noqa: ANN201
     """``(loaded backbone, config, checkpoint folder)``; pretrains (cached under ``--runs``) if needed."""
-    from rec.io.artifacts import ArtifactError
-    from rec.training.checkpoint import load_backbone
+    from rec.training.ray_train import pretrained_backbone
 
     cfg = pretrain_config(args)
-    ckpt = Path(cfg.train.output_dir) / "checkpoint"
-    try:
-        return load_backbone(ckpt), cfg, ckpt
-    except ArtifactError:
-        pass
-    from rec.config import RayConfig
-    from rec.ray_session import ray_session
-    from rec.training.ray_train import pretrain
-
-    log(f"pretraining the backbone -> {ckpt}")
-    with ray_session(RayConfig(num_cpus=2)):
-        res = pretrain(cfg, progress=True)
-    return load_backbone(res.checkpoint), cfg, Path(res.checkpoint)
+    loaded, res = pretrained_backbone(cfg, progress=True)
+    if res is not None:
+        log(f"pretrained the backbone -> {res.checkpoint}")
+    return loaded, cfg, Path(cfg.train.output_dir).resolve() / "checkpoint"
 
 
 def eval_tenants(args: argparse.Namespace, cfg) -> list:  # noqa: ANN001
@@ -123,26 +116,6 @@ def eval_tenants(args: argparse.Namespace, cfg) -> list:  # noqa: ANN001
     return out
 
 
-def with_model(loaded, model, tag: str):  # noqa: ANN001, ANN201
-    """A LoadedBackbone-like object around an in-memory (compressed) encoder."""
-    from rec.training.checkpoint import LoadedBackbone
-
-    h = hashlib.sha256(tag.encode())
-    for v in model.state_dict().values():
-        h.update(v.detach().cpu().numpy().tobytes())
-    return LoadedBackbone(model.eval(), loaded.cfg, loaded.tenants, loaded.manifest, h.hexdigest())
-
-
-def left_pad(rows: list[np.ndarray], max_len: int) -> np.ndarray:
-    """``[B, T]`` int64 item rows, -1 = padding, T = the batch's longest history (at most ``max_len``)."""
-    rows = [np.asarray(h[-max_len:], np.int64) for h in rows]
-    out = np.full((len(rows), max(1, max(len(h) for h in rows))), -1, np.int64)
-    for i, h in enumerate(rows):
-        if len(h):
-            out[i, out.shape[1] - len(h):] = h
-    return out
-
-
 # --- the variants' serving paths -----------------------------------------------------------------
 def _users_fn(spec: dict[str, Any], dataset: str, threads: int = 1):  # noqa: ANN202
     """``(fn(histories) -> user vectors [B, D] or scores [B, N], bundle, gives_scores)`` for one variant."""
@@ -154,7 +127,7 @@ def _users_fn(spec: dict[str, Any], dataset: str, threads: int = 1):  # noqa: AN
         sess, max_len = make_session(Path(spec["merged"][dataset]) / "model.onnx"), spec["max_len"]
 
         def scores(rows: list[np.ndarray]) -> np.ndarray:
-            items = left_pad(rows, max_len)
+            items = left_pad(rows, max_len, fit_longest=True)
             return sess.run(["scores"], {"items": items, "pad": items < 0})[0]
 
         return scores, None, True
@@ -173,16 +146,16 @@ def _users_fn(spec: dict[str, Any], dataset: str, threads: int = 1):  # noqa: AN
     loaded = load_backbone(spec["checkpoint"])
     max_len = int(loaded.cfg.data.max_seq_len)
     if spec["kind"] == "torch":  # the tenant's model, as a user serves it in PyTorch
-        model, cat = loaded.model.eval(), torch.from_numpy(bundle.catalog)
+        model, cat = loaded.model.eval(), torch.from_numpy(bundle.catalog_fp32())
 
         def users(rows: list[np.ndarray]) -> np.ndarray:
-            idx = torch.from_numpy(left_pad(rows, max_len))
+            idx = torch.from_numpy(left_pad(rows, max_len, fit_longest=True))
             with torch.inference_mode():
                 return (model.user_vector(cat[idx.clamp(min=0)], idx < 0) / model.temperature).numpy()
 
         return users, bundle, False
-    from rec.export.serving_graph import ServingGraph
     from rec.serving.feed import build_feed  # "torch-graph": the exported module, eager
+    from rec.export.serving_graph import ServingGraph
 
     graph = ServingGraph(loaded.model).eval()
 
@@ -280,67 +253,77 @@ def quality(scores: np.ndarray, targets: np.ndarray, ref_top: np.ndarray | None)
     return ndcg, overlap, top
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from rec.data.paths import data_root
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2 pretraining epochs, 1 recovery epoch, 200 users, fewer timing reps")
     p.add_argument("--users", type=int, default=1000, help="seeded users per zero-shot tenant")
-    p.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
+    p.add_argument("--datasets", type=Path, help=f"data root (default: ${DATA_ROOT_ENV} or ../shared/datasets beside the repo)")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench-compression")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    import safetensors.torch
-    import torch
+    args.datasets = data_root(str(args.datasets) if args.datasets else None, os.environ.get(DATA_ROOT_ENV))
+    return args
 
-    from rec.compression import DistillLoss, ffn_prune, magnitude_prune, make_permanent, make_student, recover, sparsity
-    from rec.export.onnx_export import export_merged_tenant_model, export_serving_model, parity_data_from_tenant
-    from rec.export.serving_graph import ServingGraph
-    from rec.export.tenant_bundle import export_tenant_bundle
-    from rec.io.artifacts import read_manifest
-    from rec.serving.runtime import BASE_VARIANTS, VARIANTS
-    from rec.text import encode_items
-    from rec.training.corpus import build_corpus
 
-    torch.set_num_threads(2)
-    t_start = time.perf_counter()
-    loaded, cfg, ckpt = get_backbone(args)
-    tenants = eval_tenants(args, cfg)
-    embs = {t.name: encode_items(list(t.items.text), loaded.cfg.text) for t in tenants}
+def recipe(args: argparse.Namespace):  # noqa: ANN201 - CompressionRecipe
+    from rec.compression import CompressionRecipe
+
+    return CompressionRecipe(recovery_epochs=1 if args.quick else 3, student_keep=STUDENT["keep"],
+                             student_epochs=1 if args.quick else STUDENT["epochs"], student_alpha=STUDENT["alpha"],
+                             student_lr=STUDENT["lr"], student_tau=STUDENT["tau"], student_dropout=STUDENT["dropout"])
+
+
+def user_examples(tenants: list) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    """Per tenant: every user's history (all but the last item) and last item (users with >= 2 items)."""
     data = {}
     for t in tenants:
         seqs = [s for s in (t.sequence(u) for u in range(t.num_users)) if len(s) >= 2]
         data[t.name] = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs], np.int64))
-    train_tenant = tenants[0]
-    corpus = build_corpus(loaded.cfg, [train_tenant])
-    real = parity_data_from_tenant(loaded, train_tenant, embs[train_tenant.name], max_users=256)
-    out = args.runs / "variants"
-    rec_epochs = 1 if args.quick else 3
-    st_epochs = 1 if args.quick else STUDENT["epochs"]
+    return data
 
-    log("compressing")
-    teacher = loaded.model
-    mag = magnitude_prune(teacher, 0.5)
-    recover(mag, corpus, epochs=rec_epochs)
-    make_permanent(mag)
-    ffn = ffn_prune(teacher, 0.5)
-    recover(ffn, corpus, epochs=rec_epochs)
-    student = make_student(teacher, STUDENT["keep"], dropout=STUDENT["dropout"])
-    recover(student, corpus, loss_model=DistillLoss(student, teacher, alpha=STUDENT["alpha"], tau=STUDENT["tau"]),
-            epochs=st_epochs, lr=STUDENT["lr"])
-    # export folder names (the artifacts) -> row names follow the issue's variant names
-    encoders = {"fp32": (loaded, True), "magnitude-50": (with_model(loaded, mag, "mag50"), False),
-                "ffn-50": (with_model(loaded, ffn, "ffn50"), False), "distill-1L": (with_model(loaded, student, "distill1"), True)}
 
-    log("exporting")
+class Exported:
+    """Every variant's serving spec, and the sizes of what it serves from."""
+
+    def __init__(self, specs: dict[str, dict[str, Any]], files: dict[str, tuple[Path, str] | None], merged: dict[str, Path],
+                 encoder_bytes: int) -> None:
+        self.specs, self.files, self.merged, self.encoder_bytes = specs, files, merged, encoder_bytes
+
+    def catalog_bytes(self, name: str, ds: str) -> int:
+        from rec.io.artifacts import read_manifest
+
+        spec = self.specs[name]
+        return 0 if spec["kind"] == "merged" else read_manifest(spec["bundles"][ds])["files"]["catalog.safetensors"]["bytes"]
+
+    def size_bytes(self, name: str, ds: str) -> int:
+        from rec.io.artifacts import read_manifest
+
+        if name == "ort-merged":  # per tenant: the catalog is in the graph
+            return read_manifest(self.merged[ds])["files"]["model.onnx"]["bytes"]
+        f = self.files[name]
+        return self.encoder_bytes if f is None else read_manifest(f[0])["files"][f[1]]["bytes"]
+
+
+def export_variants(loaded, ckpt: Path, encoders: dict, tenants: list, embs: dict, real, out: Path) -> Exported:  # noqa: ANN001
+    """Export every encoder (shared ONNX model), each tenant's bundles (fp32, int8) and merged models."""
+    import safetensors.torch
+
+    from rec.export.onnx_export import export_merged_tenant_model, export_serving_model
+    from rec.serving.runtime import BASE_VARIANTS, VARIANTS
+    from rec.export.serving_graph import ServingGraph
+    from rec.export.tenant_bundle import export_tenant_bundle
+
     dirs = {name: export_serving_model(lb, out / name, quantize=q, real_data=real) for name, (lb, q) in encoders.items()}
     bundles = {dt: {t.name: export_tenant_bundle(loaded, t, embs[t.name], None, out / f"bundle-{t.name}-{dt}", catalog_dtype=dt)
                     for t in tenants} for dt in ("fp32", "int8")}
     merged = {t.name: export_merged_tenant_model(loaded, t, embs[t.name], None, out / f"merged-{t.name}") for t in tenants}
-    max_len = int(loaded.cfg.data.max_seq_len)
     specs: dict[str, dict[str, Any]] = {
         "torch-fp32": {"kind": "torch", "checkpoint": str(ckpt), "bundles": bundles["fp32"]},
         "torch-fp32-graph": {"kind": "torch-graph", "checkpoint": str(ckpt), "bundles": bundles["fp32"]},
     }
-    files = {"torch-fp32": None, "torch-fp32-graph": None}
+    files: dict[str, tuple[Path, str] | None] = {"torch-fp32": None, "torch-fp32-graph": None}
     for name, mdir, var, cdt in [("ort-fp32", dirs["fp32"], "fp32", "fp32"), ("ort-int8", dirs["fp32"], "int8", "int8"),
                                  ("pruned-magnitude-50", dirs["magnitude-50"], "fp32", "fp32"),
                                  ("pruned-ffn-50", dirs["ffn-50"], "fp32", "fp32"),
@@ -350,51 +333,94 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("fp32", "int8"):
         specs[f"ort-{var}-lora-inputs"] = {**specs[f"ort-{var}"], "base_graph": False}
         files[f"ort-{var}-lora-inputs"] = (dirs["fp32"], VARIANTS[var])
-    specs["ort-merged"] = {"kind": "merged", "merged": merged, "max_len": max_len}
+    specs["ort-merged"] = {"kind": "merged", "merged": merged, "max_len": int(loaded.cfg.data.max_seq_len)}
     encoder_bytes = len(safetensors.torch.save(ServingGraph(loaded.model).state_dict()))
+    return Exported(specs, files, merged, encoder_bytes)
 
-    def catalog_bytes(spec: dict[str, Any], ds: str) -> int:
-        return 0 if spec["kind"] == "merged" else read_manifest(spec["bundles"][ds])["files"]["catalog.safetensors"]["bytes"]
 
-    def size_bytes(name: str, ds: str) -> int:
-        if name == "ort-merged":  # per tenant: the catalog is in the graph
-            return read_manifest(merged[ds])["files"]["model.onnx"]["bytes"]
-        return encoder_bytes if files[name] is None else read_manifest(files[name][0])["files"][files[name][1]]["bytes"]
-
+def quality_rows(ex: Exported, tenants: list, data: dict) -> tuple[list[dict[str, Any]], dict]:
+    """One row per (variant, dataset) and the per-user (NDCG@10, overlap, top-10) behind it."""
     rows, per_user = [], {}
-    for name, spec in specs.items():  # torch-fp32 first: the reference top-10s
+    for name, spec in ex.specs.items():  # torch-fp32 first: the reference top-10s
         log(f"quality of {name}")
         for t in tenants:
             hists, targets = data[t.name]
             ref = None if name == "torch-fp32" else per_user[("torch-fp32", t.name)][2]
             per_user[(name, t.name)] = quality(variant_scores(spec, t.name, hists), targets, ref)
             nd, ov, _ = per_user[(name, t.name)]
-            rows.append({"variant": name, "dataset": t.name, "size_bytes": size_bytes(name, t.name),
-                         "catalog_bytes": catalog_bytes(spec, t.name), "ndcg@10": float(nd.mean()),
+            rows.append({"variant": name, "dataset": t.name, "size_bytes": ex.size_bytes(name, t.name),
+                         "catalog_bytes": ex.catalog_bytes(name, t.name), "ndcg@10": float(nd.mean()),
                          "top10_overlap": float(ov.mean()), **dict.fromkeys(LATENCY_KEYS + MODEL_KEYS)})
+    return rows, per_user
+
+
+def pooled_rows(ex: Exported, tenants: list, data: dict, per_user: dict, quick: bool) -> tuple[list[dict[str, Any]], dict, int]:
+    """One ``dataset=all`` row per variant: pooled quality, latency (one spawned process) and peak RSS."""
     lat_hists = [h.tolist() for h in data[LATENCY_DATASET][0]]
-    reps = {"1": 20 if args.quick else 40, "32": 10 if args.quick else 20, "256": 2 if args.quick else 4}
-    rounds = 2 if args.quick else 8
-    log(f"latency: {rounds} interleaved rounds over {len(specs)} variants")
-    lat = in_fresh_process(_latency, specs, lat_hists, reps, rounds)
+    reps = {"1": 20 if quick else 40, "32": 10 if quick else 20, "256": 2 if quick else 4}
+    rounds = 2 if quick else 8
+    log(f"latency: {rounds} interleaved rounds over {len(ex.specs)} variants")
+    lat = in_fresh_process(_latency, ex.specs, lat_hists, reps, rounds)
     pooled = []
-    for name, spec in specs.items():
+    for name in ex.specs:
         log(f"peak RSS of {name}")
         nd = np.concatenate([per_user[(name, t.name)][0] for t in tenants])
         ov = np.concatenate([per_user[(name, t.name)][1] for t in tenants])
-        size = sum(size_bytes(name, t.name) for t in tenants) if name == "ort-merged" else size_bytes(name, LATENCY_DATASET)
+        size = sum(ex.size_bytes(name, t.name) for t in tenants) if name == "ort-merged" else ex.size_bytes(name, LATENCY_DATASET)
         pooled.append({"variant": name, "dataset": "all", "size_bytes": size,
-                       "catalog_bytes": sum(catalog_bytes(spec, t.name) for t in tenants), "ndcg@10": float(nd.mean()),
+                       "catalog_bytes": sum(ex.catalog_bytes(name, t.name) for t in tenants), "ndcg@10": float(nd.mean()),
                        "top10_overlap": float(ov.mean()), **lat[name],
-                       "peak_rss_mb": in_fresh_process(_peak_rss, specs[name], lat_hists)})
-    rows = pooled + rows
-    for row in rows:  # resolution of each NDCG@10 comparison: s.e. of the paired per-user difference vs ort-fp32
+                       "peak_rss_mb": in_fresh_process(_peak_rss, ex.specs[name], lat_hists)})
+    return pooled, reps, rounds
+
+
+def add_delta_se(rows: list[dict[str, Any]], per_user: dict, tenants: list) -> None:
+    """Resolution of each NDCG@10 comparison: s.e. of the paired per-user difference vs ort-fp32."""
+    for row in rows:
         ds = [t.name for t in tenants] if row["dataset"] == "all" else [row["dataset"]]
         diff = np.concatenate([per_user[(row["variant"], d)][0] - per_user[("ort-fp32", d)][0] for d in ds])
         row["ndcg_delta_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from rec.compression import compress_backbone
+    from rec.export.onnx_export import parity_data_from_tenant
+    from rec.text import encode_items
+    from rec.training.corpus import build_corpus
+
+    torch.set_num_threads(2)
+    t_start = time.perf_counter()
+    loaded, cfg, ckpt = get_backbone(args)
+    tenants = eval_tenants(args, cfg)
+    embs = {t.name: encode_items(list(t.items.text), loaded.cfg.text) for t in tenants}
+    data = user_examples(tenants)
+    train_tenant = tenants[0]
+    corpus = build_corpus(loaded.cfg, [train_tenant])
+    real = parity_data_from_tenant(loaded, train_tenant, embs[train_tenant.name], max_users=256)
+    log("compressing")
+    rc = recipe(args)
+    variants = compress_backbone(loaded, corpus, rc)
+    # export folder names (the artifacts) -> row names follow the issue's variant names
+    encoders = {"fp32": (loaded, True), "magnitude-50": (variants["magnitude-50"], False),
+                "ffn-50": (variants["ffn-50"], False), "distill-1L": (variants["distill-1L"], True)}
+    log("exporting")
+    ex = export_variants(loaded, ckpt, encoders, tenants, embs, real, args.runs / "variants")
+    rows, per_user = quality_rows(ex, tenants, data)
+    pooled, reps, rounds = pooled_rows(ex, tenants, data, per_user, args.quick)
+    rows = pooled + rows
+    add_delta_se(rows, per_user, tenants)
     users = {t.name: len(data[t.name][1]) for t in tenants}
-    protocol = {
+    protocol = protocol_dict(args, users, rc, variants, reps, rounds, round(time.perf_counter() - t_start, 1))
+    write_report(args, rows, protocol)
+    return 0
+
+
+def protocol_dict(args: argparse.Namespace, users: dict[str, int], rc, variants: dict, reps: dict, rounds: int,  # noqa: ANN001
+                  wall_s: float) -> dict[str, Any]:
+    return {
         "datasets": f"users (leave-one-out: history = all but the last item) {users}; ml-100k = the pretraining tenant "
                     f"(all users; compressed variants recovered on it too), {', '.join(n for n, _, _ in ZERO_SHOT_TENANTS)} = "
                     f"few-shot target tenants served zero-shot (seeded sample of {200 if args.quick else args.users} users "
@@ -415,18 +441,21 @@ def main(argv: list[str] | None = None) -> int:
                        "rows) + model + catalog",
         "size_bytes": "the ONNX file (ort-merged: one model per tenant, pooled row = the four); torch rows: the "
                       "encoder's weights as safetensors (the same tensors the ONNX file holds)",
-        "compression": f"pruned-magnitude-50: global L1 unstructured 50% of encoder Linear weights (sparsity "
-                       f"{sparsity(mag):.2f}), {rec_epochs} recovery epochs; pruned-ffn-50: half the FFN units by norm, "
-                       f"{rec_epochs} recovery epochs; student: teacher block(s) {STUDENT['keep']} kept, {st_epochs} epochs "
-                       f"of {STUDENT['alpha']}*CE + {1 - STUDENT['alpha']}*tau^2*KL (tau={STUDENT['tau']}, lr={STUDENT['lr']}, "
-                       f"student dropout {STUDENT['dropout']}); "
+        "compression": f"rec.compression.compress_backbone: pruned-magnitude-50: global L1 unstructured 50% of encoder "
+                       f"Linear weights ({variants['magnitude-50'].manifest['compression']}); pruned-ffn-50: half the FFN "
+                       f"units by norm, {rc.recovery_epochs} recovery epochs; student: teacher block(s) {rc.student_keep} kept, "
+                       f"{rc.student_epochs} epochs of {rc.student_alpha}*CE + {1 - rc.student_alpha}*tau^2*KL "
+                       f"(tau={rc.student_tau}, lr={rc.student_lr}, student dropout {rc.student_dropout}); "
                        "ort-int8/student-int8: quantize_dynamic (MatMul/Gemm + Gather, per-tensor unless per-channel "
                        "cuts the error 10%, graph slimmed; the base graph and the per-row graph each) + int8 catalog "
                        "(per-row scale); recovery and distillation on "
                        "ml-100k only; adaptor frozen everywhere, so all variants share each tenant's catalog",
         "quick": args.quick,
-        "total_wall_s": round(time.perf_counter() - t_start, 1),
+        "total_wall_s": wall_s,
     }
+
+
+def write_report(args: argparse.Namespace, rows: list[dict[str, Any]], protocol: dict[str, Any]) -> None:
     name = "compression-quick" if args.quick else "compression"
     tg = targets_block(rows)
     notes = per_dataset_markdown(rows) + "\n\n" + targets_markdown(tg)
@@ -438,7 +467,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"target {k}: {t['value']:.4f} (target {t['target']}) met={t['met']}")
     plot(rows, args.results_dir / f"{name}.png")
     log(f"wrote {path}")
-    return 0
 
 
 def targets_block(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -47,12 +47,13 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench`, `rec` and `tunin
 
 from bench._results import RESULTS, log, write_results  # noqa: E402
 from bench.fewshot_config import (  # noqa: E402
-    METHODS, ROW_KEYS, SCRATCH, BenchConfig, KValue, ScratchSettings, k_users, load_bench_config, rec_config,
+    METHODS, ROW_KEYS, SCRATCH, BenchConfig, KValue, ScratchSettings, k_users, load_bench_config, rec_config, with_data_root,
 )
 from bench.fewshot_progress import append_progress, final_rows, read_progress, row_key, settings_hash  # noqa: E402
 from bench.fewshot_report import cost_table, k_order, pivot_tables, plot, target_checks  # noqa: E402
-from rec.config import AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
+from rec.config import DATA_ROOT_ENV, AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
+from rec.metrics import popularity_metrics, uniform_metrics  # noqa: E402
 
 # --- data ----------------------------------------------------------------------------------------
 def compact_catalog(t: Tenant) -> Tenant:
@@ -139,7 +140,7 @@ class Context:
         return self._tenants
 
     def pretrain_config(self) -> RecConfig:
-        over = {"text.cache_dir": str(ROOT / ".cache" / "rec-text"), **self.bc.pretrain,
+        over = {"text.cache_dir": str(ROOT / ".cache" / "rec-text"), "ray.num_cpus": 2, **self.bc.pretrain,
                 "train.output_dir": str(self.stage / "backbone"), "train.run_name": "fewshot-backbone", "eval.ks": [10]}
         if self.quick:
             over["train.epochs"] = self.bc.quick.epochs
@@ -148,31 +149,28 @@ class Context:
 
     def backbone(self):  # noqa: ANN201 - LoadedBackbone
         """The pretrained source backbone; pretrained with Ray Train unless its checkpoint exists."""
-        from rec.training.checkpoint import load_backbone
+        from rec.training.ray_train import pretrained_backbone
 
         if self._base is None:
-            ckpt = self.stage / "backbone" / "checkpoint"
-            if not (ckpt / "manifest.json").is_file():
-                from rec.ray_session import ray_session
-                from rec.training.corpus import build_corpus
-                from rec.training.ray_train import pretrain
-
-                cfg = self.pretrain_config()
-                t0 = time.perf_counter()
-                tenants = self.source_tenants()
-                corpus = build_corpus(cfg, tenants=tenants)
-                log(f"pretraining corpus: {[(t.name, t.num_users, t.num_items) for t in tenants]}, "
-                    f"{corpus.num_train_rows} rows, built in {time.perf_counter() - t0:.0f} s")
-                with ray_session(RayConfig(num_cpus=2)):
-                    res = pretrain(cfg, corpus=corpus)
-                stats = {t.name: t.stats() for t in tenants}
-                (self.stage / "backbone" / "sources.json").write_text(json.dumps(stats, indent=2))
+            self._base, res = pretrained_backbone(self.pretrain_config(), corpus=self._pretrain_corpus)
+            if res is not None:
                 log(f"pretrained in {res.train_s:.0f} s, {res.epochs} epochs, published "
                     + ("the untrained init" if res.best_epoch < 0 else f"epoch {res.best_epoch + 1}") + "; test ndcg@10 "
                     + " ".join(f"{n}={m['ndcg@10']:.4f}" for n, m in res.test_metrics.items()))
                 (self.stage / "backbone" / "history.json").write_text(json.dumps(res.history, indent=2))
-            self._base = load_backbone(ckpt)
         return self._base
+
+    def _pretrain_corpus(self):  # noqa: ANN202 - Corpus
+        from rec.training.corpus import build_corpus
+
+        t0 = time.perf_counter()
+        tenants = self.source_tenants()
+        corpus = build_corpus(self.pretrain_config(), tenants=tenants)
+        log(f"pretraining corpus: {[(t.name, t.num_users, t.num_items) for t in tenants]}, "
+            f"{corpus.num_train_rows} rows, built in {time.perf_counter() - t0:.0f} s")
+        (self.stage / "backbone").mkdir(parents=True, exist_ok=True)
+        (self.stage / "backbone" / "sources.json").write_text(json.dumps({t.name: t.stats() for t in tenants}, indent=2))
+        return corpus
 
     def meta(self):  # noqa: ANN201 - LoadedBackbone
         """The Reptile meta-init (started from the pretrained backbone), trained unless cached."""
@@ -261,42 +259,22 @@ class Context:
 
 
 # --- methods -------------------------------------------------------------------------------------
-def uniform_metrics(n_items: int) -> dict[str, float]:
-    """Exact expected HR@10/NDCG@10 of a uniformly random ranking of ``n_items`` (popularity, K=0)."""
-    top = min(10, n_items)
-    return {"hr@10": top / n_items, "ndcg@10": float(sum(1.0 / np.log2(r + 2.0) for r in range(top)) / n_items)}
-
-
 def popularity(split, n_items: int, seed: int) -> dict[str, float]:  # noqa: ANN001 - KShotSplit
     """Counts over the K users' sequences; ties broken by a seeded random order (not optimistically)."""
-    from rec.metrics import metrics_from_ranks, rank_of_target
-
-    counts = np.bincount(np.concatenate(split.train.sequences()), minlength=n_items).astype(np.float64)
-    scores = counts + np.random.default_rng(seed).random(n_items) * 0.5  # (N,)
+    counts = np.bincount(np.concatenate(split.train.sequences()), minlength=n_items)
     _, _, targets = split.eval_examples("test")
-    ranks = rank_of_target(np.broadcast_to(scores, (len(targets), n_items)), np.asarray(targets, np.int64))
-    return metrics_from_ranks(ranks, ks=[10])
+    return popularity_metrics(counts, targets, ks=[10], tie_seed=seed)
 
 
-def train_from_scratch(model, tc, emb, max_len: int, s: ScratchSettings, seed: int) -> tuple[dict, dict, int]:  # noqa: ANN001
-    """The adaptation loop (AdamW, early stopping on validation NDCG@10) for a fresh model."""
-    import torch
+def train_from_scratch(model, tc, emb, s: ScratchSettings, seed: int) -> tuple[dict, dict, int]:  # noqa: ANN001
+    """The library's tenant loop (AdamW, early stopping on validation NDCG@10) for a fresh model."""
+    from rec.training.loop import evaluate_tenant
+    from rec.training.tenant_fit import FitSettings, fit_tenant
 
-    from rec.training.corpus import Corpus
-    from rec.training.loop import CorpusLoss, EarlyStopping, evaluate_tenant, train_epoch
-
-    corpus, loss_model = Corpus([tc], max_len, None), CorpusLoss(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    stopper = EarlyStopping(model, evaluate_tenant(model, tc, emb, "valid", [10]), s.patience)
-    epochs = 0
-    for epoch in range(s.epochs):
-        rows = np.random.default_rng([seed, epoch]).permutation(len(tc.train_inputs))
-        train_epoch(loss_model, opt, corpus, rows, [emb], s.batch_size, grad_clip=1.0)
-        epochs = epoch + 1
-        if stopper.update(epoch, evaluate_tenant(model, tc, emb, "valid", [10]), model):
-            break
-    stopper.restore(model)
-    return stopper.best, evaluate_tenant(model, tc, emb, "test", [10]), epochs
+    settings = FitSettings(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, patience=s.patience, seed=seed,
+                           weight_decay=s.weight_decay)
+    fit = fit_tenant(model, model, tc, emb, list(model.parameters()), settings)
+    return fit.valid, evaluate_tenant(model, tc, emb, "test", [10]), fit.epochs
 
 
 def state_bytes(model) -> int:  # noqa: ANN001
@@ -341,7 +319,7 @@ def run_row(ctx: Context, td: TargetData, method: str, k: KValue, seed: int) -> 
         else:
             model, emb = build_backbone(base.cfg.model), torch.from_numpy(td.text_emb)
         s = ctx.bc.scratch.model_copy(update={"epochs": ctx.bc.quick.epochs}) if ctx.quick else ctx.bc.scratch
-        valid, test, epochs = train_from_scratch(model, tc, emb, max_len, s, seed)
+        valid, test, epochs = train_from_scratch(model, tc, emb, s, seed)
         extra.update(val_ndcg=valid["ndcg@10"], epochs=epochs, trainable_params=sum(p.numel() for p in model.parameters()))
         return {**test, "adapt_s": time.perf_counter() - t0, "adapter_bytes": state_bytes(model)}, extra
     from rec.adaptation.adapt import adapt_tenant, publish_adapter
@@ -542,7 +520,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    bc = load_bench_config(args.config)
+    bc = with_data_root(load_bench_config(args.config), os.environ.get(DATA_ROOT_ENV))
     q = bc.quick
     names = [t.name for t in bc.targets]
     unknown = [t for t in args.targets or [] if t not in names]

@@ -1,4 +1,4 @@
-"""The few-shot benchmark's config (bench/fewshot.yaml, bench/fewshot-2core.yaml): schema, loader, names.
+"""The few-shot benchmark's config (bench/fewshot.yaml; bench/fewshot-2core.yaml ``extends:`` it): schema, loader, names.
 
 Kept apart from the runner so validators (``cluster/validate.py``, the every-YAML test) can load it
 without importing the benchmark's machinery.
@@ -56,6 +56,8 @@ class QuickSettings(_Strict):
 
 class BenchConfig(_Strict):
     runs_dir: str = "runs/bench-fewshot"
+    data_root: str | None = Field(None, description="relative source paths live here; null = $REC_DATA_ROOT, else "
+                                  "../shared/datasets beside the repo (rec.data.paths)")
     sources: list[TenantSource] = Field(min_length=1)
     targets: list[TenantSource] = Field(min_length=1)
     holdout: list[TenantSource] = Field(default_factory=list, description="data.holdout of pretraining")
@@ -109,6 +111,21 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     except ValidationError as e:
         msgs = [f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()]
         raise ConfigError(f"{p}: " + "; ".join(msgs)) from None
+
+
+def with_data_root(bc: BenchConfig, env_value: str | None) -> BenchConfig:
+    """``bc`` with every source, held-out and target path made absolute under the data root.
+
+    Args:
+        env_value: ``$REC_DATA_ROOT`` as the entry point read it (used when ``data_root`` is null).
+
+    Raises:
+        DataError: The data root does not exist (the message names ``data_root`` and the variable).
+    """
+    from rec.data.paths import data_root, resolve_source
+
+    root = data_root(bc.data_root, env_value)
+    return bc.model_copy(update={k: [resolve_source(s, root) for s in getattr(bc, k)] for k in ("sources", "holdout", "targets")})
 
 
 def k_users(k: KValue) -> int | None:

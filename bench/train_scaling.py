@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench` and `rec` importa
 
 from bench._results import RESULTS, write_results  # noqa: E402
 
-BEAUTY = Path("/work/shared/datasets/seqrec-benchmark/amazon2014-beauty")
+BEAUTY = Path("seqrec-benchmark/amazon2014-beauty")  # under the data root ($REC_DATA_ROOT or ../shared/datasets)
 SETUPS: dict[str, dict[str, int]] = {
     "1-worker": {"workers": 1, "nodes": 1, "torch_threads": 1},
     "2-workers-1-node": {"workers": 2, "nodes": 1, "torch_threads": 1},
@@ -193,7 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--synthetic", action="store_true", help="use the embedded synthetic data (4 tenants x 1000 users)")
-    p.add_argument("--dataset", type=Path, default=BEAUTY, help="a seqrec-format folder")
+    p.add_argument("--dataset", type=Path, default=BEAUTY, help="a seqrec-format folder (relative: under the data root)")
     p.add_argument("--max-users", type=int, default=3000)
     p.add_argument("--threads-baseline", action="store_true", help="add the 1-worker-2-threads row")
     p.add_argument("--setups", nargs="+", choices=list(SETUPS), default=None)
@@ -220,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
         return 0
+    if not args.synthetic and not args.dataset.is_absolute():
+        from rec.config import DATA_ROOT_ENV
+        from rec.data.paths import data_root
+
+        args.dataset = data_root(None, os.environ.get(DATA_ROOT_ENV)) / args.dataset
     if not args.synthetic and not args.dataset.is_dir():
         raise SystemExit(f"dataset folder {args.dataset} not found: pass --dataset or use --synthetic")
     setups = args.setups or [s for s in SETUPS if s != "1-worker-2-threads" or args.threads_baseline]

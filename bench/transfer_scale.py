@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench._results import RESULTS, log, write_results  # noqa: E402
 from bench.fewshot import compact_catalog  # noqa: E402
-from bench.fewshot_config import load_bench_config, rec_config  # noqa: E402
+from bench.fewshot_config import load_bench_config, rec_config, with_data_root  # noqa: E402
+from rec.config import DATA_ROOT_ENV  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
 
 COLUMNS = ["users_per_source", "d_model", "epoch", "dataset", "role", "ndcg@10", "hr@10", "vs_init", "train_rows", "epoch_s"]
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     bc = load_bench_config(a.config)
     if a.export:
-        export(bc, a.export)
+        export(with_data_root(bc, os.environ.get(DATA_ROOT_ENV)), a.export)
         return 0
     if not a.tenants:
         ap.error("pass --export DIR (here) or --tenants DIR (the machine that trains)")

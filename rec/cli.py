@@ -34,9 +34,9 @@ def _flag_overrides(*pairs: tuple[object, str]) -> list[str]:
 
 
 def _load(args: argparse.Namespace, extra: list[str] | None = None):  # noqa: ANN202
-    from rec.config import load_config
+    from rec.config import DATA_ROOT_ENV, load_config
 
-    return load_config(args.config, list(extra or []) + list(args.overrides))
+    return load_config(args.config, list(extra or []) + list(args.overrides), data_root=os.environ.get(DATA_ROOT_ENV))
 
 
 def _print_metrics(title: str, metrics: dict[str, dict[str, float]]) -> None:
@@ -121,13 +121,7 @@ def cmd_meta(args: argparse.Namespace) -> int:
     from rec.training.checkpoint import load_backbone
 
     base = load_backbone(args.backbone) if args.backbone else None
-    if base is not None and not args.config:
-        # Without --config, the backbone's own config (its source tenants, text encoder) is the default.
-        from rec.config import apply_overrides, config_from_dict
-
-        cfg = config_from_dict(apply_overrides(base.cfg.model_dump(mode="json"), extra + list(args.overrides)))
-    else:
-        cfg = _load(args, extra)
+    cfg = _load(args, extra) if base is None else _backbone_cfg(args, base, extra)
     from rec.adaptation.meta import meta_train
     from rec.ray_session import ray_session
 
@@ -144,14 +138,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tuning.sweep import SweepInterrupted, run_sweep
 
     spec = load_sweep(args.sweep)
-    if args.config:
-        cfg = _load(args, extra)
-    else:
-        # Without --config, the backbone's own config (data, text encoder) is the base of every trial.
-        from rec.config import apply_overrides, config_from_dict
-        from rec.training.checkpoint import load_backbone
-
-        cfg = config_from_dict(apply_overrides(load_backbone(args.backbone).cfg.model_dump(mode="json"), extra + list(args.overrides)))
+    # Without --config, the backbone's own config (data, text encoder) is the base of every trial.
+    cfg = _backbone_cfg(args, args.backbone, extra)
     try:
         res = run_sweep(spec, cfg, args.backbone, verbose=args.verbose)
     except SweepInterrupted as e:
@@ -174,12 +162,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _backbone_cfg(args: argparse.Namespace, base, extra: list[str] | None = None):  # noqa: ANN001, ANN202
-    """Config for commands on a backbone: --config if given, else the backbone's own config, + overrides."""
+    """Config for commands on a backbone: --config if given, else the backbone's own config, + overrides.
+
+    ``base``: a LoadedBackbone, or the checkpoint folder (loaded only when its config is needed).
+    """
     if args.config:
         return _load(args, extra)
-    from rec.config import apply_overrides, config_from_dict
+    from rec.config import DATA_ROOT_ENV, load_config
+    from rec.training.checkpoint import load_backbone
 
-    return config_from_dict(apply_overrides(base.cfg.model_dump(mode="json"), list(extra or []) + list(args.overrides)))
+    base = load_backbone(base) if isinstance(base, (str, Path)) else base
+    return load_config(None, list(extra or []) + list(args.overrides), data_root=os.environ.get(DATA_ROOT_ENV),
+                       base=base.cfg.model_dump(mode="json"))
 
 
 def _tenant_text(base, tenant):  # noqa: ANN001, ANN202

@@ -5,7 +5,7 @@ One YAML file (or none: every field has a default) plus dotted ``key.sub=value``
 
 Example::
 
-    cfg = load_config("configs/pretrain.yaml", ["train.epochs=3", "model.d_model=128"])
+    cfg = load_config("configs/beauty.yaml", ["train.epochs=3", "model.d_model=128"])
 """
 
 from __future__ import annotations
@@ -16,19 +16,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DATA_FORMATS = (
-    "synthetic",
-    "movielens-100k",
-    "movielens-1m",
-    "movielens-1m-tsv",
-    "seqrec",
-    "unisrec",
-    "lcrec",
-    "s3rec",
-    "sasrec",
-    "hetrec-lastfm",
-    "generic",
-)
+def data_formats() -> tuple[str, ...]:
+    """Every ``data.sources[].format``: the file loaders' formats (``rec.data.loaders.FORMATS``) plus ``synthetic``."""
+    from rec.data.loaders import FORMATS  # here, not at the top: the loaders import this module
+
+    return ("synthetic", *FORMATS)
+
+
+#: environment variable the entry points (CLI, benchmarks) read for the data root when data.root is unset
+DATA_ROOT_ENV = "REC_DATA_ROOT"
 
 
 class ConfigError(ValueError):
@@ -52,10 +48,14 @@ class SyntheticConfig(_Strict):
 
 
 class TenantSource(_Strict):
-    """One tenant loaded from files. ``path`` is the dataset folder (or file for ``generic``)."""
+    """One tenant loaded from files. ``path`` is the dataset folder (or file for ``generic``).
 
-    format: Literal[DATA_FORMATS]  # type: ignore[valid-type]
-    path: str = ""
+    A relative ``path`` / ``items_path`` is read from the data root (``data.root``, see
+    ``rec.data.paths``); an absolute one as it is.
+    """
+
+    format: str = Field(description="a loader format of rec.data.loaders.FORMATS (docs/data-formats.md)")
+    path: str = Field("", description="dataset folder (generic: file); relative = under data.root")
     name: str | None = Field(None, description="tenant id; default derived from the path")
     subset: str | None = Field(None, description="file stem inside the folder, e.g. 'Beauty' for s3rec")
     max_users: int | None = Field(None, ge=1, description="keep a seeded sample of users")
@@ -67,8 +67,21 @@ class TenantSource(_Strict):
     items_path: str | None = Field(None, description="generic: item table (item_id + text columns)")
     text_cols: list[str] = Field(default_factory=lambda: ["title"])
 
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        known = data_formats()
+        if v not in known:
+            raise ValueError(f"unknown data format {v!r}: choose from {list(known)}")
+        return v
+
 
 class DataConfig(_Strict):
+    root: str | None = Field(
+        None,
+        description=f"folder that relative source paths are read from; null = ${DATA_ROOT_ENV} (CLI and benchmarks), "
+        "else ../shared/datasets beside the repository",
+    )
     sources: list[TenantSource] = Field(default_factory=list, description="empty = synthetic default")
     holdout: list[TenantSource] = Field(
         default_factory=list,
@@ -152,10 +165,20 @@ class TrainConfig(_Strict):
     )
 
 
+#: the metric that early-stops, selects checkpoints and is always reported (full ranking)
+PRIMARY_METRIC = "ndcg@10"
+PRIMARY_K = 10
+
+
 class EvalConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
     exclude_history: bool = False
     batch_size: int = Field(256, ge=1)
+
+    @property
+    def ks_with_primary(self) -> list[int]:
+        """``ks`` plus the primary metric's cut-off (it drives early stopping, so it is always computed)."""
+        return sorted(set(self.ks) | {PRIMARY_K})
 
     @field_validator("ks")
     @classmethod
@@ -267,6 +290,14 @@ class MetaConfig(_Strict):
     run_name: str = "meta"
 
 
+#: storage of a tenant's catalog matrix in its bundle (``rec export``, ``rec publish``, the demo)
+CATALOG_DTYPES = ("fp32", "fp16", "int8")
+#: storage of a bundle's LoRA / prompt tensors once loaded for serving
+ADAPTER_DTYPES = ("fp32", "fp16")
+#: the shared serving model's weights (int8 = ORT dynamic quantization)
+MODEL_VARIANTS = ("fp32", "int8")
+
+
 class DemoConfig(_Strict):
     """``rec demo``: the whole story on the synthetic default (see ``rec.demo``)."""
 
@@ -276,8 +307,9 @@ class DemoConfig(_Strict):
     sweep: str = Field("tuning/configs/quick.yaml", description="sweep YAML for the tuned tenants")
     onboard_method: Literal["lora", "prompt", "head"] = "lora"
     onboard_k_users: int = Field(64, ge=1, description="users of the onboarding tenant it adapts on")
-    model_variant: Literal["fp32", "int8"] = "int8"
-    catalog_dtype: Literal["fp32", "fp16", "int8"] = "int8"
+    # int8 on purpose (the CLI's export default is fp32): the demo shows the compressed serving path
+    model_variant: Literal[MODEL_VARIANTS] = "int8"  # type: ignore[valid-type]
+    catalog_dtype: Literal[CATALOG_DTYPES] = "int8"  # type: ignore[valid-type]
     http_port: int = Field(8000, ge=1, le=65535)
     requests_per_tenant: int = Field(20, ge=1)
     keep_serving: bool = Field(False, description="leave Ray Serve running after the report (Ctrl-C to stop)")
@@ -367,8 +399,22 @@ def config_from_dict(tree: dict[str, Any], model: type[BaseModel] = RecConfig) -
         raise ConfigError(f"invalid config: {_format_errors(e)}") from None
 
 
-def read_yaml_mapping(path: str | Path, what: str, error: type[Exception], hint: str) -> dict[str, Any]:
+EXTENDS_KEY = "extends"
+
+
+def merge_trees(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, anything else (lists too) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_trees(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml_mapping(path: str | Path, what: str, error: type[Exception], hint: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping; any problem raises ``error`` naming the file.
+
+    A top-level ``extends: other.yaml`` (relative to this file) reads that file first and applies
+    this one on top (:func:`merge_trees`), so a variant states only what it changes.
 
     Args:
         what: How the message names the file, e.g. "config file", "sweep file".
@@ -383,19 +429,36 @@ def read_yaml_mapping(path: str | Path, what: str, error: type[Exception], hint:
         raise error(f"{what} {p} is not valid YAML: {e}") from None
     if not isinstance(tree, dict):
         raise error(f"{what} {p}: top level must be a mapping, got {type(tree).__name__}")
-    return tree
+    if EXTENDS_KEY not in tree:
+        return tree
+    parent = tree.pop(EXTENDS_KEY)
+    if not isinstance(parent, str) or not parent:
+        raise error(f"{what} {p}: {EXTENDS_KEY} must be the path of another YAML file (relative to this one), got {parent!r}")
+    base_path = (p.parent / parent).resolve()
+    if base_path in _seen or base_path == p.resolve():
+        raise error(f"{what} {p}: {EXTENDS_KEY} forms a cycle through {base_path}; remove one of the {EXTENDS_KEY} keys")
+    base = read_yaml_mapping(base_path, what, error, f"fix {EXTENDS_KEY}: in {p}", (*_seen, p.resolve()))
+    return merge_trees(base, tree)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = RecConfig) -> Any:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, model: type[BaseModel] = RecConfig,
+                data_root: str | None = None, base: dict[str, Any] | None = None) -> Any:
     """Load a YAML config (or defaults when ``path`` is None) and apply dotted overrides.
+
+    Args:
+        base: Start from this tree instead of a file (e.g. a backbone's own config), when ``path`` is None.
+        data_root: ``data.root`` when neither the file nor the overrides set it (the CLI passes
+            ``$REC_DATA_ROOT`` here: the library itself never reads the environment).
 
     Raises:
         ConfigError: Missing/unreadable file, invalid YAML, unknown keys, bad values — all named.
     """
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = dict(base or {})
     if path is not None:
         tree = read_yaml_mapping(path, "config file", ConfigError, "pass an existing YAML file (see configs/)")
     tree = apply_overrides(tree, list(overrides or []))
+    if data_root and model is RecConfig and isinstance(tree.get("data", {}), dict) and tree.get("data", {}).get("root") is None:
+        tree.setdefault("data", {})["root"] = data_root
     return config_from_dict(tree, model)
 
 

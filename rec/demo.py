@@ -100,7 +100,18 @@ def _stage(report: DemoReport, progress: Any, task: Any, name: str) -> Iterator[
     progress.advance(task)
 
 
-def run_demo(cfg: RecConfig, console: Any | None = None) -> DemoReport:  # noqa: PLR0915 - a linear script
+@dataclass
+class _Tenants:
+    """The demo's synthetic tenants, by role."""
+
+    sources: list[Tenant]  # pretrain the backbone
+    tuned: list[Tenant]  # adapted by the sweep
+    zero_shot: Tenant  # served with no adapter
+    newcomer: Tenant  # arrives later as raw files
+    raw: Path  # the newcomer's CSV export
+
+
+def run_demo(cfg: RecConfig, console: Any | None = None) -> DemoReport:
     """Run every stage on ``cfg`` (its ``demo`` section says how many tenants, which sweep, ...).
 
     Starts a local Ray (``cfg.ray``) and shuts it down at the end unless ``demo.keep_serving``.
@@ -113,18 +124,7 @@ def run_demo(cfg: RecConfig, console: Any | None = None) -> DemoReport:  # noqa:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rec.adaptation.adapt import adapt_tenant, publish_adapter
-    from rec.data.export_csv import write_generic
-    from rec.data.loaders import load_source
-    from rec.data.synthetic import generate_tenants
     from rec.ray_session import LOCAL_RUNTIME_ENV
-    from rec.export.publish import ensure_serving_model, publish_tenant
-    from rec.text import encode_items
-    from rec.training.checkpoint import load_backbone
-    from rec.training.ray_train import pretrain
-    from serve_apps.args import RecommenderArgs
-    from serve_apps.recommender import build_app
-    from tuning import load_sweep, run_sweep
 
     console = console or Console()
     d = cfg.demo
@@ -133,9 +133,6 @@ def run_demo(cfg: RecConfig, console: Any | None = None) -> DemoReport:  # noqa:
         shutil.rmtree(out)  # a demo run is a fresh story; nothing in it is an input
     out.mkdir(parents=True)
     report = DemoReport(out)
-    n_total = d.source_tenants + d.tuned_tenants + 2
-    data_cfg = _with(cfg, **{"data.synthetic.tenants": n_total})
-
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV,
@@ -144,72 +141,22 @@ def run_demo(cfg: RecConfig, console: Any | None = None) -> DemoReport:  # noqa:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"),
                       TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("demo", total=len(STAGES))
-
             with _stage(report, progress, task, "data"):
-                tenants = generate_tenants(data_cfg.data.synthetic)
-                sources = tenants[: d.source_tenants]
-                tuned = tenants[d.source_tenants: d.source_tenants + d.tuned_tenants]
-                zero_shot, newcomer = tenants[-2], tenants[-1]
-                raw = out / "raw" / newcomer.name
-                write_generic(newcomer, raw)  # arrives later as files, like a real customer's export
-                console.print(f"tenants: pretrain on {[t.name for t in sources]}, tune {[t.name for t in tuned]}, "
-                              f"zero-shot {zero_shot.name!r}, onboard {newcomer.name!r} from {raw}")
-
+                tenants = _make_tenants(cfg, out, console)
             with _stage(report, progress, task, "pretrain"):
-                pcfg = _with(cfg, **{"data.synthetic.tenants": d.source_tenants,
-                                     "train.output_dir": str(out / "backbone"), "train.run_name": "demo-pretrain"})
-                res = pretrain(pcfg, progress=False)
-                loaded = load_backbone(res.checkpoint)
-                report.pretrain = {"epochs": res.epochs, "train_s": res.train_s, "checkpoint": str(res.checkpoint),
-                                   "test_ndcg@10": {k: v.get("ndcg@10") for k, v in res.test_metrics.items()}}
-
+                loaded = _pretrain(cfg, out, report)
             with _stage(report, progress, task, "tune"):
-                spec = load_sweep(d.sweep).model_copy(update={"tenants": [t.name for t in tuned], "name": "demo-sweep"})
-                tcfg = _with(data_cfg, **{"adapt.output_root": str(out / "adapters"), "ray.storage_path": str(out / "tune")})
-                sweep = run_sweep(spec, tcfg, loaded, verbose=1 if d.verbose else 0)
-                if sweep.missing:
-                    raise RuntimeError(f"tune stage: no successful trial for {sweep.missing} (see {sweep.experiment_dir})")
-                best = {b["tenant"]: b for b in sweep.best}
-
-            text = {t.name: encode_items(list(t.items.text), loaded.cfg.text) for t in tuned + [zero_shot]}
+                best = _tune(cfg, tenants, loaded, out)
             root = out / "serving"
             with _stage(report, progress, task, "export"):
-                ensure_serving_model(root, loaded, quantize=d.model_variant == "int8")
-                for t in tuned:
-                    publish_tenant(root, loaded, t, text[t.name], best[t.name]["adapter"], catalog_dtype=d.catalog_dtype)
-                publish_tenant(root, loaded, zero_shot, text[zero_shot.name], None, catalog_dtype=d.catalog_dtype)
-
+                _export(cfg, tenants, loaded, best, root)
             with _stage(report, progress, task, "serve"):
-                serve.start(http_options={"host": "127.0.0.1", "port": d.http_port})
-                args = RecommenderArgs(artifact_root=str(root), model_variant=d.model_variant, poll_interval_s=0.2)
-                serve.run(build_app(args), name="recommender", route_prefix="/")
-                report.url = base = f"http://127.0.0.1:{d.http_port}"
-                _wait_ready(base)
-
+                report.url = base = _serve(cfg, root)
             with _stage(report, progress, task, "requests"):
-                for t in tuned + [zero_shot]:
-                    hits, lat = 0, []
-                    reqs = _heldout_requests(t, d.requests_per_tenant, seed=1)
-                    for hist, nxt in reqs:
-                        ans, ms = _post(f"{base}/v1/tenants/{t.name}/recommendations",
-                                        {"history": hist, "k": 10, "exclude_history": False})
-                        lat.append(ms)
-                        hits += nxt in [it["item_id"] for it in ans["items"]]
-                    report.latencies_ms += lat
-                    titles = dict(zip(map(str, t.items.ids), t.items.text))
-                    report.examples[t.name] = {"history": [titles[i] for i in reqs[0][0][-3:]],
-                                               "top3": [titles[it["item_id"]] for it in ans["items"][:3]]}
-                    b = best.get(t.name, {})
-                    report.tenants.append({
-                        "tenant": t.name, "served_as": ans["method"], "version": ans["adapter_version"],
-                        "zero_shot": ans["zero_shot"], "offline_test_ndcg@10": (b.get("test") or {}).get("ndcg@10"),
-                        "served_hr@10": hits / len(reqs), "p50_ms": float(np.percentile(lat, 50)),
-                    })
-
+                for t in tenants.tuned + [tenants.zero_shot]:
+                    _request_tenant(cfg, t, best.get(t.name, {}), base, report)
             with _stage(report, progress, task, "onboard"):
-                report.onboarding = _onboard(cfg, loaded, raw, newcomer.name, root, base, report,
-                                             load_source, encode_items, adapt_tenant, publish_adapter, publish_tenant)
-
+                report.onboarding = _onboard(cfg, loaded, tenants.raw, tenants.newcomer.name, root, base, report)
             with _stage(report, progress, task, "report"):
                 _write_report(report)
     finally:
@@ -221,9 +168,107 @@ def run_demo(cfg: RecConfig, console: Any | None = None) -> DemoReport:  # noqa:
     return report
 
 
-def _onboard(cfg, loaded, raw: Path, name: str, root: Path, base: str, report: DemoReport,  # noqa: ANN001
-             load_source, encode_items, adapt_tenant, publish_adapter, publish_tenant) -> dict[str, float]:  # noqa: ANN001
+def _data_cfg(cfg: RecConfig) -> RecConfig:
+    """``cfg`` generating every demo tenant (sources, tuned, zero-shot, newcomer)."""
+    d = cfg.demo
+    return _with(cfg, **{"data.synthetic.tenants": d.source_tenants + d.tuned_tenants + 2})
+
+
+def _make_tenants(cfg: RecConfig, out: Path, console: Any) -> _Tenants:
+    from rec.data.export_csv import write_generic
+    from rec.data.synthetic import generate_tenants
+
+    d = cfg.demo
+    tenants = generate_tenants(_data_cfg(cfg).data.synthetic)
+    newcomer = tenants[-1]
+    raw = out / "raw" / newcomer.name
+    write_generic(newcomer, raw)  # arrives later as files, like a real customer's export
+    roles = _Tenants(tenants[: d.source_tenants], tenants[d.source_tenants: d.source_tenants + d.tuned_tenants],
+                     tenants[-2], newcomer, raw)
+    console.print(f"tenants: pretrain on {[t.name for t in roles.sources]}, tune {[t.name for t in roles.tuned]}, "
+                  f"zero-shot {roles.zero_shot.name!r}, onboard {newcomer.name!r} from {raw}")
+    return roles
+
+
+def _pretrain(cfg: RecConfig, out: Path, report: DemoReport):  # noqa: ANN202 - LoadedBackbone
+    from rec.training.checkpoint import load_backbone
+    from rec.training.ray_train import pretrain
+
+    pcfg = _with(cfg, **{"data.synthetic.tenants": cfg.demo.source_tenants,
+                         "train.output_dir": str(out / "backbone"), "train.run_name": "demo-pretrain"})
+    res = pretrain(pcfg, progress=False)
+    report.pretrain = {"epochs": res.epochs, "train_s": res.train_s, "checkpoint": str(res.checkpoint),
+                       "test_ndcg@10": {k: v.get("ndcg@10") for k, v in res.test_metrics.items()}}
+    return load_backbone(res.checkpoint)
+
+
+def _tune(cfg: RecConfig, tenants: _Tenants, loaded, out: Path) -> dict[str, dict[str, Any]]:  # noqa: ANN001
+    """The sweep over the tuned tenants; their best trial (published adapter, test metrics) by name."""
+    from tuning import load_sweep, run_sweep
+
+    d = cfg.demo
+    spec = load_sweep(d.sweep).model_copy(update={"tenants": [t.name for t in tenants.tuned], "name": "demo-sweep"})
+    tcfg = _with(_data_cfg(cfg), **{"adapt.output_root": str(out / "adapters"), "ray.storage_path": str(out / "tune")})
+    sweep = run_sweep(spec, tcfg, loaded, verbose=1 if d.verbose else 0)
+    if sweep.missing:
+        raise RuntimeError(f"tune stage: no successful trial for {sweep.missing} (see {sweep.experiment_dir})")
+    return {b["tenant"]: b for b in sweep.best}
+
+
+def _export(cfg: RecConfig, tenants: _Tenants, loaded, best: dict[str, dict[str, Any]], root: Path) -> None:  # noqa: ANN001
+    """The shared serving model and a bundle per tuned tenant (its best adapter) and the zero-shot one."""
+    from rec.export.publish import ensure_serving_model, publish_tenant
+    from rec.text import encode_items
+
+    d = cfg.demo
+    ensure_serving_model(root, loaded, quantize=d.model_variant == "int8")
+    for t in tenants.tuned + [tenants.zero_shot]:
+        adapter = best[t.name]["adapter"] if t.name in best else None
+        publish_tenant(root, loaded, t, encode_items(list(t.items.text), loaded.cfg.text), adapter, catalog_dtype=d.catalog_dtype)
+
+
+def _serve(cfg: RecConfig, root: Path) -> str:
+    """Start the recommender on a local Ray Serve; its base URL once ready."""
+    from ray import serve
+
+    from serve_apps.args import RecommenderArgs
+    from serve_apps.recommender import build_app
+
+    d = cfg.demo
+    serve.start(http_options={"host": "127.0.0.1", "port": d.http_port})
+    args = RecommenderArgs(artifact_root=str(root), model_variant=d.model_variant, poll_interval_s=0.2)
+    serve.run(build_app(args), name="recommender", route_prefix="/")
+    base = f"http://127.0.0.1:{d.http_port}"
+    _wait_ready(base)
+    return base
+
+
+def _request_tenant(cfg: RecConfig, t: Tenant, best: dict[str, Any], base: str, report: DemoReport) -> None:
+    """Held-out users' requests over HTTP: served HR@10, latencies and one example answer."""
+    hits, lat = 0, []
+    reqs = _heldout_requests(t, cfg.demo.requests_per_tenant, seed=1)
+    for hist, nxt in reqs:
+        ans, ms = _post(f"{base}/v1/tenants/{t.name}/recommendations", {"history": hist, "k": 10, "exclude_history": False})
+        lat.append(ms)
+        hits += nxt in [it["item_id"] for it in ans["items"]]
+    report.latencies_ms += lat
+    titles = dict(zip(map(str, t.items.ids), t.items.text))
+    report.examples[t.name] = {"history": [titles[i] for i in reqs[0][0][-3:]],
+                               "top3": [titles[it["item_id"]] for it in ans["items"][:3]]}
+    report.tenants.append({
+        "tenant": t.name, "served_as": ans["method"], "version": ans["adapter_version"],
+        "zero_shot": ans["zero_shot"], "offline_test_ndcg@10": (best.get("test") or {}).get("ndcg@10"),
+        "served_hr@10": hits / len(reqs), "p50_ms": float(np.percentile(lat, 50)),
+    })
+
+
+def _onboard(cfg: RecConfig, loaded, raw: Path, name: str, root: Path, base: str, report: DemoReport) -> dict[str, float]:  # noqa: ANN001
     """Raw CSV -> live adapted recommendations; returns the timed steps (seconds)."""
+    from rec.adaptation.adapt import adapt_tenant, publish_adapter
+    from rec.data.loaders import load_source
+    from rec.export.publish import publish_tenant
+    from rec.text import encode_items
+
     d = cfg.demo
     steps: dict[str, float] = {}
     t0 = time.perf_counter()

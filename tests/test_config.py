@@ -64,3 +64,26 @@ def test_override_syntax():
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     load_config(path)
+
+
+def test_extends_applies_a_file_on_top_of_another(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {epochs: 3, lr: 0.01}\ndata: {max_seq_len: 20}\nmodel: {max_len: 20}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ntrain: {epochs: 5}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.max_seq_len) == (5, 0.01, 20)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "lost.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load_config(tmp_path / "lost.yaml")
+
+
+def test_data_formats_are_the_loaders_formats():
+    from rec.config import data_formats
+    from rec.data.loaders import FORMATS
+
+    assert set(data_formats()) == {"synthetic", *FORMATS}
+    with pytest.raises(ConfigError, match="unknown data format 'csvv'.*generic"):
+        load_config(None, ["data.sources=[{format: csvv, path: x}]"])

@@ -9,7 +9,9 @@ Example::
 """
 
 from tuning.search_spaces import SweepError, SweepSpec, load_sweep, space_from_tune, trial_config, trial_overrides
-from tuning.sweep import PerGroupScheduler, PerGroupSearcher, SweepInterrupted, SweepResult, run_sweep
+from tuning.scheduler import PerGroupScheduler
+from tuning.search import PerGroupSearcher
+from tuning.sweep import SweepInterrupted, SweepResult, run_sweep
 
 __all__ = [
     "PerGroupScheduler",

@@ -21,10 +21,11 @@ from rec.adaptation.methods import prepare_model, scoring_backbone, trainable_pa
 from rec.config import AdaptConfig, EvalConfig
 from rec.data.schema import DataError, Tenant
 from rec.data.splits import KShotSplit, k_shot_split
-from rec.training.batches import left_pad, next_item_examples
+from rec.training.batches import next_item_examples
 from rec.training.checkpoint import LoadedBackbone
-from rec.training.corpus import Corpus, EvalRows, TenantCorpus
-from rec.training.loop import CorpusLoss, EarlyStopping, evaluate_tenant, train_epoch
+from rec.training.corpus import TenantCorpus, eval_rows
+from rec.training.loop import evaluate_tenant
+from rec.training.tenant_fit import FitSettings, fit_tenant
 
 __all__ = ["AdaptResult", "adapt_tenant", "fewshot_corpus", "publish_adapter"]
 
@@ -47,11 +48,6 @@ class AdaptResult:
     best_epoch: int = -1  # the epoch whose weights were kept; -1 = none beat the starting weights
 
 
-def _eval_rows(split: KShotSplit, which: str, max_len: int) -> EvalRows:
-    rows, hists, targets = split.eval_examples(which)
-    return EvalRows(np.asarray(rows, np.int64), left_pad(hists, max_len), np.asarray(targets, np.int64))
-
-
 def fewshot_corpus(split: KShotSplit, text_emb: np.ndarray, max_len: int) -> TenantCorpus:
     """Training rows from the K users' sequences; valid/test rows from the held-out users."""
     seqs = split.train.sequences()
@@ -64,8 +60,8 @@ def fewshot_corpus(split: KShotSplit, text_emb: np.ndarray, max_len: int) -> Ten
         text_emb=text_emb,
         train_inputs=inputs,
         train_targets=targets,
-        valid=_eval_rows(split, "valid", max_len),
-        test=_eval_rows(split, "test", max_len),
+        valid=eval_rows(split, "valid", max_len),
+        test=eval_rows(split, "test", max_len),
         item_popularity=pop.astype(np.float32),
         data_hash=split.train.content_hash(),
     )
@@ -109,7 +105,7 @@ def adapt_tenant(
         DataError: The tenant has no items or no item text.
     """
     eval_cfg = eval_cfg or EvalConfig()
-    ks = sorted(set(eval_cfg.ks) | {10})
+    ks = eval_cfg.ks_with_primary
     _check_text(base, tenant, text_emb)
     torch.set_num_threads(acfg.torch_threads)
     torch.manual_seed(acfg.seed)
@@ -121,7 +117,6 @@ def adapt_tenant(
         text_emb = encode_items(list(tenant.items.text), base.cfg.text)
     max_len = base.cfg.data.max_seq_len
     tc = fewshot_corpus(split, text_emb, max_len)
-    corpus = Corpus([tc], max_len, base.manifest.get("text_model"))
     # np.require copies read-only arrays (memory-mapped caches): torch.from_numpy would warn on them.
     emb = [torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))]
     steps_per_epoch = -(-len(tc.train_inputs) // acfg.batch_size)
@@ -129,32 +124,14 @@ def adapt_tenant(
                           total_steps=max(steps_per_epoch * acfg.epochs, 1))
     params = trainable_parameters(model)
     hooks = training_hooks(model)
-    history: list[dict[str, float]] = []
-
-    def validate() -> dict[str, float]:
-        return evaluate_tenant(scoring_backbone(model), tc, emb[0], "valid", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
-
-    stopper = EarlyStopping(model, validate(), acfg.patience)  # best_epoch -1: the untrained start is kept
-    epochs = 0
-    if params and len(tc.train_inputs):
-        loss_model = CorpusLoss(scoring_backbone(model))
-        opt = torch.optim.AdamW(params, lr=acfg.lr, weight_decay=acfg.weight_decay)
-        for epoch in range(acfg.epochs):
-            rows = np.random.default_rng([acfg.seed, epoch]).permutation(len(tc.train_inputs))
-            model.train()
-            loss = train_epoch(loss_model, opt, corpus, rows, emb, acfg.batch_size, grad_clip=1.0,
-                               regularizer=hooks.regularizer, after_step=hooks.after_step)
-            val = validate()
-            epochs = epoch + 1
-            history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}})
-            if on_epoch is not None:
-                on_epoch(epoch, val)
-            if stopper.update(epoch, val, model):
-                break
-        stopper.restore(model)
-    valid = stopper.best
+    settings = FitSettings(epochs=acfg.epochs, lr=acfg.lr, batch_size=acfg.batch_size, patience=acfg.patience, seed=acfg.seed,
+                           weight_decay=acfg.weight_decay, ks=tuple(ks), eval_batch_size=eval_cfg.batch_size,
+                           exclude_history=eval_cfg.exclude_history)
+    fit = fit_tenant(model, scoring_backbone(model), tc, emb[0], params, settings,
+                     regularizer=hooks.regularizer, after_step=hooks.after_step, on_epoch=on_epoch)
+    valid = fit.valid
     if hooks.finish is not None and hooks.finish():  # the restored weights changed (AdaLoRA's final ranks)
-        valid = validate()
+        valid = evaluate_tenant(scoring_backbone(model), tc, emb[0], "valid", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
     model.eval()
     test = evaluate_tenant(scoring_backbone(model), tc, emb[0], "test", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
     return AdaptResult(
@@ -165,11 +142,11 @@ def adapt_tenant(
         valid=valid,
         test=test,
         adapt_s=time.perf_counter() - t0,
-        epochs=epochs,
-        best_epoch=stopper.best_epoch,
+        epochs=fit.epochs,
+        best_epoch=fit.best_epoch,
         trainable_params=sum(p.numel() for p in params),
         data_hash=tc.data_hash,
-        history=history,
+        history=fit.history,
     )
 
 

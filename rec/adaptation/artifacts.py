@@ -31,7 +31,7 @@ from rec.data.schema import validate_tenant_id
 from rec.io.artifacts import ArtifactError, artifact_writer, complete_versions, next_version_dir, read_manifest
 from rec.models.backbone import Backbone
 
-__all__ = ["save_adapter", "load_adapter", "list_versions", "latest_version", "adapter_method"]
+__all__ = ["save_adapter", "load_adapter", "list_versions", "adapter_method"]
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -87,11 +87,6 @@ def save_adapter(
 def list_versions(root: str | Path, tenant: str) -> list[int]:
     """Complete versions (with a manifest) of a tenant's adapters, ascending."""
     return complete_versions(Path(root) / validate_tenant_id(tenant))
-
-
-def latest_version(root: str | Path, tenant: str) -> Path | None:
-    versions = list_versions(root, tenant)
-    return Path(root) / tenant / f"v{versions[-1]}" if versions else None
 
 
 def adapter_method(folder: str | Path) -> str:

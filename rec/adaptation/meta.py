@@ -24,7 +24,6 @@ W*E episodes, which is how the tests check that deltas are really averaged acros
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from rec.config import MetaConfig, RecConfig
-from rec.training.checkpoint import LoadedBackbone, export_backbone, load_train_state, save_train_state
+from rec.config import PRIMARY_METRIC, MetaConfig, RecConfig
+from rec.training.checkpoint import LoadedBackbone
 from rec.training.corpus import Corpus, build_corpus
-from rec.training.loop import CorpusLoss, evaluate_corpus, train_epoch
-from rec.training.ray_train import PRIMARY_METRIC, _flat, fit_on_ray_train, restore_from_checkpoint, run_storage
+from rec.training.loop import CorpusLoss, train_epoch
+from rec.training.scaffold import (
+    Worker, evaluate_on_driver, flat_metrics, publish_backbone, restore_checkpoint, run_on_ray_train, setup_worker,
+)
 
 __all__ = ["MetaResult", "episode_plan", "meta_epoch", "meta_loop_per_worker", "meta_train", "reptile_step", "weights_digest"]
 
@@ -180,70 +181,58 @@ def weights_digest(model: nn.Module) -> str:
 def meta_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     """Ray Train worker entry: Reptile outer epochs, a checkpoint each, resume if restarted."""
     import ray
-    import ray.train
-    import ray.train.torch
     import torch.distributed as dist
 
     from rec.models.backbone import build_backbone
 
-    cfg = RecConfig.model_validate(loop_cfg["config"])
-    mcfg, tc = cfg.meta, cfg.train
-    corpus: Corpus = ray.get(loop_cfg["corpus"]) if isinstance(loop_cfg["corpus"], ray.ObjectRef) else loop_cfg["corpus"]
-    torch.set_num_threads(tc.torch_threads)
+    w = setup_worker(loop_cfg)
+    mcfg, tc = w.cfg.meta, w.cfg.train
     torch.manual_seed(mcfg.seed)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-
-    model = build_backbone(cfg.model, num_item_ids=loop_cfg["num_item_ids"])
+    model = build_backbone(w.cfg.model, num_item_ids=loop_cfg["num_item_ids"])
     init = loop_cfg["init_weights"]
     if init is not None:
         model.load_state_dict(ray.get(init) if isinstance(init, ray.ObjectRef) else init)
     outer_opt = torch.optim.SGD(model.parameters(), lr=mcfg.outer_lr)
     state: dict[str, Any] = {"epoch": -1, "resumed_from": None, "history": [], "init_from": loop_cfg["init_from"]}
-    restored = restore_from_checkpoint(model, outer_opt)
+    restored = restore_checkpoint(model, outer_opt)
     if restored is not None:
         state = restored[1]
-    model.to(device)
-    if world > 1:  # one theta for all ranks, whatever each one loaded
+    model.to(w.device)
+    if w.world > 1:  # one theta for all ranks, whatever each one loaded
         for t in model.state_dict().values():
             dist.broadcast(t, src=0)
-    loss_model = CorpusLoss(model, cfg.model.loss, cfg.model.num_negatives)
-    text_embs = [None if t.text_emb is None else torch.from_numpy(t.text_emb).to(device) for t in corpus.tenants]
-    ks = sorted(set(cfg.eval.ks) | {10})
-
+    loss_model = CorpusLoss(model, w.cfg.model.loss, w.cfg.model.num_negatives)
+    text_embs = w.text_embeddings()
     for epoch in range(state["epoch"] + 1, mcfg.outer_epochs):
         t0 = time.perf_counter()
-        first, last = meta_epoch(loss_model, outer_opt, corpus, text_embs, mcfg, epoch, rank, world, tc.grad_clip)
+        first, last = meta_epoch(loss_model, outer_opt, w.corpus, text_embs, mcfg, epoch, w.rank, w.world, tc.grad_clip)
         epoch_s = time.perf_counter() - t0
-        digests, losses = [weights_digest(model)], [(first, last)]
-        if world > 1:
-            digests, losses = [None] * world, [None] * world
-            dist.all_gather_object(digests, weights_digest(model))
-            dist.all_gather_object(losses, (first, last))
         # zero-shot quality of theta on the source tenants: a sanity signal, not a selection rule
-        val = evaluate_corpus(model, corpus, text_embs, "valid", ks, cfg.eval.batch_size, cfg.eval.exclude_history, rank, world)
+        val = w.evaluate(model, w.corpus, text_embs)
         state["epoch"] = epoch
-        metrics = {
-            "epoch": epoch,
-            "support_loss_before": float(np.mean([f for f, _ in losses])),
-            "support_loss_after": float(np.mean([a for _, a in losses])),
-            "outer_lr_end": outer_opt.param_groups[0]["lr"],
-            "epoch_s": epoch_s,
-            "episodes": (epoch + 1) * mcfg.meta_iterations * mcfg.episodes_per_iteration * world,
-            "rank_weight_digests": ",".join(digests),
-            "weights_in_sync": len(set(digests)) == 1,
-            "resumed_from": -1 if state["resumed_from"] is None else state["resumed_from"],
-            **_flat("val", val),
-        }
+        metrics = {**_sync_report(w, model, first, last), "outer_lr_end": outer_opt.param_groups[0]["lr"], "epoch": epoch,
+                   "epoch_s": epoch_s, "episodes": (epoch + 1) * mcfg.meta_iterations * mcfg.episodes_per_iteration * w.world,
+                   "resumed_from": -1 if state["resumed_from"] is None else state["resumed_from"], **flat_metrics("val", val)}
         state["history"].append(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-                save_train_state(Path(tmp) / "state", model, weights, outer_opt, dict(state))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        w.report(metrics, model, weights, outer_opt, state)
+
+
+def _sync_report(w: Worker, model: nn.Module, first: float, last: float) -> dict[str, Any]:
+    """Support losses averaged over ranks, and every rank's weight digest (equal: the ranks are in sync)."""
+    digests, losses = [weights_digest(model)], [(first, last)]
+    if w.world > 1:
+        import torch.distributed as dist
+
+        digests, losses = [None] * w.world, [None] * w.world
+        dist.all_gather_object(digests, weights_digest(model))
+        dist.all_gather_object(losses, (first, last))
+    return {
+        "support_loss_before": float(np.mean([f for f, _ in losses])),
+        "support_loss_after": float(np.mean([a for _, a in losses])),
+        "rank_weight_digests": ",".join(digests),
+        "weights_in_sync": len(set(digests)) == 1,
+    }
 
 
 @dataclass
@@ -314,47 +303,30 @@ def meta_train(cfg: RecConfig, corpus: Corpus | None = None, init: LoadedBackbon
         _check_init(init, corpus)
         num_item_ids = int(init.manifest["num_item_ids"])
     out = Path(cfg.meta.output_dir).resolve()
-    storage = run_storage(cfg, out, cfg.meta.run_name)
-    loop_config = {
-        "config": cfg.model_dump(mode="json"),
-        "corpus": ray.put(corpus),
-        "num_item_ids": num_item_ids,
-        "init_weights": None if init is None else ray.put({k: v.detach().clone() for k, v in init.model.state_dict().items()}),
-        "init_from": None if init is None else init.checksum,
-    }
-    t0 = time.perf_counter()
-    result = fit_on_ray_train(meta_loop_per_worker, loop_config, cfg, cfg.meta.run_name, storage)
-    train_s = time.perf_counter() - t0
-    with result.checkpoint.as_directory() as d:
-        weights, _, _, state = load_train_state(Path(d) / "state")
+    run = run_on_ray_train(
+        meta_loop_per_worker, cfg, corpus, out, cfg.meta.run_name,
+        num_item_ids=num_item_ids,
+        init_weights=None if init is None else ray.put({k: v.detach().clone() for k, v in init.model.state_dict().items()}),
+        init_from=None if init is None else init.checksum,
+    )
+    state = run.state
     model = build_backbone(cfg.model, num_item_ids=num_item_ids)
-    model.load_state_dict(weights)
+    model.load_state_dict(run.weights)
     model.eval()
-    text_embs = [None if t.text_emb is None else torch.from_numpy(t.text_emb) for t in corpus.tenants]
-    test = evaluate_corpus(model, corpus, text_embs, "test", sorted(set(cfg.eval.ks) | {10}), cfg.eval.batch_size, cfg.eval.exclude_history)
+    test = evaluate_on_driver(model, corpus, cfg, "test")
     history = state["history"]
-    tenants = {t.name: {"id_offset": t.id_offset, "num_items": t.num_items, "data_hash": t.data_hash} for t in corpus.tenants}
-    if init is not None and init.model.id_emb is not None:
-        tenants = init.tenants  # same layout (checked); keep the backbone's record
     meta = {
         **cfg.meta.model_dump(mode="json"),
         "init_from": state.get("init_from"),
         "num_workers": cfg.train.num_workers,
         "source_tenants": [t.name for t in corpus.tenants],
     }
-    ckpt = export_backbone(
-        out / "checkpoint",
-        {k: v.contiguous() for k, v in weights.items()},
-        cfg,
-        tenants,
+    ckpt = publish_backbone(
+        out / "checkpoint", run.weights, cfg, corpus, run, cfg.meta.run_name,
         metrics={"test": test, f"final_val_{PRIMARY_METRIC}": history[-1][f"val_{PRIMARY_METRIC}"]},
-        text_model=corpus.text_model,
-        extra={
-            "protocol": "zero-shot on the source tenants: leave-one-out, full ranking over each tenant's catalog",
-            "train_s": train_s,
-            "epochs_run": int(state["epoch"]) + 1,
-            "ray_run": f"{storage}/{cfg.meta.run_name}",
-            "meta": meta,
-        },
+        protocol="zero-shot on the source tenants: leave-one-out, full ranking over each tenant's catalog",
+        extra={"meta": meta},
+        # same layout (checked); keep the backbone's record
+        tenants=init.tenants if init is not None and init.model.id_emb is not None else None,
     )
-    return MetaResult(ckpt, test, history, train_s, int(state["epoch"]) + 1)
+    return MetaResult(ckpt, test, history, run.train_s, run.epochs_run)

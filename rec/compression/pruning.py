@@ -90,13 +90,14 @@ def recover(
     recover from the teacher instead.
     """
     from rec.training.loop import CorpusLoss, train_epoch
+    from rec.training.scaffold import text_embeddings
 
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(("adaptor.", "id_emb.")))
     loss_model = loss_model or CorpusLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
-    embs = [None if t.text_emb is None else torch.from_numpy(t.text_emb) for t in corpus.tenants]
+    embs = text_embeddings(corpus.tenants)
     losses = []
     for epoch in range(epochs):
         rows = np.random.default_rng([seed, epoch]).permutation(corpus.num_train_rows)

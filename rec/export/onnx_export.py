@@ -16,7 +16,8 @@
 
     <out>/ model.onnx [+ model.int8.onnx], item_ids.json, manifest.json (kind=merged-tenant-model)
 
-Why dynamo: the legacy TorchScript exporter hard-codes sequence lengths (FIELD-NOTES). Every
+Why dynamo: the legacy TorchScript exporter silently hard-codes the sequence length inside
+``nn.TransformerEncoder`` attention, so any other length fails at run time. Every
 export is checked with ``onnx.checker`` and run in ONNX Runtime against the torch module on
 random and (when given) real inputs; the fp32 model is refused (nothing is published) unless
 max |diff| <= 1e-4 and every row's top-10 is identical (up to swaps of float ties,
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rec.data.padding import left_pad
 from rec.data.schema import Tenant
 from rec.export.errors import ExportError
 from rec.export.parity import (
@@ -356,10 +358,7 @@ def export_merged_tenant_model(
     graph = MergedGraph(adapted, catalog).eval()
     max_len = int(loaded.cfg.data.max_seq_len)
     data = parity_data_from_tenant(loaded, tenant, text_emb, max_users)
-    rows = np.full((len(data.histories), max_len), -1, np.int64)
-    for i, h in enumerate(data.histories):
-        h = h[-max_len:]
-        rows[i, max_len - len(h):] = h
+    rows = left_pad(data.histories, max_len)
     pad = rows < 0
     # Example for tracing: sizes >= 2 and distinct (B=3, T=min(7, max_len)), as torch.export specializes 0/1.
     ex_rows = torch.from_numpy(np.resize(rows, (3, max_len))[:, -7:].copy())

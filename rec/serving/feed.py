@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rec.data.padding import PAD, left_pad
 from rec.serving.bundles import TenantBundle
 from rec.serving.errors import AdapterShapeError, FeedError
 
 __all__ = ["Feed", "build_feed", "catalog_rows", "catalog_scores", "PAD"]
 
-PAD = -1
 
 
 @dataclass
@@ -91,11 +91,8 @@ def build_feed(
         if h.ndim != 1 or (h.size and not np.issubdtype(h.dtype, np.integer)):
             raise FeedError(f"a history must be a 1-D array of integer item rows, got dtype {h.dtype} shape {h.shape}")
         rows.append(h[-max_len:])
-    B, T = len(rows), max(1, max(len(h) for h in rows))
-    idx = np.full((B, T), PAD, np.int64)
-    for r, h in enumerate(rows):
-        if len(h):
-            idx[r, T - len(h) :] = h
+    idx = left_pad(rows, max_len, fit_longest=True)
+    B, T = idx.shape
     lens = np.fromiter((len(h) for h in rows), np.int64, B)
     real = np.arange(T)[None, :] >= (T - lens)[:, None]  # not padding (an item row of -1 is an error, not padding)
     hist = np.zeros((B, T, d), np.float32)

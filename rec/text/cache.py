@@ -15,7 +15,6 @@ parse or disagrees with the model is skipped with a warning (its texts are simpl
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 import uuid
@@ -169,6 +168,3 @@ def encode_items(texts: list[str], cfg: TextConfig, progress: bool = False) -> n
     return encode_cached(get_encoder(cfg), texts, cfg.cache_dir, progress=progress)
 
 
-def read_cache_info(folder: str | Path) -> dict[str, object]:
-    """The ``info.json`` of a cache folder (which model and settings made it)."""
-    return json.loads((Path(folder) / "info.json").read_text())

@@ -269,9 +269,4 @@ def encoder_device(name: str) -> torch.device:
     return device
 
 
-def clear_model_memo() -> None:
-    """Forget loaded models (frees memory; the next ``TextEncoder`` reloads from disk)."""
-    _load.cache_clear()
-
-
-__all__ = ["TextEncoder", "resolve_model", "clear_model_memo", "encoder_device", "PACKAGED_ID"]
+__all__ = ["TextEncoder", "resolve_model", "encoder_device", "PACKAGED_ID"]

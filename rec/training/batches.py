@@ -1,35 +1,18 @@
 """Turning item sequences into padded tensors.
 
-Convention everywhere: sequences are LEFT-padded with ``PAD = -1`` so the most recent item sits at
-the last position; training targets use ``IGNORE = -100`` (``F.cross_entropy``'s ignore index).
+Sequences are LEFT-padded with ``PAD = -1`` (``rec.data.padding.left_pad``); training targets use
+``IGNORE = -100`` (``F.cross_entropy``'s ignore index).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PAD", "IGNORE", "left_pad", "next_item_examples", "shard_rows"]
+from rec.data.padding import PAD, left_pad
 
-PAD = -1
+__all__ = ["PAD", "IGNORE", "next_item_examples", "shard_rows"]
+
 IGNORE = -100
-
-
-def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
-    """Keep the last ``max_len`` items of each sequence and left-pad with ``PAD``.
-
-    Args:
-        seqs: B arrays of dense item indices (chronological).
-        max_len: Window ``T``.
-
-    Returns:
-        ``(B, T)`` int64. An empty sequence becomes a row of ``PAD``.
-    """
-    out = np.full((len(seqs), max_len), PAD, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        s = np.asarray(s[-max_len:], dtype=np.int64)
-        if len(s):
-            out[i, max_len - len(s) :] = s
-    return out
 
 
 def next_item_examples(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,15 +8,17 @@ catalog: rows are always scored against their own tenant's items.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from rec.config import DataConfig, RecConfig
 from rec.data.schema import DataError, Tenant
-from rec.data.splits import leave_one_out
-from rec.training.batches import left_pad, next_item_examples
+from rec.data.splits import KShotSplit, LOOSplit, leave_one_out
+from rec.data.padding import left_pad
+from rec.training.batches import next_item_examples
 
-__all__ = ["TenantCorpus", "Corpus", "build_corpus", "load_holdout", "load_tenants"]
+__all__ = ["TenantCorpus", "Corpus", "EvalRows", "build_corpus", "eval_rows", "load_holdout", "load_tenants"]
 
 
 @dataclass
@@ -80,7 +82,7 @@ def load_tenants(data_cfg: DataConfig) -> list[Tenant]:
         return generate_tenants(data_cfg.synthetic)
     from rec.data.loaders import load_source
 
-    tenants = [load_source(src, min_seq_len=data_cfg.min_seq_len) for src in data_cfg.sources]
+    tenants = [load_source(src, min_seq_len=data_cfg.min_seq_len, root=data_cfg.root) for src in data_cfg.sources]
     names = [t.name for t in tenants]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -88,8 +90,16 @@ def load_tenants(data_cfg: DataConfig) -> list[Tenant]:
     return tenants
 
 
-def _eval_rows(split, which: str, max_users: int | None, seed: int, max_len: int) -> EvalRows:
-    rows, hists, targets = split.eval_examples(which, max_users=max_users, seed=seed)
+def eval_rows(split: LOOSplit | KShotSplit, which: str, max_len: int, **sample: Any) -> EvalRows:
+    """Padded evaluation rows of a leave-one-out or K-shot split.
+
+    Args:
+        split: Anything with ``eval_examples(which, **sample)``.
+        which: ``"valid"`` or ``"test"``.
+        max_len: History window ``T``.
+        **sample: Passed to ``eval_examples`` (``max_users``, ``seed`` of a leave-one-out split).
+    """
+    rows, hists, targets = split.eval_examples(which, **sample)
     return EvalRows(np.asarray(rows, np.int64), left_pad(hists, max_len), np.asarray(targets, np.int64))
 
 
@@ -121,8 +131,8 @@ def tenant_corpus(
         text_emb=text_emb,
         train_inputs=inputs,
         train_targets=targets,
-        valid=_eval_rows(split, "valid", max_eval_users, seed, max_len),
-        test=_eval_rows(split, "test", max_eval_users, seed, max_len),
+        valid=eval_rows(split, "valid", max_len, max_users=max_eval_users, seed=seed),
+        test=eval_rows(split, "test", max_len, max_users=max_eval_users, seed=seed),
         item_popularity=pop.astype(np.float32),
         data_hash=tenant.content_hash(),
     )
@@ -132,7 +142,7 @@ def load_holdout(data_cfg: DataConfig) -> list[Tenant]:
     """The configured held-out tenants (``data.holdout``)."""
     from rec.data.loaders import load_source
 
-    return [load_source(src, min_seq_len=data_cfg.min_seq_len) for src in data_cfg.holdout]
+    return [load_source(src, min_seq_len=data_cfg.min_seq_len, root=data_cfg.root) for src in data_cfg.holdout]
 
 
 def build_corpus(

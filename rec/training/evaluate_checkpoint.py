@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
 from rec.config import RecConfig
 from rec.data.schema import DataError
 from rec.training.checkpoint import LoadedBackbone
 from rec.training.corpus import build_corpus
-from rec.training.loop import evaluate_corpus
+from rec.training.scaffold import evaluate_on_driver
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -38,6 +36,4 @@ def evaluate_checkpoint(
             )
         else:
             t.id_offset = -1
-    text_embs = [None if t.text_emb is None else torch.from_numpy(t.text_emb) for t in corpus.tenants]
-    ks = sorted(set(cfg.eval.ks) | {10})
-    return evaluate_corpus(loaded.model, corpus, text_embs, split, ks, cfg.eval.batch_size, cfg.eval.exclude_history)
+    return evaluate_on_driver(loaded.model, corpus, cfg, split)

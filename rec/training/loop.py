@@ -22,7 +22,7 @@ from rec.models.backbone import Backbone
 from rec.training.batches import PAD
 from rec.training.corpus import Corpus, EvalRows, TenantCorpus
 
-__all__ = ["CorpusLoss", "EarlyStopping", "catalog_representations", "iterate_batches", "train_epoch", "evaluate_tenant", "evaluate_corpus"]
+__all__ = ["CorpusLoss", "catalog_representations", "iterate_batches", "train_epoch", "evaluate_tenant", "evaluate_corpus"]
 
 
 def catalog_representations(model: Backbone, tenant: TenantCorpus, text_emb: torch.Tensor | None) -> torch.Tensor:
@@ -81,33 +81,6 @@ class CorpusLoss(nn.Module):
                 loss = self.backbone.ce_loss(hidden, tgt, catalog)
             total, count = total + loss * n, count + n
         return total / max(count, 1)
-
-
-class EarlyStopping:
-    """Keep the weights of the best validation epoch and stop after ``patience`` epochs without a gain.
-
-    The starting weights count as epoch -1: if no epoch beats them, :meth:`restore` puts them back.
-    Shared by tenant adaptation and the from-scratch baselines (pretraining keeps the same counters
-    in its checkpointed state, so a restarted Ray Train worker resumes them).
-    """
-
-    def __init__(self, model: nn.Module, start: dict[str, float], patience: int, metric: str = "ndcg@10") -> None:
-        self.best, self.best_epoch, self.bad = start, -1, 0
-        self.patience, self.metric = patience, metric
-        self._weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def update(self, epoch: int, val: dict[str, float], model: nn.Module) -> bool:
-        """Record ``epoch``'s validation metrics; True when training should stop."""
-        if val[self.metric] > self.best[self.metric]:
-            self.best, self.best_epoch, self.bad = val, epoch, 0
-            self._weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return False
-        self.bad += 1
-        return self.bad >= self.patience
-
-    def restore(self, model: nn.Module) -> None:
-        """Load the best weights seen (the start if no epoch improved) into ``model``."""
-        model.load_state_dict(self._weights)
 
 
 def iterate_batches(corpus: Corpus, rows: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:

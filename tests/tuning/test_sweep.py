@@ -24,7 +24,10 @@ from rec.adaptation.artifacts import list_versions, load_adapter
 from rec.config import apply_overrides, config_from_dict
 from rec.training.checkpoint import LoadedBackbone, export_backbone
 from tuning.search_spaces import SweepError, load_sweep
-from tuning.sweep import METRIC, PerGroupScheduler, PerGroupSearcher, run_sweep
+from tuning.scheduler import PerGroupScheduler
+from tuning.search import PerGroupSearcher
+from tuning.sweep import run_sweep
+from tuning.trial import METRIC
 
 REPO = Path(__file__).resolve().parents[2]
 NEW_TENANTS = ["podcasts", "videos"]  # synthetic tenants 3-4: the small backbone pretrained on the first two

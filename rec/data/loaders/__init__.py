@@ -3,7 +3,7 @@
 :func:`load_source` is the only entry point the rest of the package needs::
 
     from rec.config import TenantSource
-    tenant = load_source(TenantSource(format="seqrec", path="../shared/datasets/seqrec-benchmark/amazon2014-beauty"))
+    tenant = load_source(TenantSource(format="seqrec", path="seqrec-benchmark/amazon2014-beauty"))  # under the data root
 
 Each format module reads its files into chronological per-user sequences plus an item catalog;
 the post-processing common to all of them (minimum sequence length, user sampling, emptiness
@@ -28,6 +28,7 @@ from rec.data.loaders.s3rec import load_s3rec
 from rec.data.loaders.sasrec import load_sasrec
 from rec.data.loaders.seqrec import load_seqrec
 from rec.data.loaders.unisrec import load_unisrec
+from rec.data.paths import resolve_source
 from rec.data.schema import DataError, Tenant, tenant_id_from, validate_tenant_id
 
 __all__ = ["FORMATS", "default_tenant_name", "load_source"]
@@ -85,7 +86,7 @@ def default_tenant_name(src: TenantSource) -> str:
     return tenant_id_from(stem or p.resolve().name)
 
 
-def load_source(src: TenantSource, min_seq_len: int = 3) -> Tenant:
+def load_source(src: TenantSource, min_seq_len: int = 3, root: str | Path | None = None) -> Tenant:
     """Load one tenant and apply the shared post-processing.
 
     Steps: read with the format's loader (full catalog, chronological sequences); drop users with
@@ -96,6 +97,8 @@ def load_source(src: TenantSource, min_seq_len: int = 3) -> Tenant:
     Args:
         src: The source (format, path, subset, sampling, generic column mapping).
         min_seq_len: Minimum interactions per user (3 = train + valid + test item).
+        root: The data root relative paths are read from (``data.root``; None = the default, see
+            ``rec.data.paths``).
 
     Returns:
         The tenant, named ``src.name`` or after the subset / dataset folder.
@@ -110,6 +113,7 @@ def load_source(src: TenantSource, min_seq_len: int = 3) -> Tenant:
         raise DataError(f"no file loader for format {src.format!r}{hint}; loaders exist for: {', '.join(FORMATS)}")
     if not src.path:
         raise DataError(f"format {src.format!r}: path is empty; set it to the dataset folder (a file for generic)")
+    src = resolve_source(src, root)
     name = default_tenant_name(src)
     try:
         tenant = FORMATS[src.format](src, name)

@@ -14,7 +14,7 @@ from rec.config import AdaptConfig
 from rec.data.schema import DataError, Tenant
 from rec.io.artifacts import ArtifactError
 from rec.text import encode_items
-from rec.training.batches import PAD, left_pad
+from rec.data.padding import PAD, left_pad
 
 METHODS = ["zero-shot", "head", "prompt", "lora", "full"]
 

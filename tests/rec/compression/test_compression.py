@@ -89,3 +89,23 @@ def test_student_dropout_override_leaves_the_teacher_alone(setup):
     assert set(rates(make_student(model, [0]))) == set(before)  # default: the teacher's rates
     with pytest.raises(ValueError, match="dropout"):
         make_student(model, [0], dropout=1.0)
+
+
+def test_recipe_returns_variants_with_their_own_checksums(setup):
+    import hashlib
+
+    from safetensors.torch import save
+
+    from rec.compression import CompressionRecipe, compress_backbone
+    from rec.training.checkpoint import LoadedBackbone
+
+    model, corpus = setup
+    teacher = LoadedBackbone(model, load_config(None, []), {}, {"kind": "backbone", "text_model": "x"}, "teacher-sha")
+    variants = compress_backbone(teacher, corpus, CompressionRecipe(recovery_epochs=1, student_epochs=1))
+    assert sorted(variants) == ["distill-1L", "ffn-50", "magnitude-50"]
+    for name, v in variants.items():
+        weights = {k: t.detach().cpu().contiguous() for k, t in v.model.state_dict().items()}
+        assert v.checksum == hashlib.sha256(save(weights)).hexdigest() != teacher.checksum
+        assert v.manifest["compressed_from"] == "teacher-sha" and v.manifest["compression"].startswith(name)
+        assert v.manifest["text_model"] == "x" and v.cfg is teacher.cfg
+    assert len(variants["distill-1L"].model.blocks) == 1 and sparsity(variants["magnitude-50"].model) == pytest.approx(0.5, abs=0.01)

@@ -5,7 +5,8 @@ import torch
 
 from rec.config import ModelConfig
 from rec.models.backbone import Backbone, build_backbone
-from rec.training.batches import PAD, left_pad, next_item_examples
+from rec.data.padding import PAD, left_pad
+from rec.training.batches import next_item_examples
 
 
 def _model(**kw) -> Backbone:

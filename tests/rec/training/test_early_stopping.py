@@ -8,7 +8,7 @@ import torch
 
 from rec.data.schema import DataError, ItemTable, Tenant
 from rec.training.corpus import tenant_corpus
-from rec.training.loop import EarlyStopping
+from rec.training.early_stopping import EarlyStopping
 
 
 def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
@@ -48,3 +48,20 @@ def test_held_out_tenant_needs_no_trainable_users():
     held = tenant_corpus(t, None, -1, 10, None, 0, train=False)
     assert held.train_inputs.shape == (0, 10) and len(held.test.targets) == n_users
     assert (held.test.targets == seqs[:, 2]).all() and (held.valid.targets == seqs[:, 1]).all()
+
+
+def test_counters_and_weights_resume_a_stopper():
+    """A restarted Ray Train worker resumes early stopping from its checkpoint."""
+    model = torch.nn.Linear(2, 1)
+    first = EarlyStopping(model, {"ndcg@10": -1.0}, patience=2)
+    first.update(0, {"ndcg@10": 0.3}, model)
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    first.update(1, {"ndcg@10": 0.1}, model)
+    counters = first.counters()
+    assert counters == {"best": 0.3, "best_epoch": 0, "bad_epochs": 1}
+    again = EarlyStopping(model, {"ndcg@10": -1.0}, patience=2)
+    again.resume(first.best_weights, counters)
+    assert again.update(2, {"ndcg@10": 0.2}, model) and again.stopped  # the second epoch without a gain
+    again.restore(model)
+    assert torch.equal(model.weight, first.best_weights["weight"]) and again.best_epoch == 0
