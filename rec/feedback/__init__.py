@@ -4,6 +4,6 @@
   policy's value from the logged propensities, with confidence intervals.
 """
 
-from rec.feedback.ope import ESTIMATORS, Estimate, LoggedFeedback, bootstrap_interval, estimate
+from rec.feedback.ope import ESTIMATORS, Estimate, LoggedFeedback, bootstrap_interval, estimate, estimate_slates
 
-__all__ = ["ESTIMATORS", "Estimate", "LoggedFeedback", "bootstrap_interval", "estimate"]
+__all__ = ["ESTIMATORS", "Estimate", "LoggedFeedback", "bootstrap_interval", "estimate", "estimate_slates"]
