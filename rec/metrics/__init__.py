@@ -3,6 +3,7 @@
 from rec.metrics.ranking import (
     SAMPLED_PREFIX,
     TIE_POLICIES,
+    auc,
     hit_rate_at_k,
     metrics_from_ranks,
     mrr_at_k,
@@ -16,6 +17,7 @@ from rec.metrics.ranking import (
 __all__ = [
     "SAMPLED_PREFIX",
     "TIE_POLICIES",
+    "auc",
     "hit_rate_at_k",
     "metrics_from_ranks",
     "mrr_at_k",
