@@ -96,8 +96,10 @@ def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.
     clipping of the 2-layer, 64-d backbone from 2.3 to 0.7 ms on this CPU (the default loop
     launches ~10 small ops per parameter tensor).
     """
-    params = [p for p in params if p.requires_grad] if not isinstance(params, list) else params
-    fused = all(isinstance(p, torch.Tensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    params = list(params)  # every parameter, as torch.optim.AdamW(model.parameters()) takes them: same state_dict layout
+    fused = bool(params) and all(
+        isinstance(p, torch.Tensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
