@@ -203,6 +203,8 @@ class WorkerRssSampler:
 def row(dataset: str, model: str, m: dict[str, float], epochs: int, train_s: float, rss: float) -> dict[str, Any]:
     return {
         "dataset": dataset, "model": model, "hr@10": m["hr@10"], "ndcg@10": m["ndcg@10"], "mrr@10": m["mrr@10"],
+        # issue 16: @20 and full-ranking AUC in every row (the library's evaluation reports them)
+        "ndcg@20": m.get("ndcg@20"), "recall@20": m.get("recall@20"), "auc": m.get("auc"),
         "epochs": epochs, "train_s": round(train_s, 1), "peak_rss_mb": round(rss, 1),
     }
 

@@ -127,6 +127,11 @@ class ModelConfig(_Strict):
         None, gt=0.0,
         description="logits are divided by it; null = sqrt(d_model) for text models, 1 for ID-only",
     )
+    input_scale: float | None = Field(
+        None, gt=0.0,
+        description="item vectors entering the encoder are multiplied by it; null = sqrt(d_model) for ID-only "
+                    "models (SASRec's embedding scaling), 1 for text models",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -4,6 +4,7 @@ from rec.metrics.baselines import popularity_metrics, uniform_metrics
 from rec.metrics.ranking import (
     SAMPLED_PREFIX,
     TIE_POLICIES,
+    auc,
     hit_rate_at_k,
     metrics_from_ranks,
     mrr_at_k,
@@ -17,6 +18,7 @@ from rec.metrics.ranking import (
 __all__ = [
     "SAMPLED_PREFIX",
     "TIE_POLICIES",
+    "auc",
     "hit_rate_at_k",
     "metrics_from_ranks",
     "mrr_at_k",

@@ -13,6 +13,7 @@ Example::
 
     ranks = rank_of_target(scores, targets)            # scores (B, N), targets (B,)
     metrics_from_ranks(ranks, ks=[10])                 # {"hr@10": ..., "ndcg@10": ..., ...}
+    metrics_from_ranks(ranks, ks=[10], num_items=N)    # ... plus "auc" (needs the catalog size)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "ndcg_at_k",
     "mrr_at_k",
     "recall_at_k",
+    "auc",
     "metrics_from_ranks",
     "sampled_metrics_from_ranks",
 ]
@@ -208,19 +210,49 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     return hit_rate_at_k(ranks, k)
 
 
+def auc(ranks: np.ndarray, num_items: int | np.ndarray) -> float:
+    """Full-ranking AUC, per user then averaged: ``1 - rank / (N - 1)``.
+
+    With one relevant item the user's AUC is the fraction of the other ``N - 1`` catalog items
+    ranked below the target (the probability that a random negative scores lower); ties count as
+    in the ranks (optimistic by default). A catalog of one item has no negatives: AUC 1.
+
+    Args:
+        ranks: ``(B,)`` 0-based full-ranking ranks (:func:`rank_of_target`; sampled ranks are not
+            full ranking and must not be passed here).
+        num_items: Catalog size ``N``, one int or ``(B,)`` per user (users of different tenants).
+
+    Raises:
+        ValueError: Empty or negative ranks, a rank >= its ``N``, or ``N < 1``.
+    """
+    ranks = _check_ranks_k(ranks, 1)
+    n = np.broadcast_to(np.asarray(num_items, dtype=np.int64), ranks.shape)
+    if n.min() < 1:
+        raise ValueError(f"num_items must be >= 1 (the catalog size), got {n.min()}")
+    if (ranks >= n).any():
+        raise ValueError("a rank is >= its catalog size num_items: pass the size of the catalog the ranks are over")
+    negatives = (n - 1).astype(np.float64)
+    per_user = np.where(negatives > 0, 1.0 - ranks / np.maximum(negatives, 1.0), 1.0)
+    return float(per_user.mean())
+
+
 _METRICS = (("hr", hit_rate_at_k), ("ndcg", ndcg_at_k), ("mrr", mrr_at_k), ("recall", recall_at_k))
 
 
-def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (5, 10, 20), prefix: str = "") -> dict[str, float]:
-    """All metrics at every cut-off, keyed ``"{prefix}{name}@{k}"``.
+def metrics_from_ranks(
+    ranks: np.ndarray, ks: Sequence[int] = (5, 10, 20), prefix: str = "", num_items: int | np.ndarray | None = None
+) -> dict[str, float]:
+    """All metrics at every cut-off, keyed ``"{prefix}{name}@{k}"``, plus ``"{prefix}auc"``.
 
     Args:
         ranks: ``(B,)`` 0-based target ranks from :func:`rank_of_target`.
         ks: Cut-offs, e.g. ``[5, 10, 20]``.
         prefix: Prepended to every key; use :func:`sampled_metrics_from_ranks` for sampled ranks.
+        num_items: Catalog size (int, or ``(B,)`` per user) of full-ranking ranks: adds ``"auc"``
+            (:func:`auc`). ``None``: no AUC (it needs the catalog size).
 
     Returns:
-        ``{"hr@5", "ndcg@5", "mrr@5", "recall@5", "hr@10", ...}`` -> float means over users.
+        ``{"hr@5", "ndcg@5", "mrr@5", "recall@5", "hr@10", ..., "auc"}`` -> float means over users.
 
     Raises:
         ValueError: Empty ``ranks`` or ``ks``, or a ``k < 1``.
@@ -232,6 +264,8 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (5, 10, 20), prefi
     for k in ks:
         for name, fn in _METRICS:
             out[f"{prefix}{name}@{k}"] = fn(ranks, k)
+    if num_items is not None:
+        out[f"{prefix}auc"] = auc(ranks, num_items)
     return out
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CausalSelfAttention", "FeedForward", "TransformerBlock", "attention_mask", "attention_bias",
+__all__ = ["Dropout", "dropout", "CausalSelfAttention", "FeedForward", "TransformerBlock", "attention_mask", "attention_bias",
            "additive_mask_attention", "positions"]
 
 
@@ -69,6 +69,40 @@ def additive_mask_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
     return logits.clamp(min=-LOGIT_FLOOR).softmax(dim=-1) @ v
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout; on the CPU the mask comes from ``rand_like`` instead of ``bernoulli_``.
+
+    Same distribution as ``F.dropout`` (each element kept with probability ``1 - p``, kept ones
+    scaled by ``1 / (1 - p)``). Why: torch's CPU ``bernoulli_`` ran ~3x slower than ``rand_like``
+    plus a compare here, and with 9 dropouts per step it was the largest single cost of a training
+    step (27 % of the CPU time, bench/README.md "Training speed"). Other devices use ``F.dropout``.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    keep = (torch.rand_like(x) >= p).to(x.dtype)
+    return x * keep.mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (same ``p``, same ``isinstance``) computed by :func:`dropout`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def _attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-time attention on the CPU: what SDPA's math path computes, with :func:`dropout`.
+
+    SDPA with ``dropout_p > 0`` on the CPU takes its math path anyway (no fused kernel), drawing
+    the dropout mask with ``bernoulli_``; this is the same arithmetic with the faster mask.
+    """
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+    return dropout(logits.softmax(dim=-1), p, True) @ v
+
+
 def positions(pad: torch.Tensor) -> torch.Tensor:
     """Position of each token counted from the user's first real item, ``(B, T)`` int64.
 
@@ -109,7 +143,9 @@ class CausalSelfAttention(nn.Module):
         if last_only:
             mask = mask[:, :, -1:, :]
         q, k, v = split(self.q_proj(xq)), split(self.k_proj(x)), split(self.v_proj(x))
-        if mask.dtype == torch.bool or self.training:
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            y = _attention_with_dropout(q, k, v, mask, self.dropout)
+        elif mask.dtype == torch.bool or self.training:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         else:
             y = additive_mask_attention(q, k, v, mask)
@@ -124,7 +160,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, hidden)
         self.fc2 = nn.Linear(hidden, d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.drop(F.gelu(self.fc1(x))))
@@ -139,7 +175,7 @@ class TransformerBlock(nn.Module):
         self.attn = CausalSelfAttention(d_model, n_heads, dropout)
         self.ln2 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_hidden, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """``(B, T, D)`` -> ``(B, T, D)``, or ``(B, 1, D)`` (the last position's output) if ``last_only``."""

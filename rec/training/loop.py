@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rec.metrics import metrics_from_ranks, rank_of_target
@@ -22,16 +23,20 @@ from rec.models.backbone import Backbone
 from rec.training.batches import PAD
 from rec.training.corpus import Corpus, EvalRows, TenantCorpus
 
-__all__ = ["CorpusLoss", "catalog_representations", "iterate_batches", "train_epoch", "evaluate_tenant", "evaluate_corpus"]
+__all__ = ["CorpusLoss", "make_optimizer", "catalog_representations", "iterate_batches", "trim_padding", "train_epoch",
+           "evaluate_tenant", "evaluate_corpus"]
 
 
 def catalog_representations(model: Backbone, tenant: TenantCorpus, text_emb: torch.Tensor | None) -> torch.Tensor:
     """All item vectors ``(N, D)`` of one tenant."""
     # A tenant the model never trained on (id_offset < 0) has no ID rows: text only (zero-shot).
     has_ids = model.id_emb is not None and tenant.id_offset >= 0
-    device = next(model.parameters()).device
-    ids = torch.arange(tenant.id_offset, tenant.id_offset + tenant.num_items, device=device) if has_ids else None
-    return model.item_representations(None if text_emb is None else text_emb.to(device, non_blocking=True), ids)
+    # A slice of the ID table, not a lookup of arange(N): same rows, no gather, and its gradient is
+    # a plain slice copy instead of an index-add over the whole catalog.
+    ids = slice(tenant.id_offset, tenant.id_offset + tenant.num_items) if has_ids else None
+    if text_emb is not None:
+        text_emb = text_emb.to(next(model.parameters()).device, non_blocking=True)
+    return model.item_representations(text_emb, ids)
 
 
 def _gather(catalog: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +44,9 @@ def _gather(catalog: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, tor
     the catalog's device."""
     idx = idx.to(catalog.device, non_blocking=True)
     pad = idx == PAD
-    return catalog[idx.clamp(min=0)], pad
+    # F.embedding, not catalog[idx]: same forward, but its backward is a dense embedding backward,
+    # ~7x cheaper on CPU than the index_put(accumulate=True) that advanced indexing backpropagates to.
+    return F.embedding(idx.clamp(min=0), catalog), pad
 
 
 class CorpusLoss(nn.Module):
@@ -83,15 +90,50 @@ class CorpusLoss(nn.Module):
         return total / max(count, 1)
 
 
+def make_optimizer(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:  # noqa: ANN001 - iterable of Parameters
+    """AdamW with torch's fused kernel where it exists (CPU and CUDA float parameters).
+
+    Same update as the default per-parameter loop; fused took an optimizer step plus gradient
+    clipping of the 2-layer, 64-d backbone from 2.3 to 0.7 ms on this CPU (the default loop
+    launches ~10 small ops per parameter tensor).
+    """
+    params = list(params)  # every parameter, as torch.optim.AdamW(model.parameters()) takes them: same state_dict layout
+    fused = bool(params) and all(
+        isinstance(p, torch.Tensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def trim_padding(inputs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the leading columns that are padding in every row of a left-padded batch ``(B, T)``.
+
+    Exact for the model: positions count from each row's first real item and padded keys are
+    masked, so the real positions' outputs do not change; targets share the inputs' padding. On
+    short-sequence data (Amazon: median length 6 in a window of 50) most columns are padding.
+    """
+    real = (inputs != PAD).any(axis=0)
+    first = int(real.argmax()) if real.any() else inputs.shape[1] - 1
+    return inputs[:, first:], targets[:, first:]
+
+
 def iterate_batches(corpus: Corpus, rows: np.ndarray, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Yield ``(tenant_idx, inputs, targets)`` tensors for the given global training rows."""
+    """Yield ``(tenant_idx, inputs, targets)`` tensors for the given global training rows.
+
+    ``inputs``/``targets`` are ``(b, T')`` with ``T' <= T``: columns that are padding in every row
+    of the batch are dropped (:func:`trim_padding`).
+    """
     t_idx, r_idx = corpus.row_index()
     for start in range(0, len(rows), batch_size):
         sel = rows[start : start + batch_size]
         ts, rs = t_idx[sel], r_idx[sel]
-        inputs = np.stack([corpus.tenants[t].train_inputs[r] for t, r in zip(ts, rs)])
-        targets = np.stack([corpus.tenants[t].train_targets[r] for t, r in zip(ts, rs)])
-        yield torch.from_numpy(ts), torch.from_numpy(inputs), torch.from_numpy(targets)
+        inputs = np.empty((len(sel), corpus.max_len), np.int64)
+        targets = np.empty_like(inputs)
+        for t in np.unique(ts):  # one fancy-index gather per tenant, not one copy per row
+            mine = ts == t
+            inputs[mine] = corpus.tenants[t].train_inputs[rs[mine]]
+            targets[mine] = corpus.tenants[t].train_targets[rs[mine]]
+        inputs, targets = trim_padding(inputs, targets)
+        yield torch.from_numpy(ts), torch.from_numpy(np.ascontiguousarray(inputs)), torch.from_numpy(np.ascontiguousarray(targets))
 
 
 def train_epoch(
@@ -154,6 +196,15 @@ def tenant_ranks(
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
 
+#: Cut-offs every evaluation reports on top of the caller's (issue 16: NDCG/Recall@10 and @20 in every row).
+ALWAYS_KS = (10, 20)
+
+
+def reported_ks(ks: list[int] | tuple[int, ...]) -> list[int]:
+    """The caller's cut-offs plus :data:`ALWAYS_KS`, sorted."""
+    return sorted(set(ks) | set(ALWAYS_KS))
+
+
 def evaluate_tenant(
     model: Backbone,
     tenant: TenantCorpus,
@@ -163,9 +214,11 @@ def evaluate_tenant(
     batch_size: int = 256,
     exclude_history: bool = False,
 ) -> dict[str, float]:
-    """Full-ranking metrics of one tenant on its ``valid`` or ``test`` examples."""
+    """Full-ranking metrics of one tenant on its ``valid`` or ``test`` examples: every cut-off of
+    :func:`reported_ks` plus ``auc``."""
     rows = tenant.valid if split == "valid" else tenant.test
-    return metrics_from_ranks(tenant_ranks(model, tenant, text_emb, rows, batch_size, exclude_history), ks=list(ks))
+    ranks = tenant_ranks(model, tenant, text_emb, rows, batch_size, exclude_history)
+    return metrics_from_ranks(ranks, ks=reported_ks(ks), num_items=tenant.num_items)
 
 
 def evaluate_corpus(
@@ -179,7 +232,8 @@ def evaluate_corpus(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """Per-tenant metrics plus ``"all"`` (user-weighted mean). Sharded over ranks when distributed.
+    """Per-tenant metrics plus ``"all"`` (user-weighted mean; ``auc`` per user over that user's own
+    catalog). Cut-offs: :func:`reported_ks`. Sharded over ranks when distributed.
 
     With ``world_size > 1`` each rank ranks a strided slice of every tenant's examples and the ranks
     are gathered, so all ranks return identical metrics.
@@ -195,6 +249,8 @@ def evaluate_corpus(
         gathered: list = [None] * world_size
         dist.all_gather_object(gathered, per_tenant_ranks)
         per_tenant_ranks = [np.concatenate([g[t] for g in gathered]) for t in range(len(corpus.tenants))]
-    out = {tc.name: metrics_from_ranks(r, ks=list(ks)) for tc, r in zip(corpus.tenants, per_tenant_ranks)}
-    out["all"] = metrics_from_ranks(np.concatenate(per_tenant_ranks), ks=list(ks))
+    ks = reported_ks(ks)
+    out = {tc.name: metrics_from_ranks(r, ks=ks, num_items=tc.num_items) for tc, r in zip(corpus.tenants, per_tenant_ranks)}
+    sizes = np.concatenate([np.full(len(r), tc.num_items) for tc, r in zip(corpus.tenants, per_tenant_ranks)])
+    out["all"] = metrics_from_ranks(np.concatenate(per_tenant_ranks), ks=ks, num_items=sizes)
     return out

@@ -27,7 +27,7 @@ from rec.training.batches import shard_rows
 from rec.training.checkpoint import LoadedBackbone
 from rec.training.corpus import Corpus, build_corpus
 from rec.training.early_stopping import EarlyStopping
-from rec.training.loop import CorpusLoss, train_epoch
+from rec.training.loop import CorpusLoss, make_optimizer, train_epoch
 from rec.training.scaffold import (
     Worker, evaluate_on_driver, flat_metrics, publish_backbone, restore_checkpoint, run_on_ray_train, setup_worker,
 )
@@ -50,7 +50,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     w = setup_worker(loop_cfg)
     tc = w.cfg.train
     model = build_backbone(w.cfg.model, num_item_ids=w.corpus.num_item_ids)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = make_optimizer(model.parameters(), tc.lr, tc.weight_decay)
     # -1: any first epoch beats "nothing yet" (select_on=holdout scores the untrained init below)
     stopper = EarlyStopping(model, {PRIMARY_METRIC: -1.0}, tc.patience)
     # The history travels inside every checkpoint: Train V2's Result only keeps metrics of the

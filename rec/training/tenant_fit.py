@@ -18,7 +18,7 @@ from rec.config import PRIMARY_K
 from rec.models.backbone import Backbone
 from rec.training.corpus import Corpus, TenantCorpus
 from rec.training.early_stopping import EarlyStopping
-from rec.training.loop import CorpusLoss, evaluate_tenant, train_epoch
+from rec.training.loop import CorpusLoss, evaluate_tenant, make_optimizer, train_epoch
 
 __all__ = ["FitSettings", "TenantFit", "fit_tenant"]
 
@@ -85,7 +85,7 @@ def fit_tenant(
     epochs = 0
     if params and len(tenant.train_inputs):
         loss_model = CorpusLoss(scorer)
-        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        opt = make_optimizer(params, s.lr, s.weight_decay)
         for epoch in range(s.epochs):
             rows = np.random.default_rng([s.seed, epoch]).permutation(len(tenant.train_inputs))
             model.train()

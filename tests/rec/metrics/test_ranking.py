@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rec.metrics import (
+    auc,
     hit_rate_at_k,
     metrics_from_ranks,
     mrr_at_k,
@@ -142,3 +143,33 @@ def test_other_errors():
         metrics_from_ranks(np.array([0]), ks=[])
     with pytest.raises(ValueError, match=r"\[1, 3\]"):
         sampled_rank_of_target(scores, np.array([0, 1]), 4, rng=0)
+
+
+def test_auc_closed_form():
+    # Catalog of 5 items: the target beats 4, 2 and 0 of the other 4 items -> AUC 1, 0.5, 0.
+    scores = np.array([[5.0, 4, 3, 2, 1], [5.0, 4, 3, 2, 1], [5.0, 4, 3, 2, 1]])
+    ranks = rank_of_target(scores, np.array([0, 2, 4]))
+    assert ranks.tolist() == [0, 2, 4]
+    assert auc(ranks, 5) == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    # Per user, then averaged: users of catalogs of 3 and 11 items.
+    assert auc(np.array([1, 1]), np.array([3, 11])) == pytest.approx(((1 - 1 / 2) + (1 - 1 / 10)) / 2)
+    assert auc(np.array([0]), 1) == 1.0  # no negatives
+
+
+def test_auc_is_the_pairwise_fraction():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(20, 30))
+    targets = rng.integers(0, 30, size=20)
+    pairwise = np.mean([(np.delete(s, t) < s[t]).mean() for s, t in zip(scores, targets)])
+    assert auc(rank_of_target(scores, targets), 30) == pytest.approx(pairwise)
+
+
+def test_auc_in_metrics_and_errors():
+    m = metrics_from_ranks(np.array([0, 3]), ks=[10, 20], num_items=4)
+    assert m["auc"] == pytest.approx((1 + 0) / 2)
+    assert {"recall@20", "ndcg@20"} <= set(m)
+    assert "auc" not in metrics_from_ranks(np.array([0, 3]), ks=[10])
+    with pytest.raises(ValueError, match="catalog size"):
+        auc(np.array([4]), 4)
+    with pytest.raises(ValueError, match="num_items must be >= 1"):
+        auc(np.array([0]), 0)
