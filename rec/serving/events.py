@@ -7,9 +7,10 @@ Two kinds of record share a tenant's log:
 
 - ``{"kind": "event", "type": "impression"|"click"|"purchase", "item_id", "user_id"?,
   "request_id"?, "timestamp", "received_unix", "idempotency_key"?}``: what a client posts;
-- ``{"kind": "impression", "request_id", "items", "positions", "propensities", "z", "policy",
-  "model_version", "adapter_version", "user_id"?, "timestamp", "received_unix"}``: what the
-  service showed, written by the service itself before it answers.
+- ``{"kind": "impression", "request_id", "items", "positions", "propensities", "z", "model_rank",
+  "policy", "model_version", "adapter_version", "user_id"?, "timestamp", "received_unix"}``: what
+  the service showed, written by the service itself before it answers (``z``: the shown items'
+  standardised model scores; ``model_rank``: their 1-based rank in the model's own order).
 
 Guarantees (docs/serving.md):
 

@@ -73,17 +73,19 @@ class _Row:
 
 
 def _slate(ranker: SharedRanker, row: _Row, user: np.ndarray, exclude: np.ndarray, feedback: TenantFeedback | None,
-           now: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Slate]:
-    """The shown rows, their scores and the slate (policy, propensities, z) for one row."""
+           now: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Slate, np.ndarray]:
+    """The shown rows, their scores, the slate (policy, propensities, z) and each shown row's
+    1-based model rank among the candidates (what off-policy evaluation of greedy needs)."""
     bundle, k = row.served.bundle, row.req.k
     if feedback is None:
         rows, scores = ranker.top_k(bundle, user, k, set(exclude.tolist()))
-        return rows, scores, greedy_slate(rows, scores)
+        return rows, scores, greedy_slate(rows, scores), np.arange(1, len(rows) + 1)
     n_cand = max(k, feedback.settings.candidates) if feedback.explores else k
     rows, scores = ranker.top_k(bundle, user, n_cand, set(exclude.tolist()), adjust=lambda s: feedback.adjust(s, now))
     slate = feedback.choose(rows, scores, k, rng)
-    shown = {int(r): j for j, r in enumerate(rows.tolist())}
-    return slate.rows, scores[[shown[int(r)] for r in slate.rows.tolist()]], slate
+    rank_of = {int(r): j for j, r in enumerate(rows.tolist())}  # candidates come best first
+    idx = np.array([rank_of[int(r)] for r in slate.rows.tolist()], np.int64)
+    return slate.rows, scores[idx], slate, idx + 1
 
 
 def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_version: str,
@@ -98,7 +100,7 @@ def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_vers
         outside = np.setdiff1d(np.arange(n, dtype=np.int64), row.candidate_rows, assume_unique=False)
         exclude = np.union1d(exclude, outside)
     now = time.time()
-    top_rows, scores, slate = _slate(ranker, row, user, exclude, feedback, now, rng)
+    top_rows, scores, slate, model_rank = _slate(ranker, row, user, exclude, feedback, now, rng)
     warnings = []
     if row.unknown:
         warnings.append(f"{len(row.unknown)} history item id(s) are not in tenant {row.req.tenant!r}'s catalog and were ignored")
@@ -115,7 +117,8 @@ def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_vers
     adapter_version = f"v{row.served.version}"
     impression = {
         "kind": "impression", "request_id": request_id, "items": ids, "positions": list(range(1, len(ids) + 1)),
-        "propensities": props, "z": [round(float(z), 6) for z in slate.z.tolist()], "policy": slate.policy,
+        "propensities": props, "z": [round(float(z), 6) for z in slate.z.tolist()], "model_rank": model_rank.tolist(),
+        "policy": slate.policy,
         "model_version": model_version, "adapter_version": adapter_version, "timestamp": now,
     }
     if row.req.user_id is not None:
