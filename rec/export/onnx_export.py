@@ -53,7 +53,7 @@ from rec.export.parity import (
 )
 from rec.export.runtime import BASE_FILE, BASE_INPUTS, BASE_VARIANTS, SERVING_KIND, VARIANTS, build_feed, make_session
 from rec.export.serving_graph import OUTPUT_NAME, BaseGraph, MergedGraph, ServingGraph
-from rec.export.tenant_bundle import _catalog
+from rec.export.tenant_bundle import _catalog, load_adapted
 from rec.io.artifacts import artifact_writer
 from rec.training.checkpoint import LoadedBackbone
 
@@ -339,18 +339,8 @@ def export_merged_tenant_model(
     """
     import json
 
-    from rec.adaptation.artifacts import load_adapter
-
     t_start = time.perf_counter()
-    if adapter_dir is None:
-        adapted, amani, method = loaded.model, {}, "zero-shot"
-    else:
-        adapted, amani = load_adapter(adapter_dir, loaded.model, loaded.checksum)
-        from rec.adaptation.artifacts import adapter_method
-
-        method = amani.get("method") or adapter_method(adapter_dir)
-        if amani.get("tenant") not in (None, tenant.name):
-            raise ExportError(f"{adapter_dir} is an adapter of tenant {amani['tenant']!r}, not {tenant.name!r}")
+    method, adapted, amani = load_adapted(loaded, tenant, adapter_dir)
     catalog = torch.from_numpy(_catalog(adapted, loaded, tenant, np.asarray(text_emb, np.float32)))
     graph = MergedGraph(adapted, catalog).eval()
     max_len = int(loaded.cfg.data.max_seq_len)
@@ -369,7 +359,7 @@ def export_merged_tenant_model(
     b, t = Dim("batch", min=1, max=65536), Dim("seq", min=1, max=8192)
     names = ["items", "pad"]
     meta: dict[str, Any] = {
-        "tenant": tenant.name, "method": method, "backbone_checksum": loaded.checksum,
+        "tenant": tenant.name, "method": method.name, "backbone_checksum": loaded.checksum,
         "adapter": {"path": None if adapter_dir is None else str(adapter_dir), "version": amani.get("version")},
         "num_items": int(catalog.shape[0]), "max_seq_len": max_len, "parity": {}, "sizes": {},
     }

@@ -82,11 +82,18 @@ def catalog_rows(b: Any, rows: np.ndarray) -> np.ndarray:
 
 
 def catalog_scores(b: Any, user_vec: np.ndarray) -> np.ndarray:
-    """``catalog @ user_vec`` in fp32 for any stored catalog dtype (a fresh array)."""
+    """``catalog @ user_vec (+ item_bias)`` in fp32 for any stored catalog dtype (a fresh array).
+
+    ``item_bias`` (item-terms tenants) is the per-item score term learned at adaptation: one add
+    of ``N`` floats beside the ``N x D`` product.
+    """
     scores = np.asarray(b.catalog @ user_vec, dtype=np.float32)
     scale = getattr(b, "catalog_scale", None)
     if scale is not None:
         scores *= scale
+    bias = getattr(b, "item_bias", None)
+    if bias is not None:
+        scores += bias
     return scores
 
 

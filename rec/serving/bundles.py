@@ -94,6 +94,7 @@ class ServingBundle:
     prompt: np.ndarray | None
     item_ids: ItemIds
     path: Path | None = None
+    item_bias: np.ndarray | None = None  # [N] fp32 added to the scores (item-terms tenants)
 
     @property
     def rank(self) -> int:
@@ -106,7 +107,7 @@ class ServingBundle:
     @property
     def nbytes(self) -> int:
         arrays = [self.catalog, *(t for ab in self.lora.values() for t in ab)]
-        arrays += [a for a in (self.catalog_scale, self.prompt) if a is not None]
+        arrays += [a for a in (self.catalog_scale, self.prompt, self.item_bias) if a is not None]
         return int(sum(a.nbytes for a in arrays)) + self.item_ids.nbytes
 
     def rows_of(self, ids: Iterable[str]) -> tuple[np.ndarray, list[str]]:
@@ -150,4 +151,4 @@ def load_serving_bundle(path: str | Path, adapter_dtype: Literal["fp32", "fp16"]
             for name, (a, b) in full.lora.items()}
     manifest = {k: full.manifest[k] for k in _KEEP if k in full.manifest}
     return ServingBundle(full.tenant, full.method, manifest, catalog, scale, lora, full.prompt,
-                         ItemIds(full.item_ids), full.path)
+                         ItemIds(full.item_ids), full.path, full.item_bias)
