@@ -195,7 +195,8 @@ def _tenant_text(base, tenant):  # noqa: ANN001, ANN202
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from rec.export.onnx_export import export_serving_model, parity_data_from_tenant
+    from rec.export.parity import parity_data_from_tenant
+    from rec.export.serving_model import export_serving_model
     from rec.training.checkpoint import load_backbone
 
     torch.set_num_threads(args.threads)
@@ -223,7 +224,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_export_tenant(args: argparse.Namespace) -> int:
     import torch
 
-    from rec.export.onnx_export import export_merged_tenant_model
+    from rec.export.merged_model import export_merged_tenant_model
     from rec.export.tenant_bundle import export_tenant_bundle
     from rec.training.checkpoint import load_backbone
 
