@@ -25,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-from rec.adaptation.registry import CONFIG_FILE, WEIGHTS_FILE, get_method
+from rec.adaptation.registry import CONFIG_FILE, WEIGHTS_FILE, UnknownMethod, get_method
 from rec.config import AdaptConfig
 from rec.data.schema import validate_tenant_id
 from rec.io.artifacts import ArtifactError, artifact_writer, claim_version, complete_versions, read_manifest
@@ -100,7 +100,10 @@ def load_adapter(folder: str | Path, base: Backbone, backbone_checksum: str | No
             f"{folder} was trained on backbone {str(manifest.get('backbone_checksum'))[:12]}…, not on this one "
             f"({backbone_checksum[:12]}…): re-run `rec adapt` against this backbone"
         )
-    method = get_method(manifest.get("method") or adapter_method(folder))
+    try:
+        method = get_method(manifest.get("method") or adapter_method(folder))
+    except UnknownMethod as e:
+        raise ArtifactError(f"{folder}: {e}") from None
     try:
         model = method.load(folder, copy.deepcopy(base).eval())
     except (RuntimeError, KeyError, ValueError) as e:

@@ -65,3 +65,13 @@ def test_reading_a_config_does_not_import_torch():
     code = "import sys, rec.config; rec.config.load_config(None, ['adapt.method=item-terms']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_adapter_of_an_unregistered_method_is_an_artifact_error(small_backbone, tmp_path):
+    from rec.adaptation.artifacts import load_adapter
+    from rec.io.artifacts import ArtifactError, artifact_writer
+
+    with artifact_writer(tmp_path / "v1", kind="adapter", meta={"method": "from-the-future"}) as d:
+        (d / "adapter_config.json").write_text('{"peft_type": null, "rec_method": "from-the-future"}')
+    with pytest.raises(ArtifactError, match="unknown adaptation method 'from-the-future'"):
+        load_adapter(tmp_path / "v1", small_backbone.model)
