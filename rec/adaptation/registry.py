@@ -206,7 +206,7 @@ class AdaptationMethod:
 
 
 _REGISTRY: dict[str, AdaptationMethod] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # a method module may look the registry up while it is being discovered
 _discovered = False
 
 
