@@ -119,12 +119,12 @@ class ArtifactRoot:
         """Write a new version with ``write(folder)`` and rename it to the next free ``v<N>``.
 
         ``write`` fills a staging folder (a complete artifact with its manifest). The rename onto
-        ``v<N>`` fails when another publisher took ``N`` first; then ``N+1`` is written and tried
-        (:func:`rec.io.artifacts.claim_version`). The pointer is not touched: call
+        ``v<N>`` fails when another publisher took ``N`` first; then the same folder is renamed
+        onto ``N+1`` (:func:`rec.io.artifacts.claim_version`). The pointer is not touched: call
         :meth:`set_current` after verifying the new version.
 
         Returns:
             The claimed version number.
         """
-        path = claim_version(self.tenant_dir(tenant), lambda folder, _version: write(folder), attempts=1000)
+        path = claim_version(self.tenant_dir(tenant), lambda folder, _version: write(folder), attempts=1000, versioned=False)
         return int(path.name[1:])

@@ -114,3 +114,18 @@ def test_concurrent_claims_get_distinct_versions(tmp_path):
         t.join()
     assert sorted(p.name for p in paths) == [f"v{i}" for i in range(1, 7)]
     assert all(read_manifest(p)["version"] == p.name for p in paths)  # the manifest names the claimed number
+
+
+def test_an_unversioned_artifact_is_written_once_and_moved_on_to_the_next_number(tmp_path):
+    from rec.io.artifacts import claim_version
+
+    calls: list[int] = []
+
+    def write(folder, version):
+        calls.append(version)
+        _writer("rival", [])(tmp_path / "t" / f"v{version}", version)  # another publisher takes v<N> meanwhile
+        _writer("ours", [])(folder, version)
+
+    path = claim_version(tmp_path / "t", write, versioned=False)
+    assert calls == [1] and path.name == "v2" and read_manifest(path)["tag"] == "ours"
+    assert read_manifest(tmp_path / "t" / "v1")["tag"] == "rival"
