@@ -208,7 +208,8 @@ class _AdaptCommon(_Strict):
 
 
 #: The adaptation config: the common fields plus every registered method's section.
-AdaptConfig = create_model("AdaptConfig", __base__=_AdaptCommon, __module__=__name__, **method_config_fields())
+AdaptConfig = create_model("AdaptConfig", __base__=_AdaptCommon, __module__=__name__, __doc__=_AdaptCommon.__doc__,
+                           **method_config_fields())
 
 
 class MetaConfig(_Strict):

@@ -18,7 +18,7 @@ The encoder stays frozen, so a bundle has no per-row adapter tensors and runs on
 **Popularity floor** (``item_terms.popularity_floor``): after training, the tenant's own
 validation users compare the trained model, blends that add ``w * log(1 + count)`` to its bias
 (``item_terms.blend_weights``) and the K users' popularity ranking itself (catalog gated to zero,
-bias = log-popularity with a fixed tie-break), and the best is shipped; the adapter manifest
+bias = :func:`popularity_scores`: by count, ties by catalog row), and the best is shipped; the adapter manifest
 records every candidate's validation NDCG@10 and the choice. Popularity is a candidate, so the
 shipped model is never below it on validation.
 """
@@ -44,9 +44,6 @@ __all__ = ["ItemTerms", "ItemTermsConfig", "log_popularity", "popularity_scores"
 
 #: metric the popularity floor compares on (what early stopping uses too)
 FLOOR_METRIC = "ndcg@10"
-#: the tie-break of the popularity candidate: items of equal count ordered by catalog row, by less
-#: than any count difference (log1p steps are >= log(1 + 1/K_max) >> this)
-TIE_BREAK = 1e-6
 
 
 class ItemTermsConfig(MethodConfig):
@@ -67,11 +64,19 @@ def log_popularity(counts: np.ndarray) -> np.ndarray:
 
 
 def popularity_scores(counts: np.ndarray) -> np.ndarray:
-    """The K users' popularity ranking as scores ``(N,)``: log-popularity, ties broken by catalog row."""
+    """The K users' popularity ranking as distinct scores ``(N,)`` in ``(0, 1]``.
+
+    Items by count, ties by catalog row, scored ``1 - position / N``: a tie-break added to
+    log-counts would vanish in float32 (its steps fall below the values' resolution), these steps
+    of ``1/N`` do not for any catalog under ~10^7 items.
+    """
     import numpy as np
 
     n = len(counts)
-    return (log_popularity(counts) - TIE_BREAK * np.arange(n, dtype=np.float32) / max(n, 1)).astype(np.float32)
+    order = np.lexsort((np.arange(n), -np.asarray(counts, np.float64)))  # count desc, then row asc
+    scores = np.empty(n, np.float32)
+    scores[order] = 1.0 - np.arange(n, dtype=np.float64) / max(n, 1)
+    return scores
 
 
 @functools.cache

@@ -39,3 +39,28 @@ def test_item_bias_survives_an_int8_catalog_in_a_serving_bundle(ranker, adapters
     want = reference_scores(small_backbone, adapters["item-terms"], tenant_text, hists)
     got = np.stack([catalog_scores(served, u) for u in user])
     assert np.abs(got - want).max() < 0.05  # int8 catalog rows; the bias itself is stored fp32
+
+
+def test_the_popularity_fallback_serves_exactly_the_popularity_ranking(ranker, small_backbone, new_tenant, tenant_text, tmp_path):
+    """When the floor ships popularity (catalog gated to zero), serving ranks by the K users' counts."""
+    from rec.adaptation.artifacts import save_adapter
+    from rec.adaptation.methods.item_terms import ItemTerms, popularity_scores
+    from rec.adaptation.prepare import prepare_model
+    from rec.adaptation.registry import AdaptContext
+    from rec.config import AdaptConfig
+    from rec.export.tenant_bundle import load_tenant_bundle
+
+    counts = np.bincount(np.concatenate(new_tenant.sequences()[:20]), minlength=new_tenant.num_items).astype(np.float32)
+    acfg = AdaptConfig(method="item-terms")
+    model = prepare_model(small_backbone.model, acfg, ctx=AdaptContext(None, 1, new_tenant.num_items, counts))
+    import torch
+
+    ItemTerms._set(model, torch.from_numpy(popularity_scores(counts)), 0.0)
+    adapter = save_adapter(model, acfg, new_tenant.name, tmp_path / "adapters", {"backbone_checksum": small_backbone.checksum})
+    bundle = load_tenant_bundle(export_tenant_bundle(small_backbone, new_tenant, tenant_text, adapter, tmp_path / "b"))
+    assert not bundle.catalog.any()
+    user = ranker.user_vectors(histories(new_tenant, n=4), [bundle] * 4)
+    want = np.argsort(-popularity_scores(counts), kind="stable")[:10]
+    for u in user:
+        rows, _ = ranker.top_k(bundle, u, 10)
+        assert list(rows) == list(want)
