@@ -71,7 +71,7 @@ def build_world(work: Path, real: int, items: int, seed: int = 0) -> tuple[Path,
     import torch
 
     from rec.adaptation.artifacts import save_adapter
-    from rec.adaptation.methods import prepare_model
+    from rec.adaptation.prepare import prepare_model
     from rec.config import AdaptConfig, load_config
     from rec.data.synthetic import generate_tenants
     from rec.export.onnx_export import export_merged_tenant_model

@@ -37,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -206,12 +207,15 @@ def zero_shot(backbone: str) -> dict[str, float]:
 
 
 def _shown_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A best config without the keys its method ignores (lora.* unless LoRA, prompt_length unless prompt)."""
+    """A best config without the keys its method ignores (another method's config section, per the registry)."""
+    from rec.adaptation.registry import config_owner
+
     method = cfg.get("adapt.method")
     out = {}
     for k, v in cfg.items():
+        owner = config_owner(k)
         k = k.removeprefix("adapt.")
-        if k in ("tenant", "k_users") or (k.startswith("lora.") and method != "lora") or (k == "prompt_length" and method != "prompt"):
+        if k in ("tenant", "k_users") or owner not in (None, method):
             continue
         out[k] = round(v, 6) if isinstance(v, float) else v
     return out
@@ -264,7 +268,7 @@ def summarize(s: dict[str, Any], zs: dict[str, float]) -> list[dict[str, Any]]:
             "median_val_ndcg@10": round(statistics.median(t["val_ndcg@10"] for t in ok), 4) if ok else None,
             "best_val_ndcg@10": round(best["val_ndcg@10"], 4) if best else None,
             "best_method": best["method"] if best else None,
-            "methods_sampled": "/".join(f"{m} {sum(t['method'] == m for t in ts)}" for m in ("head", "prompt", "lora")),
+            "methods_sampled": "/".join(f"{m} {n}" for m, n in sorted(collections.Counter(t["method"] for t in ts).items())),
             "best_test_ndcg@10": round(b["test"]["ndcg@10"], 4) if b and "test" in b and k != "all" else None,
             "zero_shot_val_ndcg@10": round(zs["val_ndcg@10"], 4),
             "zero_shot_test_ndcg@10": round(zs["test_ndcg@10"], 4),

@@ -189,7 +189,8 @@ def _tenant_text(base, tenant):  # noqa: ANN001, ANN202
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from rec.export.onnx_export import export_serving_model, parity_data_from_tenant
+    from rec.export.parity import parity_data_from_tenant
+    from rec.export.serving_model import export_serving_model
     from rec.training.checkpoint import load_backbone
 
     torch.set_num_threads(args.threads)
@@ -217,7 +218,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_export_tenant(args: argparse.Namespace) -> int:
     import torch
 
-    from rec.export.onnx_export import export_merged_tenant_model
+    from rec.export.merged_model import export_merged_tenant_model
     from rec.export.tenant_bundle import export_tenant_bundle
     from rec.training.checkpoint import load_backbone
 
@@ -330,9 +331,9 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rec", description="fewshot-rec: pretrain, adapt, export and serve text-based recommenders on Ray.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    """pretrain, evaluate, adapt, meta, tune."""
+    from rec.adaptation.registry import method_names
 
     p = sub.add_parser("pretrain", help="pretrain the backbone with Ray Train (DDP) and publish a checkpoint")
     _common(p)
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--backbone", required=True, help="backbone folder printed by `rec pretrain`")
     p.add_argument("--tenant", help="tenant id among the configured data's tenants (adapt.tenant)")
-    p.add_argument("--method", choices=["zero-shot", "head", "prompt", "lora", "full"], help="adapt.method")
+    p.add_argument("--method", choices=method_names(), help="adapt.method (a registered adaptation method)")
     p.add_argument("--k-users", help="training users, or 'null' for all (adapt.k_users)")
     p.add_argument("--out", help="adapter root (adapt.output_root); writes <out>/<tenant>/v<N>")
     p.set_defaults(func=cmd_adapt)
@@ -376,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Tune console verbosity")
     p.set_defaults(func=cmd_tune)
 
+
+def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
+    """publish, rollback, apikey: a serving artifact root."""
     p = sub.add_parser("publish", help="publish a tenant version (zero-shot catalog or adapter) to a serving artifact root; replicas pick it up live")
     p.add_argument("--config", "-c", help="YAML config whose data holds the tenant (default: the backbone's config)")
     p.add_argument("overrides", nargs="*", metavar="[ADAPTER_DIR] key.sub=value",
@@ -399,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revoke", action="store_true", help="remove all of the tenant's keys instead")
     p.set_defaults(func=cmd_apikey)
 
+
+def _add_export_commands(sub: argparse._SubParsersAction) -> None:
+    """export (the shared model), export-tenant (a bundle or a merged model)."""
     p = sub.add_parser("export", help="export the shared multi-tenant ONNX serving model (dynamo exporter, verified, optional int8)")
     _common(p)
     p.add_argument("--backbone", required=True, help="backbone folder printed by `rec pretrain`")
@@ -423,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.set_defaults(func=cmd_export_tenant)
 
+
+def _add_other_commands(sub: argparse._SubParsersAction) -> None:
+    """demo, data stats/generate."""
     p = sub.add_parser("demo", help="the whole story on the synthetic default: pretrain, tune 3 tenants, int8 ONNX, serve, onboard a tenant")
     _common(p)
     p.add_argument("--out", help="report and artifacts folder (demo.output_dir, replaced)")
@@ -440,6 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_data_generate)
     data.set_defaults(func=lambda a: (data.print_help(), EXIT_USAGE)[1])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rec", description="fewshot-rec: pretrain, adapt, export and serve text-based recommenders on Ray.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_training_commands, _add_serving_commands, _add_export_commands, _add_other_commands):
+        add(sub)
     return parser
 
 

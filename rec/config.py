@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from rec.adaptation.methods.lora import LORA_TARGETS, LoraConfig  # noqa: F401 - re-exported: the LoRA section's types
+from rec.adaptation.registry import method_config_fields, method_names
 
 def data_formats() -> tuple[str, ...]:
     """Every ``data.sources[].format``: the file loaders' formats (``rec.data.loaders.FORMATS``) plus ``synthetic``."""
@@ -199,61 +202,15 @@ class RayConfig(_Strict):
     storage_path: str | None = Field(None, description="Ray Train/Tune storage; default <output_dir>/ray")
 
 
-ADAPT_METHODS = ("zero-shot", "head", "prompt", "lora", "full")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "adaptor.proj")
+class _AdaptCommon(_Strict):
+    """Few-shot adaptation of a pretrained backbone to one tenant (``rec adapt``, ``rec tune``).
 
-
-class LoraConfig(_Strict):
-    """LoRA settings (Hu et al., ICLR 2022), applied with PEFT to the named ``nn.Linear`` modules.
-
-    ``kind: adalora`` uses PEFT's AdaLoRA (Zhang et al., ICLR 2023) instead: every projection starts
-    at ``adalora_init_rank`` and singular directions are pruned by importance during training until
-    the average rank is ``rank``, so ranks adapt per projection.
+    ``method`` names a registered adaptation method (``rec.adaptation.registry``); each method adds
+    its own section (``adapt.lora``, ``adapt.prompt_length``, ``adapt.item_terms``, ...), see
+    :data:`AdaptConfig`.
     """
 
-    kind: Literal["lora", "adalora"] = "lora"
-    rank: int = Field(8, ge=1, le=256, description="LoRA rank; adalora: the target average rank")
-    alpha: float = Field(16.0, gt=0.0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: list(LORA_TARGETS))
-    train_adaptor: bool = Field(
-        True,
-        description="also train the whole item-text adaptor (PEFT modules_to_save; LoRA on adaptor.proj is then "
-                    "skipped): it is baked into the tenant's catalog at export, so serving cost is unchanged. "
-                    "Default since the few-shot benchmark showed it within 5% of full fine-tuning on every "
-                    "target at K=all where a rank-8 adaptor update was not (bench/README.md); false = a "
-                    "low-rank update of adaptor.proj instead (and ID-only backbones, which have no adaptor)",
-    )
-
-    adalora_init_rank: int = Field(12, ge=1, le=256, description="adalora: the rank every projection starts at")
-    adalora_warmup: float = Field(0.1, ge=0.0, lt=1.0, description="adalora: fraction of training steps before any rank is pruned")
-    adalora_final: float = Field(0.3, ge=0.0, lt=1.0, description="adalora: fraction of training steps at the end with ranks fixed")
-    adalora_orth_reg: float = Field(0.5, ge=0.0, description="adalora: weight of the orthogonality penalty on A and B")
-
-    @model_validator(mode="after")
-    def _adalora(self) -> "LoraConfig":
-        if self.kind == "adalora":
-            if self.adalora_init_rank < self.rank:
-                raise ValueError(f"adapt.lora.adalora_init_rank ({self.adalora_init_rank}) must be >= adapt.lora.rank "
-                                 f"({self.rank}), the target average rank AdaLoRA prunes down to")
-            if self.adalora_warmup + self.adalora_final >= 1.0:
-                raise ValueError("adapt.lora.adalora_warmup + adapt.lora.adalora_final must be < 1: no step would be left "
-                                 "to allocate ranks in")
-        return self
-
-    @field_validator("target_modules")
-    @classmethod
-    def _targets(cls, v: list[str]) -> list[str]:
-        bad = [t for t in v if t not in LORA_TARGETS]
-        if bad or not v:
-            raise ValueError(f"unknown LoRA target modules {bad or v}: choose from {list(LORA_TARGETS)}")
-        return v
-
-
-class AdaptConfig(_Strict):
-    """Few-shot adaptation of a pretrained backbone to one tenant (``rec adapt``, ``rec tune``)."""
-
-    method: Literal[ADAPT_METHODS] = "lora"  # type: ignore[valid-type]
+    method: str = Field("lora", description="a registered adaptation method (rec adapt --help lists them)")
     tenant: str | None = Field(None, description="tenant id among data's tenants (default: the only/last one)")
     k_users: int | None = Field(64, ge=1, description="training users; null = all non-held-out users")
     n_first: int | None = Field(None, ge=2, description="keep only each training user's first N interactions")
@@ -268,9 +225,19 @@ class AdaptConfig(_Strict):
     patience: int = Field(8, ge=1, description="early stopping: epochs without val NDCG@10 gain")
     seed: int = 0
     torch_threads: int = Field(1, ge=1, description="1 keeps concurrent adaptations/Tune trials from oversubscribing cores")
-    prompt_length: int = Field(4, ge=1, le=64)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
     output_root: str = Field("adapters", description="adapters/<tenant>/v<N>/")
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in method_names():
+            raise ValueError(f"{v!r} is not a registered adaptation method: choose one of {method_names()}")
+        return v
+
+
+#: The adaptation config: the common fields plus every registered method's section.
+AdaptConfig = create_model("AdaptConfig", __base__=_AdaptCommon, __module__=__name__, __doc__=_AdaptCommon.__doc__,
+                           **method_config_fields())
 
 
 class MetaConfig(_Strict):

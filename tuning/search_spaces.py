@@ -11,6 +11,8 @@ same dotted keys ``rec`` overrides use (``adapt.lr``, ``adapt.lora.rank``, ...):
       adapt.lr: {loguniform: [1.0e-4, 1.0e-2]}
       adapt.patience: 3              # a plain value fixes the key for every trial
     search: optuna                   # optuna (TPE) | random
+    # methods: [lora, item-terms]    # optional: adapt.method over these + each method's own space
+    #                                # (rec.adaptation.registry); search_space entries override it
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
     num_samples: 8                   # trials per (tenant, K)
 
@@ -38,6 +40,7 @@ __all__ = [
     "SweepError",
     "SweepSpec",
     "load_sweep",
+    "method_search_space",
     "param_from_tune",
     "parse_param",
     "set_dotted",
@@ -69,6 +72,20 @@ _SCALARS = (str, int, float, bool, type(None))
 
 class SweepError(ValueError):
     """A sweep file is invalid. The message names every bad key."""
+
+
+def method_search_space(methods: list[str]) -> dict[str, Any]:
+    """``adapt.method`` over ``methods`` plus each method's declared search space (sweep-file entries).
+
+    Raises:
+        UnknownMethod: A name the adaptation-method registry does not know.
+    """
+    from rec.adaptation.registry import get_method
+
+    space: dict[str, Any] = {"adapt.method": {"choice": list(methods)} if len(methods) > 1 else methods[0]}
+    for name in methods:
+        space.update(get_method(name).search_space)
+    return space
 
 
 @dataclass(frozen=True)
@@ -200,6 +217,11 @@ class SweepSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="experiment folder name")
     tenants: list[str] | None = Field(None, min_length=1, description="null = every configured tenant the backbone never saw")
     k_users: list[int | None] | None = Field(None, min_length=1, description="null = the base config's adapt.k_users")
+    methods: list[str] | None = Field(
+        None, min_length=1,
+        description="sweep adapt.method over these registered methods, each with its own declared search space; "
+                    "search_space entries override those",
+    )
     search_space: dict[str, Any] = Field(default_factory=dict)
     search: Literal["optuna", "random"] = "optuna"
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -227,6 +249,18 @@ class SweepSpec(BaseModel):
         if v is not None and len(set(v)) != len(v):
             raise ValueError(f"tenants {v} has duplicates")
         return v
+
+    @model_validator(mode="after")
+    def _method_spaces(self) -> SweepSpec:
+        if self.methods:
+            from rec.adaptation.registry import UnknownMethod
+
+            try:
+                space = method_search_space(self.methods)
+            except UnknownMethod as e:
+                raise ValueError(f"methods: {e}") from None
+            self.search_space = {**space, **self.search_space}
+        return self
 
     @model_validator(mode="after")
     def _space(self) -> SweepSpec:

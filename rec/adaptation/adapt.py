@@ -1,7 +1,8 @@
 """The adaptation recipe: one tenant, K users, one method -> adapted model + metrics (+ adapter).
 
-setup (K-shot split, item text, trainable copy of the backbone) -> train with early stopping on the
-held-out users' validation item -> test on the same users' last item -> optionally publish.
+setup (K-shot split, item text, the method's trainable copy of the backbone) -> train with early
+stopping on the held-out users' validation item -> the method's ``after_training`` step (e.g. the
+item-terms popularity floor) -> test on the same users' last item -> optionally publish.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 
 from rec.adaptation.artifacts import save_adapter
-from rec.adaptation.methods import prepare_model, scoring_backbone, trainable_parameters, training_hooks
+from rec.adaptation.prepare import prepare_model, scoring_backbone, trainable_parameters
+from rec.adaptation.registry import AdaptationMethod, AdaptContext, TrainingHooks, get_method
 from rec.config import AdaptConfig, EvalConfig
 from rec.data.schema import DataError, Tenant
 from rec.data.splits import KShotSplit, k_shot_split
@@ -25,7 +27,7 @@ from rec.training.batches import next_item_examples
 from rec.training.checkpoint import LoadedBackbone
 from rec.training.corpus import TenantCorpus, eval_rows
 from rec.training.loop import evaluate_tenant
-from rec.training.tenant_fit import FitSettings, fit_tenant
+from rec.training.tenant_fit import FitSettings, TenantFit, fit_tenant
 
 __all__ = ["AdaptResult", "adapt_tenant", "fewshot_corpus", "publish_adapter"]
 
@@ -46,6 +48,7 @@ class AdaptResult:
     data_hash: str
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1  # the epoch whose weights were kept; -1 = none beat the starting weights
+    method_report: dict[str, Any] = field(default_factory=dict)  # what the method decided after training (manifest)
 
 
 def fewshot_corpus(split: KShotSplit, text_emb: np.ndarray, max_len: int) -> TenantCorpus:
@@ -80,6 +83,48 @@ def _check_text(base: LoadedBackbone, tenant: Tenant, text_emb: np.ndarray | Non
         )
 
 
+@dataclass
+class _Run:
+    """One adaptation's state shared by the recipe's steps."""
+
+    model: nn.Module
+    method: AdaptationMethod
+    ctx: AdaptContext
+    tenant: TenantCorpus
+    emb: list[torch.Tensor]
+    ks: list[int]
+    eval_cfg: EvalConfig
+
+    def evaluate(self, which: str, model: nn.Module | None = None) -> dict[str, float]:
+        return evaluate_tenant(scoring_backbone(model or self.model), self.tenant, self.emb[0], which, self.ks,
+                               self.eval_cfg.batch_size, self.eval_cfg.exclude_history)
+
+
+def _setup(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, eval_cfg: EvalConfig, split: KShotSplit,
+           text_emb: np.ndarray) -> _Run:
+    """The few-shot corpus and the method's trainable copy of the backbone."""
+    max_len = base.cfg.data.max_seq_len
+    tc = fewshot_corpus(split, text_emb, max_len)
+    # np.require copies read-only arrays (memory-mapped caches): torch.from_numpy would warn on them.
+    emb = [torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))]
+    steps_per_epoch = -(-len(tc.train_inputs) // acfg.batch_size)
+    ctx = AdaptContext(base_id=f"fewshot-rec-backbone:{base.checksum}", total_steps=max(steps_per_epoch * acfg.epochs, 1),
+                       num_items=tc.num_items, item_popularity=tc.item_popularity)
+    model = prepare_model(base.model, acfg, ctx=ctx)
+    return _Run(model, get_method(acfg.method), ctx, tc, emb, list(eval_cfg.ks_with_primary), eval_cfg)
+
+
+def _train(run: _Run, acfg: AdaptConfig, on_epoch: EpochCallback | None) -> tuple[TenantFit, TrainingHooks]:
+    """Epochs with early stopping on validation NDCG@10 (``fit_tenant``); the best weights are restored."""
+    hooks = run.method.training_hooks(run.model)
+    settings = FitSettings(epochs=acfg.epochs, lr=acfg.lr, batch_size=acfg.batch_size, patience=acfg.patience, seed=acfg.seed,
+                           weight_decay=acfg.weight_decay, ks=tuple(run.ks), eval_batch_size=run.eval_cfg.batch_size,
+                           exclude_history=run.eval_cfg.exclude_history)
+    fit = fit_tenant(run.model, scoring_backbone(run.model), run.tenant, run.emb[0], trainable_parameters(run.model), settings,
+                     regularizer=hooks.regularizer, after_step=hooks.after_step, on_epoch=on_epoch)
+    return fit, hooks
+
+
 def adapt_tenant(
     base: LoadedBackbone,
     tenant: Tenant,
@@ -105,7 +150,6 @@ def adapt_tenant(
         DataError: The tenant has no items or no item text.
     """
     eval_cfg = eval_cfg or EvalConfig()
-    ks = eval_cfg.ks_with_primary
     _check_text(base, tenant, text_emb)
     torch.set_num_threads(acfg.torch_threads)
     torch.manual_seed(acfg.seed)
@@ -115,38 +159,30 @@ def adapt_tenant(
         from rec.text import encode_items
 
         text_emb = encode_items(list(tenant.items.text), base.cfg.text)
-    max_len = base.cfg.data.max_seq_len
-    tc = fewshot_corpus(split, text_emb, max_len)
-    # np.require copies read-only arrays (memory-mapped caches): torch.from_numpy would warn on them.
-    emb = [torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))]
-    steps_per_epoch = -(-len(tc.train_inputs) // acfg.batch_size)
-    model = prepare_model(base.model, acfg, base_id=f"fewshot-rec-backbone:{base.checksum}",
-                          total_steps=max(steps_per_epoch * acfg.epochs, 1))
-    params = trainable_parameters(model)
-    hooks = training_hooks(model)
-    settings = FitSettings(epochs=acfg.epochs, lr=acfg.lr, batch_size=acfg.batch_size, patience=acfg.patience, seed=acfg.seed,
-                           weight_decay=acfg.weight_decay, ks=tuple(ks), eval_batch_size=eval_cfg.batch_size,
-                           exclude_history=eval_cfg.exclude_history)
-    fit = fit_tenant(model, scoring_backbone(model), tc, emb[0], params, settings,
-                     regularizer=hooks.regularizer, after_step=hooks.after_step, on_epoch=on_epoch)
+    run = _setup(base, tenant, acfg, eval_cfg, split, text_emb)
+    fit, hooks = _train(run, acfg, on_epoch)
     valid = fit.valid
     if hooks.finish is not None and hooks.finish():  # the restored weights changed (AdaLoRA's final ranks)
-        valid = evaluate_tenant(scoring_backbone(model), tc, emb[0], "valid", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
-    model.eval()
-    test = evaluate_tenant(scoring_backbone(model), tc, emb[0], "test", ks, eval_cfg.batch_size, eval_cfg.exclude_history)
+        valid = run.evaluate("valid")
+    run.model.eval()
+    decision = run.method.after_training(run.model, acfg, run.ctx, lambda m: run.evaluate("valid", m), valid)
+    if decision:
+        valid = run.evaluate("valid")  # what the method kept, measured
+    run.model.eval()
     return AdaptResult(
-        model=model,
+        model=run.model,
         tenant=tenant.name,
         method=acfg.method,
         split=split,
         valid=valid,
-        test=test,
+        test=run.evaluate("test"),
         adapt_s=time.perf_counter() - t0,
         epochs=fit.epochs,
         best_epoch=fit.best_epoch,
-        trainable_params=sum(p.numel() for p in params),
-        data_hash=tc.data_hash,
+        trainable_params=sum(p.numel() for p in trainable_parameters(run.model)),
+        data_hash=run.tenant.data_hash,
         history=fit.history,
+        method_report=decision,
     )
 
 
@@ -166,6 +202,7 @@ def publish_adapter(result: AdaptResult, base: LoadedBackbone, acfg: AdaptConfig
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "trainable_params": result.trainable_params,
+        **result.method_report,
         **(extra or {}),
     }
     return save_adapter(result.model, acfg, result.tenant, root or acfg.output_root, meta)

@@ -10,42 +10,31 @@ Layout::
 
 LoRA adapters are exactly what ``peft`` writes (``PeftModel.save_pretrained``) and load with
 ``PeftModel.from_pretrained(backbone, folder)``; PEFT LoRA adapters trained elsewhere on this
-backbone load here. Prompt adapters use PEFT's prompt-tuning names (``prompt_embeddings``,
-``num_virtual_tokens``); head/full adapters store the trained backbone tensors under their own
-names. ``full`` is a whole checkpoint by nature.
+backbone load here. Every other method writes the same two files through its registry entry
+(``rec.adaptation.registry.AdaptationMethod.save``/``load``): prompt adapters use PEFT's
+prompt-tuning names (``prompt_embeddings``, ``num_virtual_tokens``); head/full/item-terms adapters
+store their trained tensors under their own names. ``full`` is a whole checkpoint by nature.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
 
-import peft
-import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rec.adaptation.registry import CONFIG_FILE, WEIGHTS_FILE, UnknownMethod, get_method
 from rec.config import AdaptConfig
 from rec.data.schema import validate_tenant_id
-from rec.io.artifacts import ArtifactError, artifact_writer, complete_versions, next_version_dir, read_manifest
+from rec.io.artifacts import ArtifactError, artifact_writer, claim_version, complete_versions, read_manifest
 from rec.models.backbone import Backbone
 
 __all__ = ["save_adapter", "load_adapter", "list_versions", "adapter_method"]
 
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
-
-
-def _tensors(model: nn.Module, method: str) -> dict[str, torch.Tensor]:
-    bb = model.base_model.model if isinstance(model, peft.PeftModel) else model
-    if method == "prompt":
-        return {"prompt_embeddings": bb.prompt.detach().cpu().contiguous()}
-    if method == "head":
-        return {f"adaptor.{k}": v.detach().cpu().contiguous() for k, v in bb.adaptor.state_dict().items()}
-    if method == "full":
-        return {k: v.detach().cpu().contiguous() for k, v in bb.state_dict().items() if k != "prompt"}
-    return {}
+CONFIG = CONFIG_FILE
+WEIGHTS = WEIGHTS_FILE
 
 
 def save_adapter(
@@ -57,31 +46,18 @@ def save_adapter(
 ) -> Path:
     """Publish a new version ``<root>/<tenant>/v<N>`` atomically and return its path.
 
-    Concurrent publishers never overwrite each other: each claims ``v<N>`` with an atomic rename
-    and moves on to ``v<N+1>`` if another got there first.
+    The files are the method's (``AdaptationMethod.save``). Concurrent publishers never overwrite
+    each other: each claims ``v<N>`` with an atomic rename (:func:`rec.io.artifacts.claim_version`).
     """
     validate_tenant_id(tenant)
-    method = acfg.method
-    manifest = {"tenant": tenant, "method": method, "hyperparameters": acfg.model_dump(mode="json"), **meta}
-    for _ in range(100):
-        dest = next_version_dir(Path(root) / tenant)
-        try:
-            with artifact_writer(dest, kind="adapter", meta={**manifest, "version": dest.name}, replace=False) as tmp:
-                if method == "lora":
-                    model.save_pretrained(str(tmp))
-                    (tmp / "README.md").unlink(missing_ok=True)
-                else:
-                    cfg: dict[str, Any] = {"peft_type": None, "rec_method": method, "task_type": None}
-                    if method == "prompt":
-                        cfg.update(peft_type="PROMPT_TUNING", num_virtual_tokens=acfg.prompt_length)
-                    (tmp / CONFIG).write_text(json.dumps(cfg, indent=2))
-                    tensors = _tensors(model, method)
-                    if tensors:
-                        save_file(tensors, str(tmp / WEIGHTS))
-            return dest
-        except FileExistsError:
-            continue
-    raise ArtifactError(f"could not claim a new version under {Path(root) / tenant}")
+    method = get_method(acfg.method)
+    manifest = {"tenant": tenant, "method": method.name, "hyperparameters": acfg.model_dump(mode="json"), **meta}
+
+    def write(folder: Path, version: int) -> None:
+        with artifact_writer(folder, kind="adapter", meta={**manifest, "version": f"v{version}"}, replace=False) as tmp:
+            method.save(model, acfg, tmp)
+
+    return claim_version(Path(root) / tenant, write)
 
 
 def list_versions(root: str | Path, tenant: str) -> list[int]:
@@ -101,7 +77,7 @@ def adapter_method(folder: str | Path) -> str:
 
 
 def load_adapter(folder: str | Path, base: Backbone, backbone_checksum: str | None = None) -> tuple[Backbone, dict]:
-    """Apply an adapter folder to a copy of ``base`` and return (scoring backbone, manifest).
+    """Apply an adapter folder to a copy of ``base`` with its method's ``load``; (scoring backbone, manifest).
 
     LoRA weights are merged (``merge_and_unload``) so scoring costs the same as the base model.
     A plain PEFT LoRA folder without our manifest is accepted (manifest returned as ``{}``).
@@ -110,8 +86,6 @@ def load_adapter(folder: str | Path, base: Backbone, backbone_checksum: str | No
         ArtifactError: Missing/corrupt folder, or the adapter was trained on another backbone
             (manifest checksum differs from ``backbone_checksum``), or tensor shapes do not fit.
     """
-    import copy
-
     folder = Path(folder)
     if not (folder / CONFIG).is_file():
         raise ArtifactError(f"{folder}: no {CONFIG}; not an adapter folder (expected <root>/<tenant>/v<N>)")
@@ -121,22 +95,12 @@ def load_adapter(folder: str | Path, base: Backbone, backbone_checksum: str | No
             f"{folder} was trained on backbone {str(manifest.get('backbone_checksum'))[:12]}…, not on this one "
             f"({backbone_checksum[:12]}…): re-run `rec adapt` against this backbone"
         )
-    method = manifest.get("method") or adapter_method(folder)
-    model = copy.deepcopy(base).eval()
     try:
-        if method == "lora":
-            return peft.PeftModel.from_pretrained(model, str(folder)).merge_and_unload().eval(), manifest
-        if method == "zero-shot":
-            return model, manifest
-        tensors = load_file(str(folder / WEIGHTS))
-        if method == "prompt":
-            model.prompt = nn.Parameter(tensors["prompt_embeddings"], requires_grad=False)
-        elif method == "head":
-            model.adaptor.load_state_dict({k.removeprefix("adaptor."): v for k, v in tensors.items()})
-        elif method == "full":
-            model.load_state_dict(tensors)
-        else:
-            raise ArtifactError(f"{folder}: unknown adapter method {method!r}")
+        method = get_method(manifest.get("method") or adapter_method(folder))
+    except UnknownMethod as e:
+        raise ArtifactError(f"{folder}: {e}") from None
+    try:
+        model = method.load(folder, copy.deepcopy(base).eval())
     except (RuntimeError, KeyError, ValueError) as e:
         raise ArtifactError(f"{folder}: adapter does not fit this backbone ({str(e).splitlines()[0]})") from None
     return model.eval(), manifest

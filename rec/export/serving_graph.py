@@ -42,7 +42,7 @@ import copy
 import torch
 from torch import nn
 
-from rec.config import LORA_TARGETS
+from rec.adaptation.methods.lora import ENCODER_TARGETS
 from rec.models.backbone import Backbone
 from rec.models.layers import CausalSelfAttention, additive_mask_attention, attention_bias
 from rec.serving.runtime import BASE_INPUTS
@@ -50,9 +50,6 @@ from rec.serving.runtime import BASE_INPUTS
 __all__ = ["ServingGraph", "BaseGraph", "MergedGraph", "adapted_projections", "input_names", "OUTPUT_NAME"]
 
 OUTPUT_NAME = "user"
-
-#: The encoder projections a LoRA adapter may change (the adaptor's projection is catalog-side).
-ENCODER_TARGETS = tuple(t for t in LORA_TARGETS if not t.startswith("adaptor."))
 
 
 def adapted_projections(backbone: Backbone) -> list[tuple[str, int, int]]:

@@ -5,6 +5,7 @@ artifact folder, see ``rec.io.artifacts``)::
 
     <out>/
       catalog.safetensors          "catalog" [N,D] fp32 | fp16 | int8 (+ "scale" [N] fp32 for int8)
+                                 (+ "item_bias" [N] fp32: added to catalog @ user; item-terms)
       item_ids.json                the tenant's external item ids, in catalog row order
       adapter_tensors.safetensors  "lora_a.<proj>" [r,in], "lora_b.<proj>" [out,r] (scaling folded
                                    in; AdaLoRA: singular values folded into A, pruned directions
@@ -13,10 +14,12 @@ artifact folder, see ``rec.io.artifacts``)::
       manifest.json                kind=tenant-bundle, tenant, method, adapter, backbone checksum,
                                    catalog dtype, ranks, decomposition parity, file checksums
 
-The catalog matrix holds the item vectors after the tenant's adaptor: for LoRA the
-``adaptor.proj`` update is merged in, for ``head`` the trained adaptor is used (exact: ``head``
-changes nothing else). ``full`` changes every weight, so it is not expressible as inputs of the
-shared graph: it is refused here with a pointer to ``export_merged_tenant_model``.
+What goes in is the adapter's method's (``rec.adaptation.registry``, its ``ExportKind``): the
+catalog matrix always holds the item vectors of the adapted model (for LoRA the ``adaptor.proj``
+update merged in, for ``head`` the trained adaptor, for ``item-terms`` the ID residual, with its
+per-item bias beside it); per-row graph inputs come from the method's ``bundle_inputs`` (LoRA
+tensors, prompt). A merged-only method (``full``, every weight changes) is not expressible as
+inputs of the shared graph: it is refused here with a pointer to ``export_merged_tenant_model``.
 
 At export the bundle is checked against the adapter applied the reference way
 (``rec.adaptation.artifacts.load_adapter``: PEFT ``merge_and_unload``) on the tenant's own users:
@@ -28,7 +31,6 @@ every item's relative error at most 1/254 of its largest component, whatever the
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,57 +45,15 @@ from rec.serving.bundles import CATALOG_DTYPES, KIND, TenantBundle
 from rec.serving.bundles import decode_catalog as _decode_catalog
 
 if TYPE_CHECKING:  # importing this module must stay cheap: torch/peft load inside the export functions
+    from rec.adaptation.registry import AdaptationMethod
     from rec.training.checkpoint import LoadedBackbone
 
-__all__ = ["export_tenant_bundle"]
+__all__ = ["export_tenant_bundle", "load_adapted"]
 
 PARITY_TOL = 1e-4
 
 
 # --- extraction ----------------------------------------------------------------------------------
-def _adalora_ab(mod) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001 - peft AdaLoraLayer
-    """AdaLoRA's ``B (A * E) * scaling / ranknum`` as plain ``(A', B')``, pruned directions (E = 0) dropped.
-
-    The served rank of each projection is the rank AdaLoRA allocated it.
-    """
-    e = mod.lora_E["default"].detach().float()  # [r, 1] singular values, 0 where pruned
-    keep = e[:, 0] != 0
-    a = (mod.lora_A["default"].detach().float() * e)[keep]
-    b = mod.lora_B["default"].detach().float()[:, keep] * (float(mod.scaling["default"]) / (float(mod.ranknum["default"]) + 1e-5))
-    return a.numpy(), b.numpy()
-
-
-def _lora_tensors(folder: Path, loaded: LoadedBackbone) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per encoder projection ``(A [r,in], B*scaling [out,r])`` of a PEFT LoRA or AdaLoRA adapter folder."""
-    import peft
-    from peft.tuners.adalora import AdaLoraLayer
-    from peft.tuners.lora import LoraLayer
-
-    from rec.export.serving_graph import ENCODER_TARGETS, adapted_projections
-
-    model = peft.PeftModel.from_pretrained(copy.deepcopy(loaded.model).eval(), str(folder))
-    shapes = {name: (i, o) for name, i, o in adapted_projections(loaded.model)}
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, mod in model.base_model.model.named_modules():
-        if not isinstance(mod, LoraLayer) or "default" not in mod.lora_A:
-            continue
-        if name == "adaptor.proj":
-            continue  # merged into the catalog matrix
-        if name.rsplit(".", 1)[-1] not in ENCODER_TARGETS or name not in shapes:
-            raise AdapterShapeError(f"{folder}: LoRA on {name!r}, which the serving graph does not adapt; targets: {sorted(shapes)}")
-        if getattr(mod, "use_dora", {}).get("default"):
-            raise AdapterShapeError(f"{folder}: DoRA adapters are not servable by the shared graph; export a merged per-tenant model")
-        if isinstance(mod, AdaLoraLayer):
-            a, b = _adalora_ab(mod)
-            if not len(a):
-                continue  # every direction pruned: this projection is the base one
-        else:
-            a = mod.lora_A["default"].weight.detach().float().numpy()
-            b = (mod.lora_B["default"].weight.detach().float() * float(mod.scaling["default"])).numpy()
-        out[name] = (np.ascontiguousarray(a), np.ascontiguousarray(b))
-    return out
-
-
 def _catalog(model, loaded: LoadedBackbone, tenant: Tenant, text_emb: np.ndarray) -> np.ndarray:
     """Item vectors ``(N, D)``; ID rows only for a tenant the backbone trained on (same data)."""
     import torch
@@ -141,11 +101,88 @@ def _bundle_parity(
         pad = torch.from_numpy(feed.inputs["pad"])
         ref_user = adapted.user_vector(ref_cat[idx], pad)
         ref = adapted.scores(ref_user, ref_cat).numpy()
-    got = user @ bundle.catalog.T
+    got = user @ bundle.catalog.T + (0.0 if bundle.item_bias is None else bundle.item_bias)
     top_ref = np.argsort(-ref, axis=1)[:, :10]
     top_got = np.argsort(-got, axis=1)[:, :10]
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_ref, top_got)])
     return {"users": len(seqs), "max_abs_diff_scores": float(np.abs(got - ref).max()), "top10_overlap": float(overlap)}
+
+
+def load_adapted(loaded: LoadedBackbone, tenant: Tenant, adapter_dir: str | Path | None) -> tuple[AdaptationMethod, Any, dict[str, Any]]:
+    """(method, adapted scoring backbone, adapter manifest) of ``adapter_dir`` (None: zero-shot).
+
+    The adapter is applied the reference way (``rec.adaptation.artifacts.load_adapter``: LoRA
+    ``merge_and_unload``, the method's own ``load`` otherwise).
+
+    Raises:
+        ArtifactError: No such folder, corrupt, or trained on another backbone.
+        ExportError: An adapter of another tenant.
+    """
+    from rec.adaptation.artifacts import adapter_method, load_adapter
+    from rec.adaptation.registry import get_method
+
+    if adapter_dir is None:
+        return get_method("zero-shot"), loaded.model, {}
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise ArtifactError(f"adapter folder {adapter_dir} does not exist: pass the folder `rec adapt` printed")
+    method = get_method(adapter_method(adapter_dir))
+    adapted, manifest = load_adapter(adapter_dir, loaded.model, loaded.checksum)
+    if manifest.get("tenant") not in (None, tenant.name):
+        raise ExportError(f"{adapter_dir} is an adapter of tenant {manifest['tenant']!r}, not {tenant.name!r}")
+    return method, adapted, manifest
+
+
+def _item_bias(adapted: Any) -> np.ndarray | None:
+    """The adapted model's per-item score bias ``(N,)`` (item-terms methods), else None."""
+    bias = getattr(adapted, "item_bias", None)
+    return None if bias is None else bias.detach().float().numpy().copy()
+
+
+def _build_bundle(loaded: LoadedBackbone, tenant: Tenant, text_emb: np.ndarray, adapter_dir: Path | None,
+                  method: AdaptationMethod, adapted: Any) -> TenantBundle:
+    """Catalog matrix (+ item bias) and the method's per-row graph inputs, in memory."""
+    from rec.adaptation.registry import ExportKind
+    from rec.export.serving_graph import adapted_projections
+
+    if method.export is ExportKind.MERGED_ONLY:
+        raise ExportError(
+            f"{adapter_dir}: a {method.name!r} adapter changes every weight and cannot be served by the shared graph; "
+            "export a merged per-tenant model instead (rec export-tenant --merged)"
+        )
+    projections = {name: (i, o) for name, i, o in adapted_projections(loaded.model)}
+    try:
+        inputs = method.bundle_inputs(adapter_dir, adapted, loaded, projections)
+    except ArtifactError:
+        raise
+    except ValueError as e:
+        raise AdapterShapeError(str(e)) from None
+    catalog = _catalog(adapted, loaded, tenant, text_emb)
+    return TenantBundle(tenant.name, [str(i) for i in tenant.items.ids], catalog, inputs.lora, inputs.prompt, method.name, {},
+                        item_bias=_item_bias(adapted))
+
+
+def _bundle_meta(loaded: LoadedBackbone, tenant: Tenant, bundle: TenantBundle, adapter_dir: Path | None,
+                 adapter_manifest: dict[str, Any], catalog_dtype: str, parity: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "tenant": tenant.name,
+        "method": bundle.method,
+        "adapter": {
+            "path": None if adapter_dir is None else str(adapter_dir),
+            "version": adapter_manifest.get("version"),
+            "files": adapter_manifest.get("files"),
+        },
+        "backbone_checksum": loaded.checksum,
+        "text_model": loaded.manifest.get("text_model"),
+        "data_hash": tenant.content_hash(),
+        "catalog_dtype": catalog_dtype,
+        "num_items": int(bundle.catalog.shape[0]),
+        "d_model": int(bundle.catalog.shape[1]),
+        "item_bias": bundle.item_bias is not None,
+        "lora_ranks": {k: int(a.shape[0]) for k, (a, _) in bundle.lora.items()},
+        "prompt_len": 0 if bundle.prompt is None else int(bundle.prompt.shape[0]),
+        "parity": parity,
+    }
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -167,69 +204,35 @@ def export_tenant_bundle(
         catalog_dtype: ``fp32``, ``fp16`` or ``int8`` (per-row scale) storage of the catalog.
 
     Raises:
-        ExportError: ``full`` adapter, unknown dtype, or the bundle does not reproduce the
-            reference adapted model. AdapterShapeError: LoRA on projections the graph lacks.
+        ExportError: A merged-only method (``full``), unknown dtype, or the bundle does not
+            reproduce the reference adapted model. AdapterShapeError: LoRA on projections the graph lacks.
         ArtifactError: Corrupt adapter, or an adapter trained on another backbone.
     """
-    from rec.adaptation.artifacts import adapter_method, load_adapter
-
     if catalog_dtype not in CATALOG_DTYPES:
         raise ExportError(f"catalog dtype {catalog_dtype!r} is not one of {list(CATALOG_DTYPES)}")
     validate_tenant_id(tenant.name)
     text_emb = np.asarray(text_emb, dtype=np.float32)
     if text_emb.ndim != 2 or len(text_emb) != tenant.num_items:
         raise DataError(f"text_emb has shape {text_emb.shape}, expected ({tenant.num_items}, text_dim) for tenant {tenant.name!r}")
-    adapter_manifest: dict[str, Any] = {}
-    if adapter_dir is None:
-        method, adapted = "zero-shot", loaded.model
-    else:
-        adapter_dir = Path(adapter_dir)
-        if not adapter_dir.is_dir():
-            raise ArtifactError(f"adapter folder {adapter_dir} does not exist: pass the folder `rec adapt` printed")
-        method = adapter_method(adapter_dir)
-        if method == "full":
-            raise ExportError(
-                f"{adapter_dir}: a 'full' adapter changes every weight and cannot be served by the shared graph; "
-                "export a merged per-tenant model instead (rec export-tenant --merged)"
-            )
-        adapted, adapter_manifest = load_adapter(adapter_dir, loaded.model, loaded.checksum)
-        if adapter_manifest.get("tenant") not in (None, tenant.name):
-            raise ExportError(f"{adapter_dir} is an adapter of tenant {adapter_manifest['tenant']!r}, not {tenant.name!r}")
-    catalog = _catalog(adapted, loaded, tenant, text_emb)
-    lora = _lora_tensors(adapter_dir, loaded) if method == "lora" else {}
-    prompt = adapted.prompt.detach().float().numpy().copy() if method == "prompt" and adapted.prompt is not None else None
-    bundle = TenantBundle(tenant.name, [str(i) for i in tenant.items.ids], catalog, lora, prompt, method, {})
+    method, adapted, adapter_manifest = load_adapted(loaded, tenant, adapter_dir)
+    adapter_dir = None if adapter_dir is None else Path(adapter_dir)
+    bundle = _build_bundle(loaded, tenant, text_emb, adapter_dir, method, adapted)
     parity = _bundle_parity(loaded, adapted, bundle, tenant, text_emb)
     if parity.get("users") and parity["max_abs_diff_scores"] > PARITY_TOL:
         raise ExportError(
             f"tenant bundle for {tenant.name!r} does not reproduce the adapted model "
             f"(max |score diff| {parity['max_abs_diff_scores']:.2e} > {PARITY_TOL}); not published"
         )
-    stored = _encode_catalog(catalog, catalog_dtype)
-    dequant_err = float(np.abs(_decode_catalog(stored, catalog_dtype) - catalog).max())
-    meta = {
-        "tenant": tenant.name,
-        "method": method,
-        "adapter": {
-            "path": None if adapter_dir is None else str(adapter_dir),
-            "version": adapter_manifest.get("version"),
-            "files": adapter_manifest.get("files"),
-        },
-        "backbone_checksum": loaded.checksum,
-        "text_model": loaded.manifest.get("text_model"),
-        "data_hash": tenant.content_hash(),
-        "catalog_dtype": catalog_dtype,
-        "num_items": int(catalog.shape[0]),
-        "d_model": int(catalog.shape[1]),
-        "lora_ranks": {k: int(a.shape[0]) for k, (a, _) in lora.items()},
-        "prompt_len": 0 if prompt is None else int(prompt.shape[0]),
-        "parity": {**parity, "catalog_max_abs_dequant_error": dequant_err},
-    }
+    stored = _encode_catalog(bundle.catalog, catalog_dtype)
+    parity["catalog_max_abs_dequant_error"] = float(np.abs(_decode_catalog(stored, catalog_dtype) - bundle.catalog).max())
+    if bundle.item_bias is not None:
+        stored["item_bias"] = bundle.item_bias.astype(np.float32)  # fp32 whatever the catalog dtype: N floats
     tensors: dict[str, np.ndarray] = {}
-    for name, (a, b) in lora.items():
+    for name, (a, b) in bundle.lora.items():
         tensors[f"lora_a.{name}"], tensors[f"lora_b.{name}"] = a, b
-    if prompt is not None:
-        tensors["prompt"] = prompt
+    if bundle.prompt is not None:
+        tensors["prompt"] = bundle.prompt
+    meta = _bundle_meta(loaded, tenant, bundle, adapter_dir, adapter_manifest, catalog_dtype, parity)
     with artifact_writer(out_dir, kind=KIND, meta=meta) as tmp:
         save_np(stored, str(tmp / "catalog.safetensors"))
         save_np(tensors, str(tmp / "adapter_tensors.safetensors"))

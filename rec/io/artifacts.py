@@ -19,7 +19,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +188,56 @@ def complete_versions(folder: str | Path) -> list[int]:
     )
 
 
+def version_numbers(folder: str | Path) -> list[int]:
+    """``N`` of every ``v<N>`` folder under ``folder``, complete or not, ascending.
+
+    Claiming counts incomplete folders too: a number someone is writing is never reused.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name[1:]) for p in folder.iterdir() if p.name[:1] == "v" and p.name[1:].isdigit())
+
+
 def next_version_dir(root: str | Path) -> Path:
-    """Return ``root/v<N+1>`` where ``v<N>`` is the highest complete version under ``root``."""
-    root = Path(root)
-    versions = [int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()] if root.exists() else []
-    return root / f"v{max(versions, default=0) + 1}"
+    """Return ``root/v<N+1>`` where ``v<N>`` is the highest version folder under ``root``."""
+    return Path(root) / f"v{max(version_numbers(root), default=0) + 1}"
+
+
+def claim_version(parent: str | Path, write: Callable[[Path, int], object], attempts: int = 100,
+                  versioned: bool = True) -> Path:
+    """Publish a new version ``parent/v<N>`` (N = the next free number) and return its path.
+
+    ``write(folder, N)`` creates ``folder`` as a complete artifact (manifest written last, e.g.
+    with :func:`artifact_writer`) for version ``N``. ``folder`` is private staging space; it is
+    then renamed onto ``parent/v<N>``. The rename is the claim: it fails when another writer
+    published ``v<N>`` first (a non-empty folder), and then ``N+1`` is tried: written again when
+    the artifact names its version (``versioned``, e.g. an adapter manifest's ``version``), else
+    the same folder is renamed. Adapter versions (``rec.adaptation.artifacts``) and serving
+    bundle versions (``rec.serving.store``) are both claimed here.
+
+    Raises:
+        ArtifactError: ``write`` produced no manifest, or no number could be claimed in ``attempts``.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=parent))
+    folder, written = staging / "artifact", None
+    try:
+        for _ in range(attempts):
+            version = max(version_numbers(parent), default=0) + 1
+            if written is None or (versioned and written != version):
+                shutil.rmtree(folder, ignore_errors=True)
+                write(folder, version)
+                if not (folder / MANIFEST).is_file():
+                    raise ArtifactError(f"{folder}: the writer produced no {MANIFEST}")
+                written = version
+            try:
+                os.rename(folder, parent / f"v{version}")
+            except OSError:
+                continue  # taken by a concurrent writer
+            _fsync_dir(parent)
+            return parent / f"v{version}"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    raise ArtifactError(f"could not claim a new version under {parent} in {attempts} attempts")

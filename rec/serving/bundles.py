@@ -115,6 +115,7 @@ class TenantBundle:
         manifest: Manifest fields (a replica keeps the few it reads).
         catalog_scale: ``[N]`` float32 per-row scale of an int8 catalog, else None.
         path: The folder it was loaded from, if any.
+        item_bias: ``[N]`` float32 per-item score term (item-terms tenants), else None.
     """
 
     tenant: str
@@ -126,6 +127,7 @@ class TenantBundle:
     manifest: dict[str, Any]
     catalog_scale: np.ndarray | None = None
     path: Path | None = None
+    item_bias: np.ndarray | None = None  # [N] fp32 added to catalog @ user (item-terms tenants)
 
     def __post_init__(self) -> None:
         if not isinstance(self.item_ids, ItemIds):
@@ -146,7 +148,7 @@ class TenantBundle:
     def nbytes(self) -> int:
         """Resident bytes of every array held (catalog, scale, adapter tensors, prompt, item ids)."""
         arrays = [self.catalog, *(t for ab in self.lora.values() for t in ab)]
-        arrays += [a for a in (self.catalog_scale, self.prompt) if a is not None]
+        arrays += [a for a in (self.catalog_scale, self.prompt, self.item_bias) if a is not None]
         return int(sum(a.nbytes for a in arrays)) + self.item_ids.nbytes
 
     def rows_of(self, ids: Iterable[str]) -> tuple[np.ndarray, list[str]]:
@@ -242,5 +244,8 @@ def load_tenant_bundle(path: str | Path, adapter_dtype: Literal["fp32", "fp16"] 
                 raise ArtifactError(f"{path}: {key} has no matching lora_b.{name}")
             lora[name] = (np.ascontiguousarray(tens[key], want), np.ascontiguousarray(tens[f"lora_b.{name}"], want))
     prompt = tens["prompt"].astype(np.float32) if "prompt" in tens else None
+    bias = np.ascontiguousarray(cat["item_bias"], dtype=np.float32) if "item_bias" in cat else None
+    if bias is not None and bias.shape != (len(catalog),):
+        raise ArtifactError(f"{path}: item_bias has shape {bias.shape}, the catalog {len(catalog)} rows")
     kept = {k: manifest[k] for k in _KEEP if k in manifest}
-    return TenantBundle(manifest["tenant"], ItemIds(item_ids), catalog, lora, prompt, manifest["method"], kept, scale, path)
+    return TenantBundle(manifest["tenant"], ItemIds(item_ids), catalog, lora, prompt, manifest["method"], kept, scale, path, bias)

@@ -56,12 +56,19 @@ def catalog_rows(b: TenantBundle, rows: np.ndarray) -> np.ndarray:
     return got.astype(np.float32, copy=False)
 
 
-def catalog_scores(b: TenantBundle, user_vec: np.ndarray) -> np.ndarray:
-    """``catalog @ user_vec`` in fp32 for any stored catalog dtype (a fresh array)."""
+def catalog_scores(b: Any, user_vec: np.ndarray) -> np.ndarray:
+    """``catalog @ user_vec (+ item_bias)`` in fp32 for any stored catalog dtype (a fresh array).
+
+    ``item_bias`` (item-terms tenants) is the per-item score term learned at adaptation: one add
+    of ``N`` floats beside the ``N x D`` product.
+    """
     scores = np.asarray(b.catalog @ user_vec, dtype=np.float32)
-    scale = b.catalog_scale
+    scale = getattr(b, "catalog_scale", None)
     if scale is not None:
         scores *= scale
+    bias = getattr(b, "item_bias", None)
+    if bias is not None:
+        scores += bias
     return scores
 
 

@@ -18,20 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from rec.data.schema import validate_tenant_id
-from rec.io.artifacts import ArtifactError, atomic_write_json, complete_versions
+from rec.io.artifacts import ArtifactError, atomic_write_json, claim_version, complete_versions
 
 __all__ = ["ArtifactRoot", "POINTER"]
 
 POINTER = "CURRENT"
-_VERSION_RE = re.compile(r"^v(\d+)$")
 
 
 class ArtifactRoot:
@@ -123,31 +119,12 @@ class ArtifactRoot:
         """Write a new version with ``write(folder)`` and rename it to the next free ``v<N>``.
 
         ``write`` fills a staging folder (a complete artifact with its manifest). The rename onto
-        ``v<N>`` fails when another publisher took ``N`` first; then ``N+1`` is tried. The
-        pointer is not touched: call :meth:`set_current` after verifying the new version.
+        ``v<N>`` fails when another publisher took ``N`` first; then the same folder is renamed
+        onto ``N+1`` (:func:`rec.io.artifacts.claim_version`). The pointer is not touched: call
+        :meth:`set_current` after verifying the new version.
 
         Returns:
             The claimed version number.
         """
-        tdir = self.tenant_dir(tenant)
-        tdir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=tdir))
-        try:
-            bundle = staging / "bundle"
-            write(bundle)
-            if not (bundle / "manifest.json").is_file():
-                raise ArtifactError(f"{bundle}: the bundle writer produced no manifest.json")
-            for _ in range(1000):
-                version = max(self.versions(tenant) + [0] + self._all_version_names(tenant)) + 1
-                try:
-                    os.rename(bundle, self.version_dir(tenant, version))
-                except OSError:
-                    continue  # taken by a concurrent publisher
-                return version
-            raise ArtifactError(f"could not claim a new version under {tdir}")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def _all_version_names(self, tenant: str) -> list[int]:
-        # Include incomplete v<N> folders too: never reuse a number someone is writing.
-        return [int(m.group(1)) for p in self.tenant_dir(tenant).iterdir() if (m := _VERSION_RE.match(p.name))]
+        path = claim_version(self.tenant_dir(tenant), lambda folder, _version: write(folder), attempts=1000, versioned=False)
+        return int(path.name[1:])

@@ -150,7 +150,7 @@ def train_epoch(
     """One pass over ``rows``; returns the mean training loss (without ``regularizer``).
 
     ``regularizer()`` is added to every step's loss; ``after_step()`` runs after every optimizer
-    step, gradients still set (AdaLoRA's rank allocation: ``rec.adaptation.methods.training_hooks``).
+    step, gradients still set (AdaLoRA's rank allocation: ``rec.adaptation.methods.lora.training_hooks``).
     """
     loss_model.train()
     losses = []

@@ -299,3 +299,19 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(backbone_dir, t
         rows = list(csv.DictReader(f))
     assert len(rows) == total and all(r["status"] == "completed" for r in rows)
     assert list_versions(tmp_path / "adapters", "videos") == [1]
+
+
+@pytest.mark.slow
+def test_a_sweep_over_the_registrys_item_terms_space_publishes_a_floored_adapter(small_backbone, backbone_dir, ray_local, tmp_path):
+    """``methods: [item-terms]``: the method's declared space (rec.adaptation.registry) drives the trials."""
+    spec = _sweep("item-terms", NEW_TENANTS[:1], 2, methods=["item-terms"])
+    spec["search_space"] = {"adapt.lr": {"loguniform": [1.0e-3, 1.0e-2]}, "adapt.epochs": 2, "adapt.patience": 2}
+    spec = load_sweep(spec)
+    assert spec.search_space["adapt.method"] == "item-terms" and "adapt.item_terms.id_residual" in spec.search_space
+    res = run_sweep(spec, _base_cfg(small_backbone, tmp_path), backbone_dir, storage_path=tmp_path / "tune", verbose=0)
+    assert len(res.rows) == 2 and res.errors == 0 and all("adapt.item_terms.id_residual" in r for r in res.rows)
+    (best,) = res.best
+    manifest = json.loads((Path(best["adapter"]) / "manifest.json").read_text())
+    assert manifest["method"] == "item-terms" and manifest["popularity_floor"]["chosen"]
+    assert "id_residual" in manifest["hyperparameters"]["item_terms"]
+    assert best["rerun_val_ndcg"] == pytest.approx(max(r["val_ndcg@10"] for r in res.rows), abs=1e-6)

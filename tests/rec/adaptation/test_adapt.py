@@ -9,7 +9,7 @@ import torch
 
 from rec.adaptation.adapt import adapt_tenant, publish_adapter
 from rec.adaptation.artifacts import list_versions, load_adapter
-from rec.adaptation.methods import prepare_model, scoring_backbone
+from rec.adaptation.prepare import prepare_model, scoring_backbone
 from rec.config import AdaptConfig
 from rec.data.schema import DataError, Tenant
 from rec.io.artifacts import ArtifactError
@@ -102,7 +102,7 @@ def test_adalora_allocates_ranks_and_round_trips_with_peft(small_backbone, new_t
     """``lora.kind: adalora``: PEFT AdaLoRA, ranks pruned by importance per projection; the artifact is PEFT's."""
     import copy
 
-    from rec.adaptation.methods import training_hooks
+    from rec.adaptation.methods.lora import training_hooks
     from rec.config import LoraConfig
 
     acfg = AdaptConfig(method="lora", lora=LoraConfig(kind="adalora", rank=2, adalora_init_rank=6, adalora_warmup=0.0,

@@ -30,6 +30,9 @@ ADAPTERS = {
     "adalora": AdaptConfig(method="lora", lora=LoraConfig(kind="adalora", rank=4, adalora_init_rank=8, adalora_warmup=0.0,
                                                           adalora_final=0.0)),  # ranks pruned from 8 over the 3 epochs
     "full": AdaptConfig(method="full"),
+    # bias + ID residual + adaptor, all catalog-side; no floor, so the trained terms are what ships
+    "item-terms": AdaptConfig(method="item-terms", item_terms={"id_residual": True, "train_adaptor": True,
+                                                               "popularity_floor": False}),
 }
 
 
