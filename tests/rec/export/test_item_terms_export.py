@@ -7,7 +7,7 @@ import numpy as np
 from rec.export.parity import same_topk
 from rec.serving.feed import catalog_scores
 from rec.export.tenant_bundle import export_tenant_bundle
-from rec.serving.bundles import load_serving_bundle
+from rec.serving.bundles import load_tenant_bundle
 from tests.rec.export.conftest import histories, reference_scores
 
 
@@ -31,7 +31,7 @@ def test_item_terms_bundle_ranks_like_torch_on_the_base_graph(ranker, bundles, a
 
 def test_item_bias_survives_an_int8_catalog_in_a_serving_bundle(ranker, adapters, small_backbone, new_tenant, tenant_text, tmp_path):
     path = export_tenant_bundle(small_backbone, new_tenant, tenant_text, adapters["item-terms"], tmp_path / "b8", catalog_dtype="int8")
-    served = load_serving_bundle(path)
+    served = load_tenant_bundle(path)
     assert served.item_bias is not None and served.item_bias.dtype == np.float32
     assert served.nbytes >= served.item_bias.nbytes + served.catalog.nbytes
     hists = histories(new_tenant, n=8)
@@ -48,7 +48,7 @@ def test_the_popularity_fallback_serves_exactly_the_popularity_ranking(ranker, s
     from rec.adaptation.prepare import prepare_model
     from rec.adaptation.registry import AdaptContext
     from rec.config import AdaptConfig
-    from rec.export.tenant_bundle import load_tenant_bundle
+    from rec.serving.bundles import load_tenant_bundle
 
     counts = np.bincount(np.concatenate(new_tenant.sequences()[:20]), minlength=new_tenant.num_items).astype(np.float32)
     acfg = AdaptConfig(method="item-terms")
