@@ -262,12 +262,7 @@ class MetaConfig(_Strict):
     run_name: str = "meta"
 
 
-#: storage of a tenant's catalog matrix in its bundle (``rec export``, ``rec publish``, the demo)
-CATALOG_DTYPES = ("fp32", "fp16", "int8")
-#: storage of a bundle's LoRA / prompt tensors once loaded for serving
-ADAPTER_DTYPES = ("fp32", "fp16")
-#: the shared serving model's weights (int8 = ORT dynamic quantization)
-MODEL_VARIANTS = ("fp32", "int8")
+from rec.io.formats import ADAPTER_DTYPES, CATALOG_DTYPES, MODEL_VARIANTS  # noqa: E402 - one list each, shared with serving
 
 
 class DemoConfig(_Strict):

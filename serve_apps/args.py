@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rec.io.formats import ADAPTER_DTYPES, MODEL_VARIANTS
+
 __all__ = ["RecommenderArgs", "Limits"]
 
 
@@ -32,8 +34,8 @@ class RecommenderArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     artifact_root: str = Field(description="serving artifact root: model/ + tenants/<t>/v<N> (see rec.serving.store)")
-    model_variant: Literal["fp32", "int8"] = "fp32"
-    adapter_dtype: Literal["fp32", "fp16"] = Field(
+    model_variant: Literal[MODEL_VARIANTS] = "fp32"  # type: ignore[valid-type]
+    adapter_dtype: Literal[ADAPTER_DTYPES] = Field(  # type: ignore[valid-type]
         "fp32", description="dtype of LoRA tensors held per tenant (fp16 halves them; scores move by ~1e-4)")
     intra_op_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads per Ranker replica")
     max_batch_size: int = Field(32, ge=1, le=1024, description="@serve.batch size across tenants")

@@ -38,14 +38,15 @@ import numpy as np
 from safetensors.numpy import load as load_np_bytes
 
 from rec.io.artifacts import ArtifactError, read_manifest, sha256_file
-from rec.config import ADAPTER_DTYPES, CATALOG_DTYPES  # one list, in the typed config (pydantic only)
+from rec.io.formats import ADAPTER_DTYPES, CATALOG_DTYPES  # one list each, shared with rec.config
 
 __all__ = ["TenantBundle", "ItemIds", "load_tenant_bundle", "decode_catalog", "ADAPTER_DTYPES", "CATALOG_DTYPES", "KIND"]
 
 KIND = "tenant-bundle"
 _NP = {"fp32": np.float32, "fp16": np.float16}
 # Manifest keys a replica reads after loading (the full manifest stays on disk).
-_KEEP = ("tenant", "method", "backbone_checksum", "catalog_dtype", "num_items", "d_model", "lora_ranks", "prompt_len")
+_KEEP = ("tenant", "method", "backbone_checksum", "catalog_dtype", "num_items", "d_model", "lora_ranks", "prompt_len",
+         "item_bias")
 _FILES = ("catalog.safetensors", "adapter_tensors.safetensors", "item_ids.json")
 
 
