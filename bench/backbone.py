@@ -84,17 +84,18 @@ DATASETS = {
     "ml-1m": DatasetSpec(
         "ml-1m",
         TenantSource(format="movielens-1m-tsv", path="ml-1m", name="ml-1m"),
-        {**_COMMON, "train.epochs": 8, "train.patience": 2},
+        # SASRec's published ML-1M setting: window 200 (SASRec+ reports NDCG@10 0.1857 there)
+        {**_COMMON, "data.max_seq_len": 200, "model.max_len": 200, "train.epochs": 200, "train.patience": 5},
     ),
     "beauty": DatasetSpec(
         "beauty",
         TenantSource(format="seqrec", path="seqrec-benchmark/amazon2014-beauty", name="beauty"),
-        {**_COMMON, "train.epochs": 6, "train.patience": 2},
+        {**_COMMON, "train.epochs": 100, "train.patience": 5},
     ),
     "scientific": DatasetSpec(
         "scientific",
         TenantSource(format="unisrec", path="amazon-scientific-unisrec", name="scientific"),
-        {**_COMMON, "train.epochs": 20, "train.patience": 3},
+        {**_COMMON, "train.epochs": 100, "train.patience": 5},
     ),
 }
 QUICK = {"train.epochs": 1, "train.max_eval_users": 200, "data.max_seq_len": 20, "model.max_len": 20}
@@ -323,14 +324,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def target_checks(rows: list[dict[str, Any]]) -> str:
-    """The issue-2 targets, checked against this run's rows (only those the run covers)."""
+    """The issue-16 targets, checked against this run's rows (only those the run covers)."""
     m = {(r["dataset"], r["model"]): r for r in rows}
     lines = ["Targets (checked automatically against this run):", ""]
     for d in dict.fromkeys(r["dataset"] for r in rows):
         a, b = m.get((d, "fewshot-rec")), m.get((d, "sasrec-id"))
-        if a and b:
-            ok = a["ndcg@10"] > b["ndcg@10"]
-            lines.append(f"- {d}: fewshot-rec NDCG@10 {a['ndcg@10']:.4f} vs sasrec-id {b['ndcg@10']:.4f}: "
+        if a and b:  # issue 16: text+ID above ID-only on Amazon; on ML-1M within 3 % of it or above
+            floor = 0.97 if d == "ml-1m" else 1.0
+            ok = a["ndcg@10"] >= floor * b["ndcg@10"] if d == "ml-1m" else a["ndcg@10"] > b["ndcg@10"]
+            lines.append(f"- {d}: fewshot-rec NDCG@10 {a['ndcg@10']:.4f} vs sasrec-id {b['ndcg@10']:.4f} "
+                         f"({a['ndcg@10'] / b['ndcg@10']:.2f}x, target {'>= 0.97x' if floor < 1 else '> 1x'}): "
                          + ("**met**" if ok else "**not met**"))
     if ("ml-1m", "sasrec-id") in m:
         n = m[("ml-1m", "sasrec-id")]["ndcg@10"]

@@ -91,17 +91,9 @@ def measure_imports(repeats: int) -> list[dict[str, Any]]:
 
 
 def _replica_rss_mb() -> float:
-    import psutil
+    from bench.serve_session import replica_rss_mb
 
-    tag = f"ServeReplica:{APP}:"
-    total = 0
-    for p in psutil.process_iter(["cmdline"]):
-        if tag in " ".join(p.info["cmdline"] or []):
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-    return round(total / 2**20, 1)
+    return replica_rss_mb(APP)
 
 
 def _post_until_ok(url: str, body: dict[str, Any], deadline_s: float = 120.0) -> None:

@@ -166,15 +166,19 @@ def estimate(
     Raises:
         ValueError: on invalid inputs or an unknown estimator (the message names the fix).
     """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     log = LoggedFeedback(rewards, logging_propensity, target_propensity, reward_hat, value_hat)
     value, terms = _terms(log, estimator)
+    return _with_interval(estimator, value, terms, log.weights, alpha)
+
+
+def _with_interval(estimator: str, value: float, terms: np.ndarray, weights: np.ndarray, alpha: float) -> Estimate:
+    """The estimate with a normal ``1 - alpha`` interval from its per-decision terms' standard error."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     n = terms.shape[0]
     stderr = float(terms.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
     z = NormalDist().inv_cdf(1 - alpha / 2)
-    w = log.weights
-    ess = float(w.sum() ** 2 / (w**2).sum()) if (w > 0).any() else 0.0
+    ess = float(weights.sum() ** 2 / (weights**2).sum()) if (weights > 0).any() else 0.0
     return Estimate(estimator, value, value - z * stderr, value + z * stderr, n, ess)
 
 
@@ -225,8 +229,6 @@ def estimate_slates(
     shape = arrays[0].shape
     if len(shape) != 2 or any(a.shape != shape for a in arrays + [a for a in dr if a is not None]):
         raise ValueError(f"slate arrays must all be (n, k); got {[a.shape for a in arrays]}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     value, terms, weights = 0.0, np.zeros(shape[0]), np.zeros(shape[0])
     for j in range(shape[1]):
         log = LoggedFeedback(*(a[:, j] for a in arrays), *(None if a is None else a[:, j] for a in dr))
@@ -234,7 +236,4 @@ def estimate_slates(
         value += v
         terms += t  # per-slate sum of the positions' terms: its spread gives the interval
         weights += log.weights
-    stderr = float(terms.std(ddof=1) / np.sqrt(shape[0])) if shape[0] > 1 else float("inf")
-    z = NormalDist().inv_cdf(1 - alpha / 2)
-    ess = float(weights.sum() ** 2 / (weights**2).sum()) if (weights > 0).any() else 0.0
-    return Estimate(estimator, value, value - z * stderr, value + z * stderr, shape[0], ess)
+    return _with_interval(estimator, value, terms, weights, alpha)
