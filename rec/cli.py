@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rec.io.formats import CATALOG_DTYPES
+
 EXIT_USAGE = 2
 
 
@@ -161,6 +163,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_overrides(args: argparse.Namespace) -> list[str]:
+    """The export flags a command has and was given, as ``export.*`` overrides."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731 - not every command has every flag
+    return _flag_overrides(
+        (True if get("int8") else None, "export.int8"),
+        (get("catalog_dtype"), "export.catalog_dtype"),
+        (get("opset"), "export.opset"),
+        (False if get("no_real_data") else None, "export.real_data_parity"),
+        (get("threads"), "export.threads"),
+    )
+
+
 def _backbone_cfg(args: argparse.Namespace, base, extra: list[str] | None = None):  # noqa: ANN001, ANN202
     """Config for commands on a backbone: --config if given, else the backbone's own config, + overrides.
 
@@ -193,20 +207,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     from rec.export.serving_model import export_serving_model
     from rec.training.checkpoint import load_backbone
 
-    torch.set_num_threads(args.threads)
     base = load_backbone(args.backbone)
+    ec = _backbone_cfg(args, base, _export_overrides(args)).export
+    torch.set_num_threads(ec.threads)
     real = None
-    if not args.no_real_data:
-        cfg = _backbone_cfg(args, base)
-        tenant = _pick_tenant(cfg, args.tenant)
+    if ec.real_data_parity:
+        tenant = _pick_tenant(_backbone_cfg(args, base), args.tenant)
         real = parity_data_from_tenant(base, tenant, _tenant_text(base, tenant))
-    path = export_serving_model(base, args.out, opset=args.opset, quantize=args.int8, real_data=real)
+    path = export_serving_model(base, args.out, opset=ec.opset, quantize=ec.int8, real_data=real)
     from rec.io.artifacts import read_manifest
 
     m = read_manifest(path)
     fp = m["parity"]["fp32"]["random"]
     line = f"serving model: {path} (opset {m['opset']}, {m['sizes']['model.onnx']} bytes, fp32 max |diff| {fp['max_abs_diff_user']:.1e}"
-    if args.int8:
+    if ec.int8:
         q = m["parity"]["int8"]
         nd = q.get("real_ndcg@10", {}).get("delta")
         line += f"; int8 {m['sizes']['int8_ratio']:.0%} of fp32, top-10 overlap {q['random_vs_torch']['top10_overlap']:.3f}"
@@ -222,18 +236,19 @@ def cmd_export_tenant(args: argparse.Namespace) -> int:
     from rec.export.tenant_bundle import export_tenant_bundle
     from rec.training.checkpoint import load_backbone
 
-    torch.set_num_threads(args.threads)
     base = load_backbone(args.backbone)
-    cfg = _backbone_cfg(args, base)
+    cfg = _backbone_cfg(args, base, _export_overrides(args))
+    ec = cfg.export
+    torch.set_num_threads(ec.threads)
     tenant = _pick_tenant(cfg, args.tenant)
     emb = _tenant_text(base, tenant)
     if args.merged:
-        path = export_merged_tenant_model(base, tenant, emb, args.adapter, args.out, opset=args.opset, quantize=args.int8)
+        path = export_merged_tenant_model(base, tenant, emb, args.adapter, args.out, opset=ec.opset, quantize=ec.int8)
         print(f"merged tenant model: {path}")
     else:
-        if args.int8:
-            raise CliError("--int8 quantizes a merged model; for a bundle use --catalog-dtype int8")
-        path = export_tenant_bundle(base, tenant, emb, args.adapter, args.out, catalog_dtype=args.catalog_dtype)
+        if ec.int8:
+            raise CliError("--int8 (export.int8) quantizes a merged model; for a bundle use --catalog-dtype int8")
+        path = export_tenant_bundle(base, tenant, emb, args.adapter, args.out, catalog_dtype=ec.catalog_dtype)
         print(f"tenant bundle: {path}")
     return 0
 
@@ -300,10 +315,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     args.overrides = [o for o in args.overrides if "=" in o]
     adapter_dir = dirs[0] if dirs else None
     loaded = load_backbone(args.backbone)
-    tenant = _pick_tenant(_backbone_cfg(args, loaded), args.tenant)
-    ensure_serving_model(args.root, loaded, quantize=args.int8)
+    cfg = _backbone_cfg(args, loaded, _export_overrides(args))
+    tenant = _pick_tenant(cfg, args.tenant)
+    ensure_serving_model(args.root, loaded, quantize=cfg.export.int8)
     text_emb = _tenant_text(loaded, tenant)
-    res = publish_tenant(args.root, loaded, tenant, text_emb, adapter_dir, catalog_dtype=args.catalog_dtype)
+    res = publish_tenant(args.root, loaded, tenant, text_emb, adapter_dir, catalog_dtype=cfg.export.catalog_dtype)
     was = "new tenant" if res.previous is None else f"was v{res.previous}"
     print(f"published {res.tenant} v{res.version} ({res.method}, {was}): {res.path}")
     return 0
@@ -387,8 +403,8 @@ def _add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", required=True, help="serving artifact root (the Serve app's artifact_root)")
     p.add_argument("--backbone", required=True, help="backbone folder; its serving model is exported to <root>/model once")
     p.add_argument("--tenant", required=True, help="tenant id among the configured data's tenants (its catalog is published)")
-    p.add_argument("--catalog-dtype", choices=["fp32", "fp16", "int8"], default="fp32", help="storage of the catalog matrix")
-    p.add_argument("--int8", action="store_true", help="also export the int8 model when <root>/model is created")
+    p.add_argument("--catalog-dtype", choices=CATALOG_DTYPES, help="storage of the catalog matrix (export.catalog_dtype, default fp32)")
+    p.add_argument("--int8", action="store_true", help="also export the int8 model when <root>/model is created (export.int8)")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("rollback", help="point a tenant back at an older published version (atomic; replicas follow live)")
@@ -410,11 +426,11 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--backbone", required=True, help="backbone folder printed by `rec pretrain`")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ORT dynamic quantization)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ORT dynamic quantization; export.int8)")
+    p.add_argument("--opset", type=int, help="ONNX opset (export.opset; default: the exporter's)")
     p.add_argument("--tenant", help="tenant of the config's data used for real-data parity (default: the last one)")
-    p.add_argument("--no-real-data", action="store_true", help="check parity on random inputs only (no data loading)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--no-real-data", action="store_true", help="check parity on random inputs only, no data loading (export.real_data_parity=false)")
+    p.add_argument("--threads", type=int, help="torch threads (export.threads, default 1)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("export-tenant", help="export one tenant: catalog + adapter bundle for the shared model, or a merged model")
@@ -423,11 +439,11 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tenant", help="tenant id among the configured data's tenants (default: the last one)")
     p.add_argument("--adapter", help="adapter version folder from `rec adapt` (default: zero-shot)")
     p.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    p.add_argument("--catalog-dtype", choices=["fp32", "fp16", "int8"], default="fp32", help="storage of the catalog matrix")
+    p.add_argument("--catalog-dtype", choices=CATALOG_DTYPES, help="storage of the catalog matrix (export.catalog_dtype, default fp32)")
     p.add_argument("--merged", action="store_true", help="write the classic self-contained per-tenant ONNX model instead")
-    p.add_argument("--int8", action="store_true", help="with --merged: also write model.int8.onnx")
-    p.add_argument("--opset", type=int, help="with --merged: ONNX opset")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--int8", action="store_true", help="with --merged: also write model.int8.onnx (export.int8)")
+    p.add_argument("--opset", type=int, help="with --merged: ONNX opset (export.opset)")
+    p.add_argument("--threads", type=int, help="torch threads (export.threads, default 1)")
     p.set_defaults(func=cmd_export_tenant)
 
 

@@ -265,6 +265,20 @@ class MetaConfig(_Strict):
 from rec.io.formats import ADAPTER_DTYPES, CATALOG_DTYPES, MODEL_VARIANTS  # noqa: E402 - one list each, shared with serving
 
 
+class ExportConfig(_Strict):
+    """``rec export``, ``rec export-tenant``, ``rec publish``: how serving artifacts are written.
+
+    The commands' flags (``--int8``, ``--catalog-dtype``, ``--opset``, ``--no-real-data``,
+    ``--threads``) are shortcuts for these keys, so a YAML config can hold them too.
+    """
+
+    int8: bool = Field(False, description="also write the int8 serving model (ORT dynamic quantization); with --merged: the merged model's")
+    catalog_dtype: Literal[CATALOG_DTYPES] = Field("fp32", description="storage of a tenant's catalog matrix in its bundle")  # type: ignore[valid-type]
+    opset: int | None = Field(None, ge=17, description="ONNX opset (default: the exporter's)")
+    real_data_parity: bool = Field(True, description="check the fp32 export on real rows of a tenant too, not only random inputs")
+    threads: int = Field(1, ge=1, le=64, description="torch threads while exporting")
+
+
 class DemoConfig(_Strict):
     """``rec demo``: the whole story on the synthetic default (see ``rec.demo``)."""
 
@@ -292,6 +306,7 @@ class RecConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     meta: MetaConfig = Field(default_factory=MetaConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @model_validator(mode="after")

@@ -87,3 +87,12 @@ def test_data_formats_are_the_loaders_formats():
     assert set(data_formats()) == {"synthetic", *FORMATS}
     with pytest.raises(ConfigError, match="unknown data format 'csvv'.*generic"):
         load_config(None, ["data.sources=[{format: csvv, path: x}]"])
+
+
+def test_export_settings_are_config_keys_with_the_allowed_values_named():
+    cfg = load_config(None, ["export.int8=true", "export.catalog_dtype=int8", "export.opset=18"])
+    assert (cfg.export.int8, cfg.export.catalog_dtype, cfg.export.opset, cfg.export.real_data_parity) == (True, "int8", 18, True)
+    with pytest.raises(ValueError, match="fp32.*fp16.*int8"):
+        load_config(None, ["export.catalog_dtype=int4"])
+    with pytest.raises(ValueError, match="export.opsett"):
+        load_config(None, ["export.opsett=18"])
