@@ -49,6 +49,7 @@ __all__ = [
     "MethodConfig",
     "TrainingHooks",
     "UnknownMethod",
+    "WarmStartError",
     "all_methods",
     "get_method",
     "method_config_fields",
@@ -75,6 +76,10 @@ class ExportKind(str, Enum):
 
 class UnknownMethod(ValueError):
     """A method name that no module of ``rec.adaptation.methods`` registered."""
+
+
+class WarmStartError(ValueError):
+    """An adapter folder's tensors do not fit the model a warm start was asked to begin from."""
 
 
 class MethodConfig(BaseModel):
@@ -200,7 +205,7 @@ class AdaptationMethod:
         more. A folder without a weights file (nothing trained) leaves ``model`` as prepared.
 
         Raises:
-            ValueError: The folder's tensors do not fit ``model`` (another catalog size, rank or
+            WarmStartError: The folder's tensors do not fit ``model`` (another catalog size, rank or
                 prompt length): re-adapt from scratch or with the earlier hyper-parameters.
         """
         import torch
@@ -214,7 +219,7 @@ class AdaptationMethod:
         missing = sorted(set(live) - set(saved))
         bad = sorted(k for k in live if k in saved and tuple(saved[k].shape) != tuple(live[k].shape))
         if missing or bad:
-            raise ValueError(f"{folder}: cannot warm-start {self.name!r} from it: missing tensors {missing[:5]}, "
+            raise WarmStartError(f"{folder}: cannot warm-start {self.name!r} from it: missing tensors {missing[:5]}, "
                              f"other shapes {bad[:5]} (adapted with other hyper-parameters or another catalog)")
         with torch.no_grad():
             for k, t in live.items():

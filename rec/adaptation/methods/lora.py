@@ -197,14 +197,14 @@ class Lora(AdaptationMethod):
         import peft
         from safetensors.torch import load_file
 
-        from rec.adaptation.registry import WEIGHTS_FILE
+        from rec.adaptation.registry import WEIGHTS_FILE, WarmStartError
 
         try:
             result = peft.set_peft_model_state_dict(model, load_file(str(folder / WEIGHTS_FILE)))
         except RuntimeError as e:  # size mismatch: another rank or catalog
-            raise ValueError(f"{folder}: cannot warm-start 'lora' from it ({str(e).splitlines()[0]})") from None
+            raise WarmStartError(f"{folder}: cannot warm-start 'lora' from it ({str(e).splitlines()[0]})") from None
         if result.unexpected_keys:
-            raise ValueError(f"{folder}: cannot warm-start 'lora' from it: tensors {result.unexpected_keys[:5]} have no "
+            raise WarmStartError(f"{folder}: cannot warm-start 'lora' from it: tensors {result.unexpected_keys[:5]} have no "
                              "place in this LoRA configuration (other target modules?)")
 
     def load(self, folder: Path, model: Backbone) -> Backbone:
