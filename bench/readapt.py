@@ -19,7 +19,9 @@ on 2 cores.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +75,23 @@ def _users_for(tenant, start: int, events: int) -> tuple[list[int], int]:  # noq
     return users, u
 
 
+def wait_for_job_agent(address: str, timeout_s: float = 120.0) -> None:
+    """Submit a no-op job until the dashboard's job agent takes it (it starts seconds after the head)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client, deadline = JobSubmissionClient(address), time.time() + timeout_s
+    while True:
+        try:
+            sid = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(1.0)
+    while not client.get_job_status(sid).is_terminal():
+        time.sleep(0.5)
+
+
 def run_round(i: int, root: Path, ckpt: Path, tenant, first_user: int, address: str, t0_unix: float) -> tuple[dict, int]:  # noqa: ANN001
     from rec.config import ReadaptConfig
     from rec.feedback.replay import replay_interactions
@@ -97,7 +116,10 @@ def run_round(i: int, root: Path, ckpt: Path, tenant, first_user: int, address: 
         if not is_running(submission):
             time.sleep(0.5)
             if store.current_version(tenant.name) == before:
-                raise RuntimeError(f"round {i}: job {submission} ended without publishing")
+                from ray.job_submission import JobSubmissionClient
+
+                tail = JobSubmissionClient(address).get_job_logs(submission)[-3000:]
+                raise RuntimeError(f"round {i}: job {submission} ended without publishing:\n{tail}")
         time.sleep(0.05)
     live_s = time.perf_counter() - t0
     rec = read_records(root, tenant.name, "round")[-1]
@@ -120,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         log("building the world (backbone, v1 LoRA adapter, serving root)")
         ckpt, tenant, root = build_world(work)
         port = _free_port()
+        # jobs run `rec ...` through a shell: the venv's bin first, as on the cluster's image
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         ray.init(num_cpus=2, include_dashboard=True, dashboard_port=port, log_to_driver=False)
         try:
+            wait_for_job_agent(f"http://127.0.0.1:{port}")
             rows, user, t0_unix = [], 0, time.time() - 86400.0
             for i in range(a.rounds):
                 row, user = run_round(i, root, ckpt, tenant, user, f"http://127.0.0.1:{port}", t0_unix)
