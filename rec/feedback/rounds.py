@@ -7,7 +7,8 @@ leaves at most a torn last line, which readers skip. Each line has ``kind`` (``r
 
 Every record also counts in the Ray metric ``fewshot_readapt_rounds_total{tenant, decision}``
 (scraped as ``ray_fewshot_readapt_rounds_total``, charted by ``cluster/grafana``) when the process
-is connected to Ray. Decisions: ``published`` / ``kept`` (a round: the gate passed / failed) and
+is connected to Ray; a detached actor (``fewshot/fewshot-readapt-metrics``, no CPU) holds the
+counter, so counts outlive the short readapt jobs that make them. Decisions: ``published`` / ``kept`` (a round: the gate passed / failed) and
 ``rolled_back`` (the guardrail).
 """
 
@@ -17,6 +18,7 @@ import fcntl
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +30,46 @@ __all__ = ["DECISIONS", "METRIC_NAMES", "append_record", "last_record", "read_re
 METRIC_NAMES = ("fewshot_readapt_rounds_total",)
 DECISIONS = ("published", "kept", "rolled_back")
 
-_counter = None
+#: the detached actor that holds the counter (a readapt job's driver exits seconds after counting:
+#: a counter of its own would vanish before Ray's agent exported it)
+METRICS_ACTOR = "fewshot-readapt-metrics"
+METRICS_NAMESPACE = "fewshot"
 
 
 def rounds_path(root: str | Path, tenant: str) -> Path:
     return Path(root) / "readapt" / validate_tenant_id(tenant) / "rounds.jsonl"
 
 
-def _count(tenant: str, decision: str) -> None:
-    """Count the decision in Ray's metrics (only inside a Ray driver/worker: nothing exports it otherwise)."""
-    global _counter
+def _metrics_actor_class():  # noqa: ANN202 - a Ray actor class, built on first use (no Ray at import)
     import ray
+
+    @ray.remote(num_cpus=0)
+    class ReadaptMetrics:
+        def __init__(self) -> None:
+            from ray.util.metrics import Counter
+
+            self.rounds = Counter("fewshot_readapt_rounds_total", "re-adaptation rounds and guardrail rollbacks by decision",
+                                  tag_keys=("tenant", "decision"))
+
+        def count(self, tenant: str, decision: str) -> None:
+            self.rounds.inc(1.0, tags={"tenant": tenant, "decision": decision})
+
+    return ReadaptMetrics
+
+
+def _count(tenant: str, decision: str) -> None:
+    """Count the decision in Ray's metrics when this process is connected to Ray (else nothing exports it)."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
 
     if not ray.is_initialized():
         return
-    if _counter is None:
-        from ray.util.metrics import Counter
-
-        _counter = Counter("fewshot_readapt_rounds_total", "re-adaptation rounds and guardrail rollbacks by decision",
-                           tag_keys=("tenant", "decision"))
-    _counter.inc(1.0, tags={"tenant": tenant, "decision": decision})
+    actor = _metrics_actor_class().options(name=METRICS_ACTOR, namespace=METRICS_NAMESPACE, lifetime="detached",
+                                           get_if_exists=True).remote()
+    try:
+        ray.get(actor.count.remote(tenant, decision), timeout=60)
+    except (GetTimeoutError, RayError) as e:  # the record is written; a lost count must not fail the round
+        warnings.warn(f"fewshot_readapt_rounds_total not counted for {tenant}/{decision}: {e}", RuntimeWarning, stacklevel=2)
 
 
 def append_record(root: str | Path, tenant: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -144,3 +144,29 @@ def test_cli_readapt_rounds_and_one_line_errors(ray_local, world_copy, serving_w
     assert _cli(world_copy, backbone_ckpt, "feedback.readapt.min_gain=-1.0") == 0
     assert "published v3" in capsys.readouterr().out and ArtifactRoot(world_copy).current_version("podcasts") == 3
     assert [r["decision"] for r in read_records(world_copy, "podcasts")] == ["kept", "published"]
+
+
+def test_every_decision_counts_in_the_readapt_metric(ray_local, tmp_path):
+    """``ray_fewshot_readapt_rounds_total{tenant,decision}``: what the Grafana dashboard charts."""
+    import os
+    import time
+    import urllib.request
+
+    from tests.conftest import METRICS_PORT_ENV
+
+    append_record(tmp_path, "metric-probe", {"kind": "round", "decision": "kept"})
+    append_record(tmp_path, "metric-probe", {"kind": "guardrail", "decision": "rolled_back"})
+    with pytest.raises(ValueError, match="decision"):
+        append_record(tmp_path, "metric-probe", {"kind": "round", "decision": "maybe"})
+    url = f"http://127.0.0.1:{os.environ[METRICS_PORT_ENV]}/metrics"
+
+    def series() -> set[str]:
+        body = urllib.request.urlopen(url, timeout=5).read().decode()
+        return {d for line in body.splitlines() if line.startswith("ray_fewshot_readapt_rounds_total{")
+                and 'tenant="metric-probe"' in line for d in ("kept", "rolled_back") if f'decision="{d}"' in line}
+
+    deadline, seen = time.time() + 60, set()
+    while time.time() < deadline and seen != {"kept", "rolled_back"}:  # Ray's agent exports every few seconds
+        seen = series()
+        time.sleep(1)
+    assert seen == {"kept", "rolled_back"}
