@@ -124,3 +124,34 @@ def test_round_refuses_unknown_tenants_empty_logs_and_other_backbones(ray_local,
     with pytest.raises(ReadaptError, match="--backbone"):
         serving_version(world_copy, other.name, impostor)
     assert issubclass(NoEvents, DataError) and issubclass(TooFewUsers, DataError)
+
+
+def test_round_on_a_zero_shot_version_adapts_cold_with_the_configured_method(ray_local, world_copy, serving_world):
+    tenant = serving_world.tenants["courses"]  # served zero-shot (v1): nothing to warm-start from
+    replay_interactions(world_copy, tenant, list(range(tenant.num_users)), DAY0, version="v1")
+    rcfg = ReadaptConfig(holdout_users=20, min_train_users=20, min_gain=-1.0)
+    rec = readapt_tenant(world_copy, serving_world.loaded, tenant, serving_world.text_emb["courses"], rcfg,
+                         ACFG.model_copy(update={"method": "head"}))
+    assert rec["method"] == "head" and rec["warm_start"] is False and "no adapter" in rec["cold_start_reason"]
+    assert rec["decision"] == "published" and ArtifactRoot(world_copy).current_version("courses") == 2
+
+
+def test_item_terms_round_trips_a_warm_start(small_backbone, new_tenant, tmp_path):
+    """The popularity floor changes the bias after training; a warm start must begin from what was saved."""
+    import torch
+
+    from rec.adaptation.adapt import adapt_tenant, publish_adapter
+    from rec.adaptation.artifacts import load_adapter
+    from rec.text import encode_items
+
+    emb = encode_items(list(new_tenant.items.text), small_backbone.cfg.text)
+    acfg = AdaptConfig(method="item-terms", k_users=32, epochs=2, patience=2, lr=1e-2, torch_threads=1, output_root=str(tmp_path))
+    first = publish_adapter(adapt_tenant(small_backbone, new_tenant, acfg, text_emb=emb), small_backbone, acfg)
+    # no floor and a vanishing step: what the warm run ends with is what it started from
+    again = acfg.model_copy(update={"epochs": 1, "lr": 1e-12, "item_terms": acfg.item_terms.model_copy(update={"popularity_floor": False})})
+    warm = adapt_tenant(small_backbone, new_tenant, again, text_emb=emb, init_adapter=first)
+    cold = adapt_tenant(small_backbone, new_tenant, again, text_emb=emb)
+    saved = load_adapter(first, small_backbone.model, small_backbone.checksum)[0]
+    for name in ("item_bias", "catalog_gate"):
+        assert torch.allclose(getattr(warm.model, name), getattr(saved, name), atol=1e-5), name
+    assert not torch.allclose(cold.model.item_bias, saved.item_bias, atol=1e-3), "the first run must have moved the bias"
