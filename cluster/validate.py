@@ -15,7 +15,7 @@ ray-launcher       cluster/*-cluster.yaml                ray's ``ray-schema.json
                                                          ``prepare_config`` + ``validate_config`` (what ``ray up``
                                                          runs before touching a cloud) and, for ``provider: local``,
                                                          the local provider's bootstrap
-kuberay            cluster/kuberay/*.yaml                structure of RayCluster / RayJob / RayService (ray.io/v1)
+kuberay            cluster/kuberay/*.yaml                structure of RayCluster / RayJob / RayCronJob / RayService (ray.io/v1)
                                                          and PersistentVolumeClaim: required fields, known keys,
                                                          containers, volumes; a RayService's ``serveConfigV2`` as
                                                          a serve config
@@ -260,6 +260,10 @@ JOB_SPEC_KEYS = {
     "deletionStrategy", "managedBy",
 }
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+# RayCronJob (KubeRay >= 1.6, alpha; timeZone since 1.7): a RayJob spec under jobTemplate, on a schedule.
+CRON_SPEC_KEYS = {"schedule", "jobTemplate", "suspend", "timeZone"}
+_CRON_FIELD = r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*"
+_CRON = re.compile(rf"^{_CRON_FIELD}( {_CRON_FIELD}){{4}}$|^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$")
 SERVICE_SPEC_KEYS = {
     "serveConfigV2", "rayClusterConfig", "serveService", "upgradeStrategy", "excludeHeadPodFromServeSvc",
     "deploymentUnhealthySecondThreshold", "serviceUnhealthySecondThreshold", "rayClusterDeletionDelaySeconds",
@@ -330,7 +334,7 @@ def validate_cluster_spec(spec: Any, where: str) -> None:
 
 
 def validate_kuberay_doc(doc: Any, where: str, import_apps: bool = True) -> None:
-    """One manifest: RayCluster / RayJob / RayService (ray.io/v1) or a PersistentVolumeClaim."""
+    """One manifest: RayCluster / RayJob / RayCronJob / RayService (ray.io/v1) or a PersistentVolumeClaim."""
     _need(isinstance(doc, dict), where, "a manifest must be a mapping")
     kind, api = doc.get("kind"), doc.get("apiVersion")
     name = (doc.get("metadata") or {}).get("name")
@@ -348,14 +352,14 @@ def validate_kuberay_doc(doc: Any, where: str, import_apps: bool = True) -> None
     if kind == "RayCluster":
         validate_cluster_spec(spec, f"{where}.spec")
     elif kind == "RayJob":
-        _unknown(spec, JOB_SPEC_KEYS, f"{where}.spec")
-        _need(isinstance(spec.get("entrypoint"), str) and spec["entrypoint"].strip(), where, "needs an entrypoint")
-        _need(("rayClusterSpec" in spec) != ("clusterSelector" in spec), where, "needs exactly one of rayClusterSpec, clusterSelector")
-        if "rayClusterSpec" in spec:
-            validate_cluster_spec(spec["rayClusterSpec"], f"{where}.spec.rayClusterSpec")
-        _need(spec.get("submissionMode", "K8sJobMode") in SUBMISSION_MODES, where, f"submissionMode must be one of {sorted(SUBMISSION_MODES)}")
-        if "runtimeEnvYAML" in spec:
-            _need(isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict), where, "runtimeEnvYAML must be a YAML mapping in a string")
+        _validate_job_spec(spec, f"{where}.spec")
+    elif kind == "RayCronJob":
+        _unknown(spec, CRON_SPEC_KEYS, f"{where}.spec")
+        schedule = spec.get("schedule")
+        _need(isinstance(schedule, str) and _CRON.match(schedule.strip()), where,
+              f"schedule must be a 5-field cron expression (e.g. \"*/5 * * * *\") or @hourly/@daily/..., got {schedule!r}")
+        _need(isinstance(spec.get("suspend", False), bool), where, "suspend must be true or false")
+        _validate_job_spec(spec.get("jobTemplate"), f"{where}.spec.jobTemplate")
     elif kind == "RayService":
         _unknown(spec, SERVICE_SPEC_KEYS, f"{where}.spec")
         raw = spec.get("serveConfigV2")
@@ -363,7 +367,20 @@ def validate_kuberay_doc(doc: Any, where: str, import_apps: bool = True) -> None
         validate_serve_config(yaml.safe_load(raw), f"{where}.spec.serveConfigV2", import_apps=import_apps)
         validate_cluster_spec(spec.get("rayClusterConfig"), f"{where}.spec.rayClusterConfig")
     else:
-        raise YamlError(f"{where}: unknown kind {kind!r} (RayCluster, RayJob, RayService, PersistentVolumeClaim)")
+        raise YamlError(f"{where}: unknown kind {kind!r} (RayCluster, RayJob, RayCronJob, RayService, PersistentVolumeClaim)")
+
+
+def _validate_job_spec(spec: Any, where: str) -> None:
+    """A RayJobSpec (RayJob.spec, RayCronJob.spec.jobTemplate)."""
+    _need(isinstance(spec, dict), where, "must be a mapping (a RayJob spec)")
+    _unknown(spec, JOB_SPEC_KEYS, where)
+    _need(isinstance(spec.get("entrypoint"), str) and spec["entrypoint"].strip(), where, "needs an entrypoint")
+    _need(("rayClusterSpec" in spec) != ("clusterSelector" in spec), where, "needs exactly one of rayClusterSpec, clusterSelector")
+    if "rayClusterSpec" in spec:
+        validate_cluster_spec(spec["rayClusterSpec"], f"{where}.rayClusterSpec")
+    _need(spec.get("submissionMode", "K8sJobMode") in SUBMISSION_MODES, where, f"submissionMode must be one of {sorted(SUBMISSION_MODES)}")
+    if "runtimeEnvYAML" in spec:
+        _need(isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict), where, "runtimeEnvYAML must be a YAML mapping in a string")
 
 
 def _validate_kuberay_file(path: Path) -> None:
@@ -378,6 +395,8 @@ def ray_clusters(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield spec
     elif doc.get("kind") == "RayJob" and "rayClusterSpec" in spec:
         yield spec["rayClusterSpec"]
+    elif doc.get("kind") == "RayCronJob" and "rayClusterSpec" in (spec.get("jobTemplate") or {}):
+        yield spec["jobTemplate"]["rayClusterSpec"]
     elif doc.get("kind") == "RayService":
         yield spec["rayClusterConfig"]
 

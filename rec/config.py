@@ -297,6 +297,45 @@ class DemoConfig(_Strict):
     verbose: bool = Field(False, description="show Ray/Tune worker logs")
 
 
+class GuardrailConfig(_Strict):
+    """``feedback.readapt.guardrail``: roll a version back when its live click-through drops."""
+
+    margin: float = Field(0.01, ge=0.0, le=1.0,
+                          description="roll back when the current version's CTR < the previous version's CTR - margin (absolute)")
+    min_impressions: int = Field(500, ge=1, description="impressions each of the two versions needs before the guardrail judges")
+
+
+class ReadaptConfig(_Strict):
+    """``feedback.readapt``: re-adaptation from the event log (``rec readapt``, ``rec readapt-trigger``).
+
+    Training hyper-parameters are ``adapt.*`` (the method's own section comes from the serving
+    adapter's manifest, so the warm start fits).
+    """
+
+    min_events: int = Field(200, ge=1, description="click/purchase events a tenant needs before its first round")
+    every_events: int = Field(2000, ge=1, description="trigger: new click/purchase events since the last round")
+    every_minutes: float = Field(60.0, gt=0.0, description="trigger: minutes since the last round (with >= 1 new event)")
+    min_gain: float = Field(0.0, ge=-1.0, le=1.0, description="publish only if the new NDCG@10 >= the current one + min_gain on the gate set")
+    holdout_users: int = Field(50, ge=1, description="gate: users whose most recent event is held out (the latest ones)")
+    min_train_users: int = Field(20, ge=2, description="users with >= 2 events needed besides the held-out ones")
+    method: str | None = Field(None, description="adaptation method; null = the serving version's (its adapter's hyper-parameters too)")
+    job_num_cpus: float = Field(1.0, gt=0.0, description="CPUs the trigger asks for each submitted readapt job")
+    guardrail: GuardrailConfig = Field(default_factory=GuardrailConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str | None) -> str | None:
+        if v is not None and v not in method_names():
+            raise ValueError(f"{v!r} is not a registered adaptation method: choose one of {method_names()} or null")
+        return v
+
+
+class FeedbackConfig(_Strict):
+    """Learning from served feedback (``rec.feedback``)."""
+
+    readapt: ReadaptConfig = Field(default_factory=ReadaptConfig)
+
+
 class RecConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     text: TextConfig = Field(default_factory=TextConfig)
@@ -308,6 +347,7 @@ class RecConfig(_Strict):
     meta: MetaConfig = Field(default_factory=MetaConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> RecConfig:

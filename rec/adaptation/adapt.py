@@ -101,7 +101,7 @@ class _Run:
 
 
 def _setup(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, eval_cfg: EvalConfig, split: KShotSplit,
-           text_emb: np.ndarray) -> _Run:
+           text_emb: np.ndarray, init_adapter: str | Path | None = None) -> _Run:
     """The few-shot corpus and the method's trainable copy of the backbone."""
     max_len = base.cfg.data.max_seq_len
     tc = fewshot_corpus(split, text_emb, max_len)
@@ -110,7 +110,7 @@ def _setup(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, eval_cfg: Ev
     steps_per_epoch = -(-len(tc.train_inputs) // acfg.batch_size)
     ctx = AdaptContext(base_id=f"fewshot-rec-backbone:{base.checksum}", total_steps=max(steps_per_epoch * acfg.epochs, 1),
                        num_items=tc.num_items, item_popularity=tc.item_popularity)
-    model = prepare_model(base.model, acfg, ctx=ctx)
+    model = prepare_model(base.model, acfg, ctx=ctx, init_adapter=init_adapter)
     return _Run(model, get_method(acfg.method), ctx, tc, emb, list(eval_cfg.ks_with_primary), eval_cfg)
 
 
@@ -133,6 +133,7 @@ def adapt_tenant(
     text_emb: np.ndarray | None = None,
     on_epoch: EpochCallback | None = None,
     split: KShotSplit | None = None,
+    init_adapter: str | Path | None = None,
 ) -> AdaptResult:
     """Adapt ``base`` to ``tenant`` with ``acfg.method`` using ``acfg.k_users`` training users.
 
@@ -144,9 +145,12 @@ def adapt_tenant(
         text_emb: Precomputed item-text embeddings ``(N, text_dim)``; encoded (cached) if None.
         on_epoch: Called after every epoch with (epoch, validation metrics): Ray Tune reports here.
         split: Reuse a K-shot split (e.g. the same held-out users across methods).
+        init_adapter: Warm start: an adapter folder of ``acfg.method`` (e.g. the serving one)
+            whose trained tensors training starts from (``rec.feedback`` re-adaptation).
 
     Raises:
-        ValueError: K larger than the tenant's available users, an ID-only backbone, text model mismatch.
+        ValueError: K larger than the tenant's available users, an ID-only backbone, text model
+            mismatch, an ``init_adapter`` that does not fit.
         DataError: The tenant has no items or no item text.
     """
     eval_cfg = eval_cfg or EvalConfig()
@@ -159,7 +163,7 @@ def adapt_tenant(
         from rec.text import encode_items
 
         text_emb = encode_items(list(tenant.items.text), base.cfg.text)
-    run = _setup(base, tenant, acfg, eval_cfg, split, text_emb)
+    run = _setup(base, tenant, acfg, eval_cfg, split, text_emb, init_adapter)
     fit, hooks = _train(run, acfg, on_epoch)
     valid = fit.valid
     if hooks.finish is not None and hooks.finish():  # the restored weights changed (AdaLoRA's final ranks)

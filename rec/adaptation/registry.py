@@ -49,6 +49,7 @@ __all__ = [
     "MethodConfig",
     "TrainingHooks",
     "UnknownMethod",
+    "WarmStartError",
     "all_methods",
     "get_method",
     "method_config_fields",
@@ -75,6 +76,10 @@ class ExportKind(str, Enum):
 
 class UnknownMethod(ValueError):
     """A method name that no module of ``rec.adaptation.methods`` registered."""
+
+
+class WarmStartError(ValueError):
+    """An adapter folder's tensors do not fit the model a warm start was asked to begin from."""
 
 
 class MethodConfig(BaseModel):
@@ -190,6 +195,35 @@ class AdaptationMethod:
             RuntimeError, KeyError, ValueError: The tensors do not fit (reported as ArtifactError).
         """
         return model
+
+    def warm_start(self, model: nn.Module, folder: Path) -> None:
+        """Start training from an earlier adapter of this method: copy its saved tensors into
+        ``model`` (what :meth:`prepare` returned), in place.
+
+        The default copies every tensor :meth:`tensors` names from the folder's weights file, so
+        a method that saves its trained tensors under the names it reads them by needs nothing
+        more. A folder without a weights file (nothing trained) leaves ``model`` as prepared.
+
+        Raises:
+            WarmStartError: The folder's tensors do not fit ``model`` (another catalog size, rank or
+                prompt length): re-adapt from scratch or with the earlier hyper-parameters.
+        """
+        import torch
+        from safetensors.torch import load_file
+
+        path = folder / WEIGHTS_FILE
+        if not path.is_file():
+            return
+        saved = load_file(str(path))
+        live = self.tensors(model)
+        missing = sorted(set(live) - set(saved))
+        bad = sorted(k for k in live if k in saved and tuple(saved[k].shape) != tuple(live[k].shape))
+        if missing or bad:
+            raise WarmStartError(f"{folder}: cannot warm-start {self.name!r} from it: missing tensors {missing[:5]}, "
+                             f"other shapes {bad[:5]} (adapted with other hyper-parameters or another catalog)")
+        with torch.no_grad():
+            for k, t in live.items():
+                t.copy_(saved[k].to(t.dtype))
 
     # --- how it is exported into a tenant bundle ---------------------------------------------
     def bundle_inputs(self, adapter_dir: Path | None, adapted: Backbone, loaded: LoadedBackbone,

@@ -89,6 +89,14 @@ def _numeric_start_param(t: dict) -> None:
     t["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
 
 
+def _bad_cron_schedule(t: dict) -> None:
+    t["spec"]["schedule"] = "every 5 minutes"
+
+
+def _cron_job_without_cluster(t: dict) -> None:
+    del t["spec"]["jobTemplate"]["clusterSelector"]
+
+
 def _typo_serve_args(t: dict) -> None:
     t["applications"][0]["args"]["artifact_rot"] = t["applications"][0]["args"].pop("artifact_root")
 
@@ -106,6 +114,8 @@ BROKEN = [
     ("cluster/local-cluster.yaml", _local_without_workers, "worker_ips"),
     ("cluster/kuberay/raycluster.yaml", _typo_kuberay, "workerGroupSpec"),
     ("cluster/kuberay/raycluster.yaml", _numeric_start_param, "must be strings"),
+    ("cluster/kuberay/raycronjob-readapt.yaml", _bad_cron_schedule, "cron expression"),
+    ("cluster/kuberay/raycronjob-readapt.yaml", _cron_job_without_cluster, "clusterSelector"),
     ("serve_apps/config.yaml", _typo_serve_args, "artifact_rot"),
     ("serve_apps/config.yaml", _bad_serve_schema, "import"),
 ]

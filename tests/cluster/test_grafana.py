@@ -6,9 +6,8 @@ import json
 import re
 
 from cluster.grafana.render_dashboard import DASHBOARD_PATH, dashboard
+from rec.feedback.rounds import METRIC_NAMES as READAPT_METRICS
 from serve_apps.metrics import METRIC_NAMES
-
-READAPT_METRICS = ("fewshot_readapt_rounds_total",)
 
 
 def test_the_dashboard_is_current_and_queries_only_defined_metrics():

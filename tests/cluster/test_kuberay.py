@@ -46,6 +46,7 @@ def test_expected_manifests():
     assert by_file == {
         "pvc.yaml": "PersistentVolumeClaim",
         "raycluster.yaml": "RayCluster",
+        "raycronjob-readapt.yaml": "RayCronJob",
         "rayjob-pretrain.yaml": "RayJob",
         "rayjob-tune.yaml": "RayJob",
         "rayservice.yaml": "RayService",
@@ -105,16 +106,23 @@ def test_every_ray_container_mounts_the_shared_claim():
             assert vols[mounts[0]["name"]]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
 
 
+def _job_specs() -> list[tuple[str, dict]]:
+    """(name, RayJob spec) of every RayJob and every RayCronJob's job template."""
+    return ([(j["metadata"]["name"], j["spec"]) for j in _of_kind("RayJob")]
+            + [(j["metadata"]["name"], j["spec"]["jobTemplate"]) for j in _of_kind("RayCronJob")])
+
+
 def test_rayjobs_run_on_the_raycluster():
     (rc,) = _of_kind("RayCluster")
-    for job in _of_kind("RayJob"):
-        assert job["spec"]["clusterSelector"] == {"ray.io/cluster": rc["metadata"]["name"]}, job["metadata"]["name"]
+    for name, spec in _job_specs():
+        assert spec["clusterSelector"] == {"ray.io/cluster": rc["metadata"]["name"]}, name
 
 
 def _entrypoint_args(job: dict):
     from rec.cli import build_parser
 
-    argv = shlex.split(job["spec"]["entrypoint"])
+    spec = job["spec"]["jobTemplate"] if job["kind"] == "RayCronJob" else job["spec"]
+    argv = shlex.split(spec["entrypoint"])
     assert argv[0] == "rec", "entrypoints are `rec` subcommands, as on any cluster"
     args = build_parser().parse_args(argv[1:])
     return args
@@ -158,15 +166,37 @@ def test_tune_job_is_a_valid_rec_command_on_the_pretrain_output():
         assert value.startswith(SHARED + "/"), f"{value}: outputs must be on the shared volume"
 
 
+def test_readapt_cronjob_is_a_valid_trigger_on_the_served_root():
+    from rec.config import load_config
+
+    (cron,) = _of_kind("RayCronJob")
+    (pre,) = [j for j in _of_kind("RayJob") if j["metadata"]["name"].endswith("pretrain")]
+    (tune,) = [j for j in _of_kind("RayJob") if j["metadata"]["name"].endswith("tune")]
+    (svc,) = _of_kind("RayService")
+    args, pre_args, tune_args = _entrypoint_args(cron), _entrypoint_args(pre), _entrypoint_args(tune)
+    assert args.command == "readapt-trigger" and args.once, "the schedule runs one pass per tick"
+    assert args.address == "auto", "it submits readapt jobs to the cluster it runs on"
+    served = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["args"]["artifact_root"]
+    assert args.root == served, "the trigger reads the log and moves the pointers of the root the RayService serves"
+    assert args.backbone == tune_args.backbone == f"{pre_args.output_dir}/checkpoint"
+    cfg = load_config(None, args.overrides)
+    assert cfg.data.synthetic.tenants == load_config(None, tune_args.overrides).data.synthetic.tenants, (
+        "readapt jobs see the same tenants the tune job adapted")
+    assert cfg.text.cache_dir.startswith(SHARED + "/")
+    minutes = cron["spec"]["schedule"].split()[0]
+    assert minutes.startswith("*/") and int(minutes[2:]) <= cfg.feedback.readapt.every_minutes, (
+        "the schedule must tick at least as often as feedback.readapt.every_minutes")
+
+
 def test_dockerfile_copies_every_package_and_the_files_jobs_use():
     dockerfile = (REPO / "cluster" / "Dockerfile").read_text()
     copied = set(re.findall(r"^COPY (?:--\S+ )*(\S+) \S+$", dockerfile, re.M))
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for pattern in packages:
         assert pattern.rstrip("*") in copied, f"cluster/Dockerfile does not COPY the package {pattern}"
-    for job in _of_kind("RayJob"):
-        for path in re.findall(rf"{IMAGE_ROOT}/(\S+)", job["spec"]["entrypoint"]):
-            assert path.split("/")[0] in copied, f"{job['metadata']['name']} uses {path}, not in the image"
+    for name, spec in _job_specs():
+        for path in re.findall(rf"{IMAGE_ROOT}/(\S+)", spec["entrypoint"]):
+            assert path.split("/")[0] in copied, f"{name} uses {path}, not in the image"
 
 
 def test_rayservice_serve_config_is_rendered_from_serve_apps_config():

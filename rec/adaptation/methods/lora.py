@@ -192,6 +192,21 @@ class Lora(AdaptationMethod):
         model.save_pretrained(str(folder))
         (folder / "README.md").unlink(missing_ok=True)
 
+    def warm_start(self, model: nn.Module, folder: Path) -> None:
+        """PEFT's own loader into the freshly wrapped model (same targets and rank required)."""
+        import peft
+        from safetensors.torch import load_file
+
+        from rec.adaptation.registry import WEIGHTS_FILE, WarmStartError
+
+        try:
+            result = peft.set_peft_model_state_dict(model, load_file(str(folder / WEIGHTS_FILE)))
+        except RuntimeError as e:  # size mismatch: another rank or catalog
+            raise WarmStartError(f"{folder}: cannot warm-start 'lora' from it ({str(e).splitlines()[0]})") from None
+        if result.unexpected_keys:
+            raise WarmStartError(f"{folder}: cannot warm-start 'lora' from it: tensors {result.unexpected_keys[:5]} have no "
+                             "place in this LoRA configuration (other target modules?)")
+
     def load(self, folder: Path, model: Backbone) -> Backbone:
         """LoRA merged (``merge_and_unload``), so scoring costs the same as the base model."""
         import peft

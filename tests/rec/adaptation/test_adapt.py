@@ -232,3 +232,24 @@ def test_corrupt_adapter_is_refused(small_backbone, results, tmp_path):
         load_adapter(path, small_backbone.model)
     with pytest.raises(ArtifactError, match="not an adapter folder"):
         load_adapter(tmp_path, small_backbone.model)
+
+
+@pytest.mark.parametrize("method", ["head", "prompt", "lora", "full"])
+def test_warm_start_begins_where_the_saved_adapter_ended(small_backbone, new_tenant, text_emb, results, tmp_path, method):
+    """``init_adapter``: the prepared (still trainable) model scores exactly as the saved adapter does."""
+    acfg, res = results[method]
+    path = publish_adapter(res, small_backbone, acfg, root=tmp_path)
+    seqs = [new_tenant.sequence(u)[:-1] for u in range(12)]
+    want = _scores(load_adapter(path, small_backbone.model, small_backbone.checksum)[0], text_emb, seqs)
+    warm = prepare_model(small_backbone.model, acfg, init_adapter=path)
+    assert any(p.requires_grad for p in warm.parameters()), "a warm start still trains"
+    cold = _scores(scoring_backbone(prepare_model(small_backbone.model, acfg)), text_emb, seqs)
+    assert not torch.allclose(cold, want, atol=1e-4), "the adapter must differ from a fresh start for this test to mean anything"
+    assert torch.allclose(_scores(scoring_backbone(warm), text_emb, seqs), want, atol=1e-4)
+
+
+def test_warm_start_from_an_adapter_that_does_not_fit_is_refused(small_backbone, results, tmp_path):
+    acfg, res = results["prompt"]
+    path = publish_adapter(res, small_backbone, acfg, root=tmp_path)
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        prepare_model(small_backbone.model, acfg.model_copy(update={"prompt_length": acfg.prompt_length + 2}), init_adapter=path)
