@@ -90,12 +90,12 @@ DATASETS = {
     "beauty": DatasetSpec(
         "beauty",
         TenantSource(format="seqrec", path="seqrec-benchmark/amazon2014-beauty", name="beauty"),
-        {**_COMMON, "model.dropout": 0.5, "train.epochs": 100, "train.patience": 5},  # SASRec's sparse-data dropout
+        {**_COMMON, "train.epochs": 100, "train.patience": 5},
     ),
     "scientific": DatasetSpec(
         "scientific",
         TenantSource(format="unisrec", path="amazon-scientific-unisrec", name="scientific"),
-        {**_COMMON, "model.dropout": 0.5, "train.epochs": 100, "train.patience": 5},  # SASRec's sparse-data dropout
+        {**_COMMON, "train.epochs": 100, "train.patience": 5},
     ),
 }
 QUICK = {"train.epochs": 1, "train.max_eval_users": 200, "data.max_seq_len": 20, "model.max_len": 20}
