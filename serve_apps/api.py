@@ -23,7 +23,9 @@ failing disk). /openapi.json states exactly this, with the replica's limits
 # No `from __future__ import annotations`: Serve rebuilds the routes of a class ingress, and
 # string annotations of the body models would no longer resolve there.
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Security
@@ -355,29 +357,41 @@ class Ingress:
         return out
 
 
-def serve_in_process(args: dict[str, Any]) -> tuple[FastAPI, Ingress]:
+@contextlib.contextmanager
+def serve_in_process(args: dict[str, Any]) -> Iterator[tuple[FastAPI, Ingress]]:
     """This module's ASGI app answering through a new in-process :class:`Ingress` (single-hop
     layout) without Ray Serve running: what the contract fuzzer drives (``schemathesis``
-    ``from_asgi`` in tests/serve_apps/test_contract.py and bench/chaos.py). Returns ``(app, ingress)``.
+    ``from_asgi`` in tests/serve_apps/test_contract.py and bench/chaos.py). Yields ``(app, ingress)``.
 
     Serve's class routes and ``@serve.batch`` both read the replica context (the routes get their
-    ``self`` from it, the batch queue its ``max_ongoing_requests``), so this process is given one
-    naming the new instance, through Serve's internal setter (``ray.serve.context``, what a replica
-    does at start). One process serves one in-process ingress; never call this inside a replica.
+    ``self`` from it, the batch queue its ``max_ongoing_requests``), so for the duration of the
+    ``with`` block this process is given one naming the new instance, through Serve's internal
+    setter (``ray.serve.context``, what a replica does at start); the previous context is put back
+    afterwards, so ``serve.run`` and handles work again in the same process. Never use it inside a
+    replica.
     """
+    from ray.serve import context
     from ray.serve._private.common import DeploymentID, ReplicaID
     from ray.serve._private.config import DeploymentConfig
-    from ray.serve.context import _set_internal_replica_context
     from ray.serve.schema import ReplicaRank
 
     wrapper = Ingress.func_or_class  # serve.ingress's subclass (its async __init__ needs a replica)
     plain = next(c for c in wrapper.__mro__[1:] if c.__name__ == "Ingress")
-    ingress = plain(RecommenderArgs.model_validate(args).model_dump(mode="json"))
-    _set_internal_replica_context(
-        replica_id=ReplicaID("in-process", DeploymentID(name="Recommender", app_name="in-process")),
-        servable_object=ingress,
-        _deployment_config=DeploymentConfig(max_ongoing_requests=128),
-        rank=ReplicaRank(rank=0, node_rank=0, local_rank=0),
-        world_size=1,
-    )
-    return app, ingress
+    previous = context._get_internal_replica_context()
+
+    def replica_context(servable: Any) -> None:
+        context._set_internal_replica_context(
+            replica_id=ReplicaID("in-process", DeploymentID(name="Recommender", app_name="in-process")),
+            servable_object=servable,
+            _deployment_config=DeploymentConfig(max_ongoing_requests=128),
+            rank=ReplicaRank(rank=0, node_rank=0, local_rank=0),
+            world_size=1,
+        )
+
+    try:
+        replica_context(None)  # the constructor sizes @serve.batch queues, which read the context too
+        ingress = plain(RecommenderArgs.model_validate(args).model_dump(mode="json"))
+        replica_context(ingress)
+        yield app, ingress
+    finally:
+        context._INTERNAL_REPLICA_CONTEXT = previous

@@ -34,7 +34,11 @@ class EventLog:
         return Path(self._dir(tenant)) / LOG_NAME
 
     def append(self, tenant: str, events: list[dict[str, Any]]) -> int:
-        """Append ``events`` durably (written and fsynced when this returns); returns how many."""
+        """Append ``events`` durably (written and fsynced when this returns); returns how many.
+
+        Raises:
+            OSError: The disk is full or failing; nothing of ``events`` stays in the log.
+        """
         if not events:
             return 0
         data = "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in events).encode()
@@ -43,11 +47,18 @@ class EventLog:
         with self._lock:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
+                start = os.fstat(fd).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    os.fsync(fd)
+                except OSError:
+                    # ENOSPC/EIO mid-request: take back what was written, so lines of a request that
+                    # was not acknowledged never read back (and a retry never duplicates them).
+                    os.ftruncate(fd, start)
+                    raise
             finally:
                 os.close(fd)
         return len(events)

@@ -27,8 +27,8 @@ def contract_app(serving_world, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("contract") / "root"
     shutil.copytree(serving_world.root, root)
-    app, ingress = serve_in_process({"artifact_root": str(root), "limits": LIMITS, "poll_interval_s": 60})
-    return app
+    with serve_in_process({"artifact_root": str(root), "limits": LIMITS, "poll_interval_s": 60}) as (app, _):
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,11 @@ def test_schemathesis_finds_no_failure(contract_app):
 
 
 def test_the_in_process_app_answers_through_its_ingress(contract_app, serving_world):
-    c = TestClient(contract_app)
+    with TestClient(contract_app) as c:  # one event loop: @serve.batch's queue lives on it
+        _answers(c, serving_world)
+
+
+def _answers(c: TestClient, serving_world) -> None:
     t = serving_world.tenants["podcasts"]
     hist = [str(t.items.ids[i]) for i in t.sequence(0)[:4]]
     r = c.post("/v1/tenants/podcasts/recommendations", json={"history": hist, "k": 3})
