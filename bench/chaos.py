@@ -18,7 +18,7 @@ Not built (absent rows, not faked): replica drain under downscale, worker-node k
 kill/restart, publish/rollback under load, corrupt version, training-worker and Tune-driver kills,
 noisy neighbour. ``rec readapt`` does not exist yet, so its fault is out.
 
-    python -m bench.chaos [--fuzz-examples 180] [--kills 3]
+    python -m bench.chaos [--fuzz-examples 560] [--kills 3]     # ~3 min on 2 cores
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def disk_full_row(root: Path, injections: int) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "chaos-root"))
-    p.add_argument("--fuzz-examples", type=int, default=180, help="per operation and mode (>= 5,000 cases in all)")
+    p.add_argument("--fuzz-examples", type=int, default=560, help="per operation and mode (>= 5,000 cases in all)")
     p.add_argument("--kills", type=int, default=3)
     p.add_argument("--threads", type=int, default=6)
     args = p.parse_args()
