@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rec.io.formats import ADAPTER_DTYPES, MODEL_VARIANTS
 
-__all__ = ["RecommenderArgs", "Limits"]
+__all__ = ["RecommenderArgs", "Limits", "Quota", "RetryPolicy"]
 
 
 class Limits(BaseModel):
@@ -25,7 +25,32 @@ class Limits(BaseModel):
     max_k: int = Field(100, ge=1)
     max_candidates: int = Field(1000, ge=1)
     max_events: int = Field(100, ge=1, description="feedback events per request")
-    max_item_id_length: int = Field(128, ge=1)
+    max_item_id_length: int = Field(128, ge=20, description="longest item id; >= 20 so any 64-bit integer id fits")
+
+
+class Quota(BaseModel):
+    """Per-tenant request quota of each ingress replica: a token bucket per tenant (429 beyond it).
+
+    The bucket is per replica, so with N ingress replicas a tenant may get up to N times the rate.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_s: float | None = Field(
+        None, gt=0, description="sustained requests per second per tenant and replica; None = no quota")
+    burst: int = Field(100, ge=1, description="bucket size: requests a tenant may send at once after being idle")
+
+
+class RetryPolicy(BaseModel):
+    """How the ingress retries an idempotent call (recommendations, status) whose Ranker replica
+    died or is draining, in the ``Ingress -> Ranker`` layout. Writes (events) are never retried here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(3, ge=1, le=10, description="calls per request, the first included")
+    budget_s: float = Field(5.0, gt=0, description="no new attempt starts later than this after the first")
+    backoff_s: float = Field(0.05, ge=0, description="wait before a retry (doubles each time)")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of the 503 sent when no attempt is left")
 
 
 class RecommenderArgs(BaseModel):
@@ -55,4 +80,6 @@ class RecommenderArgs(BaseModel):
     export_metrics: bool = Field(
         True, description="per-tenant requests, latency, impressions, events, version and policy as Ray metrics (serve_apps.metrics)")
     limits: Limits = Field(default_factory=Limits)
+    quota: Quota = Field(default_factory=Quota)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -207,9 +208,10 @@ class TenantRanker:
 
     async def stats(self, reset: bool = False) -> dict[str, Any]:
         """Replica internals for tests/benchmarks: recent batches as (rows, tenants), loaded tenants
-        (bytes each), registry counters, per-stage timings (``serve_apps.timing``; empty unless
+        (bytes each), registry counters, the replica's process id, per-stage timings (``serve_apps.timing``; empty unless
         ``record_timings``); ``reset`` clears batches and timings afterwards."""
         out = {"batches": list(self.batches), "loaded": self.registry.loaded(), "loads": self.registry.loads,
+               "pid": os.getpid(),  # which replica answered (fault tests and bench/chaos.py kill it)
                "timings": self.timings.summary() if self.timings is not None else {}}
         if reset:
             self.batches.clear()

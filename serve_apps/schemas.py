@@ -1,15 +1,26 @@
 """Request and response bodies of the recommender HTTP API (v1). They generate /openapi.json.
 
-Types are strict (``"10"`` is not a valid ``k``); item ids are strings, and JSON integers are
-accepted as ids and turned into strings. Bounds that depend on the deployment (``limits`` in the
-app args) are checked by the ingress, with a message naming the limit.
+Types are strict (``"10"`` is not a valid ``k``); item ids are strings, and JSON integers within
++-(2**53 - 1) (exact in every JSON parser; ``12.0`` is an integer to JSON Schema too) are accepted
+as ids and turned into strings (``"12"``). Bounds that depend on the deployment
+(``limits`` in the app args) are checked by the ingress, with a message naming the limit, and
+written into /openapi.json by ``serve_apps.contract``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 
 __all__ = [
     "RecommendRequest",
@@ -23,14 +34,35 @@ __all__ = [
 ]
 
 
+MAX_INT_ID = 2**53 - 1  # JSON's interoperable integer range (RFC 8259 section 6)
+
+
 def _item_id(v: object) -> object:
     # JSON numbers are common as item ids; bools are ints in Python but never ids.
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
     if isinstance(v, int) and not isinstance(v, bool):
+        if not -MAX_INT_ID <= v <= MAX_INT_ID:
+            raise ValueError(f"an integer item id must be within +-{MAX_INT_ID}; send longer ids as strings")
         return str(v)
     return v
 
 
-ItemId = Annotated[StrictStr, BeforeValidator(_item_id), Field(min_length=1)]
+def _whole(v: object) -> object:
+    # JSON Schema's "integer" is any number with a zero fraction (8.0 included); "8" and true are not.
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole)]
+
+# The schema says what is accepted: a non-empty string, or an integer within JSON's exact range.
+ItemId = Annotated[
+    StrictStr,
+    BeforeValidator(_item_id),
+    Field(min_length=1),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1},
+                              {"type": "integer", "minimum": -MAX_INT_ID, "maximum": MAX_INT_ID}]}),
+]
 
 
 class _Body(BaseModel):
@@ -42,7 +74,7 @@ class RecommendRequest(_Body):
         default_factory=list,
         description="the user's interactions as the tenant's own item ids, oldest first; empty = cold start",
     )
-    k: StrictInt = Field(10, ge=1, description="how many items to return (at most limits.max_k)")
+    k: WholeNumber = Field(10, ge=1, description="how many items to return (at most limits.max_k)")
     exclude_history: StrictBool = Field(True, description="never recommend an item already in the history")
     candidates: list[ItemId] | None = Field(
         None, description="optional filter: rank only these item ids (unknown ones are ignored with a warning)"
@@ -75,7 +107,8 @@ class FeedbackEvent(_Body):
     type: Literal["impression", "click", "purchase"]
     item_id: ItemId
     user_id: StrictStr | None = Field(None, min_length=1, max_length=128)
-    timestamp: StrictFloat | StrictInt | None = Field(None, ge=0, description="unix seconds; default: time received")
+    timestamp: Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)] | None = Field(
+        None, description="unix seconds (an integer or a number); default: time received")
     request_id: StrictStr | None = Field(
         None, min_length=1, max_length=64, description="request_id of the recommendation answer this event is feedback on")
 

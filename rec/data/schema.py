@@ -30,7 +30,8 @@ class DataError(ValueError):
 
 def validate_tenant_id(name: str) -> str:
     """Return ``name`` if it is a valid tenant id, else raise ``ValueError`` saying the rule."""
-    if not isinstance(name, str) or not TENANT_ID_RE.match(name):
+    # fullmatch: re's `$` also matches before a trailing newline, so `.match` let "shop\n" through.
+    if not isinstance(name, str) or not TENANT_ID_RE.fullmatch(name):
         raise ValueError(
             f"invalid tenant id {name!r}: use 1-64 characters of a-z, 0-9, '_' or '-', "
             "starting with a letter or digit (regex ^[a-z0-9][a-z0-9_-]{0,63}$)"

@@ -194,6 +194,7 @@ def test_shipped_configs_are_valid_serve_deploy_files(name, layout):
         assert 0 < d.ray_actor_options.num_cpus < 1
         assert d.autoscaling_config["min_replicas"] >= 1
         assert d.max_ongoing_requests >= app.args["max_batch_size"]
+        assert d.graceful_shutdown_timeout_s >= 20 and d.graceful_shutdown_wait_loop_s <= 2  # drain, above the p99
     ingress = deployments["Recommender" if "Recommender" in deployments else "Ingress"]
     assert ingress.max_queued_requests > 0 and ingress.backpressure_config.status_code == 503  # overload: 503, not a queue
     with pytest.raises(ValueError, match="artifact_rot"):
