@@ -115,16 +115,3 @@ def test_schemathesis_finds_no_failure(contract_app):
     assert any(200 <= s < 300 for s in codes) and any(400 <= s < 500 for s in codes), result.statuses
     assert result.statuses.get("POST /v1/tenants/{tenant_id}/recommendations 200", 0) >= 10, result.statuses
     assert result.statuses.get("POST /v1/tenants/{tenant_id}/events 201", 0) >= 10, result.statuses
-
-
-def test_the_in_process_app_answers_through_its_ingress(contract_app, serving_world):
-    with TestClient(contract_app) as c:  # one event loop: @serve.batch's queue lives on it
-        _answers(c, serving_world)
-
-
-def _answers(c: TestClient, serving_world) -> None:
-    t = serving_world.tenants["podcasts"]
-    hist = [str(t.items.ids[i]) for i in t.sequence(0)[:4]]
-    r = c.post("/v1/tenants/podcasts/recommendations", json={"history": hist, "k": 3})
-    assert r.status_code == 200 and len(r.json()["items"]) == 3, r.text
-    assert c.get("/v1/tenants/courses").json()["catalog_size"] == 80
