@@ -410,6 +410,8 @@ def serve_in_process(args: dict[str, Any]) -> Iterator[tuple[FastAPI, Ingress]]:
 
     try:
         replica_context(None)  # the constructor sizes @serve.batch queues, which read the context too
+        # no background learners or Ray metrics in a fuzzing harness unless asked for
+        args = {"live_feedback": False, "export_metrics": False, **args}
         ingress = plain(RecommenderArgs.model_validate(args).model_dump(mode="json"))
         replica_context(ingress)
         yield app, ingress
