@@ -21,7 +21,7 @@ re-run; results (JSON, markdown, PNG) are rebuilt from that file. Protocol: benc
 Usage::
 
     python bench/fewshot.py --quick                                  # pipeline check, a few minutes
-    nohup python bench/fewshot.py --seeds 0 > /tmp/bench_fewshot.log 2>&1 &   # the real run
+    nohup python bench/fewshot.py --seeds 0 > "${TMPDIR:-.}/bench_fewshot.log" 2>&1 &   # the real run
     python bench/fewshot.py --targets office toy --seeds 0 --ks 16 64 --methods lora full
     python bench/fewshot.py --report-only                            # rebuild results from progress
 """

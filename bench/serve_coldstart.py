@@ -14,7 +14,7 @@ The artifact root is built once (``--root``, created with a tiny untrained backb
 cold start does not depend on model quality). Each checkout runs in its own subprocess with its own
 ``PYTHONPATH``, so Ray workers import that checkout's code.
 
-    python bench/serve_coldstart.py --code before=/tmp/fewshot-before --code after=.
+    python bench/serve_coldstart.py --code before="$(mktemp -d)" --code after=.
 
 Writes ``bench/results/serve_coldstart.json`` (+ ``.md``).
 """

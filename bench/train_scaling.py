@@ -14,7 +14,7 @@ per-rank batches. The simulated nodes share this one machine (and its 2 cores): 
 measures Ray's placement and gloo over TCP between processes, not a real network.
 
 Each setup runs in its own process with its own Ray (a process holds one Ray connection) and a
-private ``RAY_TMPDIR`` (``Cluster`` writes ``ray_current_cluster`` there; a stale one in /tmp/ray
+private ``RAY_TMPDIR`` (``Cluster`` writes ``ray_current_cluster`` there; a stale one in the shared Ray temp folder
 would make other local ``ray.init(num_cpus=...)`` calls on the machine try to join it).
 
 ``samples_per_s`` is the median over the epochs after the first of (training rows of all ranks /

@@ -16,7 +16,7 @@ never results.
 
 Usage::
 
-    RAY_TMPDIR=/tmp/rmnXXXX python tests/integration/_multinode_driver.py OUT.json WORKDIR key=value ...
+    RAY_TMPDIR="$(mktemp -d)" python tests/integration/_multinode_driver.py OUT.json WORKDIR key=value ...
 
 Set ``RAY_TMPDIR`` to a private, short folder: Ray's unix socket paths must stay short, and
 ``Cluster`` writes ``ray_current_cluster`` into Ray's temp folder, where a stale one would make any
