@@ -14,7 +14,6 @@ counter, so counts outlive the short readapt jobs that make them. Decisions: ``p
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rec.data.schema import validate_tenant_id
+from rec.serving.events import append_durably
 
 __all__ = ["DECISIONS", "METRIC_NAMES", "append_record", "last_record", "read_records", "rounds_path"]
 
@@ -83,21 +83,7 @@ def append_record(root: str | Path, tenant: str, record: dict[str, Any]) -> dict
     record = {**record, "tenant": tenant, "finished_unix": time.time()}
     path = rounds_path(root, tenant)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if new:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    append_durably(path, (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode())
     _count(tenant, record["decision"])
     return record
 

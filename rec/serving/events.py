@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AppendResult", "EventLog", "GroupCommitWriter", "LEGACY_LOG_NAME", "day_of"]
+__all__ = ["AppendResult", "EventLog", "GroupCommitWriter", "LEGACY_LOG_NAME", "append_durably", "day_of"]
 
 LEGACY_LOG_NAME = "events.jsonl"
 LOCK_NAME = ".lock"
@@ -80,6 +80,34 @@ class _KeyIndex:
 
     offsets: dict[str, int] = field(default_factory=dict)  # day file name -> bytes read
     keys: dict[str, int] = field(default_factory=dict)  # key -> records written under it
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append ``data`` (whole lines) with one ``O_APPEND`` write loop and ``fsync``; a new file's
+    directory entry is fsynced too. On an ``OSError`` the file is cut back to its size before the
+    write, so no partial line stays behind, and the error propagates."""
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    size = os.fstat(fd).st_size
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        try:  # leave no partial line behind: a retry must start on a line boundary
+            os.ftruncate(fd, size)
+        except OSError:
+            pass
+        raise
+    finally:
+        os.close(fd)
+    if new:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 class EventLog:
@@ -151,30 +179,7 @@ class EventLog:
             finally:
                 os.close(fd)  # releases the flock
 
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        new = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        size = os.fstat(fd).st_size
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except OSError:
-            try:  # leave no partial line behind: a retry must start on a line boundary
-                os.ftruncate(fd, size)
-            except OSError:
-                pass
-            raise
-        finally:
-            os.close(fd)
-        if new:
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+    _write = staticmethod(lambda path, data: append_durably(path, data))
 
     # --- idempotency keys -------------------------------------------------------------------------
     def _refresh_keys(self, tenant: str, now: float) -> _KeyIndex:
