@@ -155,7 +155,7 @@ class EventLog:
                 seen = self._refresh_keys(tenant, now).keys.get(idempotency_key)
                 if seen is not None:
                     return AppendResult(seen, duplicate=True)
-            self._write(self.day_path(tenant, day_of(now)), _encode(records))
+            append_durably(self.day_path(tenant, day_of(now)), _encode(records))
             if idempotency_key is not None:
                 self._remember(tenant, day_of(now), idempotency_key, len(records))
         return AppendResult(len(records))
@@ -164,7 +164,7 @@ class EventLog:
         """Append records that carry no idempotency key (the service's own impression records,
         de-duplicated by ``request_id`` on read): one locked write + fsync."""
         with self._locked(tenant) as now:
-            self._write(self.day_path(tenant, day_of(now)), _encode(records))
+            append_durably(self.day_path(tenant, day_of(now)), _encode(records))
 
     @contextmanager
     def _locked(self, tenant: str) -> Iterator[float]:
@@ -178,8 +178,6 @@ class EventLog:
                 yield self._clock()
             finally:
                 os.close(fd)  # releases the flock
-
-    _write = staticmethod(lambda path, data: append_durably(path, data))
 
     # --- idempotency keys -------------------------------------------------------------------------
     def _refresh_keys(self, tenant: str, now: float) -> _KeyIndex:
