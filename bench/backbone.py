@@ -318,6 +318,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="results name (default: backbone, or backbone-quick with --quick)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild <name>.md/.json/_learning_curves.png from the saved <name>.json and _curves.json")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the saved rows, curves and settings of datasets this run does not cover "
+                        "(one results file for all datasets, run one dataset at a time)")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-backbone")
     return p.parse_args(argv)
@@ -357,6 +360,23 @@ def report(name: str, args: argparse.Namespace, protocol: dict[str, Any], rows: 
     return write_results(name, protocol, rows, notes=notes, results_dir=args.results_dir)
 
 
+def merge_saved(results_dir: Path, name: str, rows: list[dict], curves: dict,
+                protocol: dict[str, Any]) -> tuple[list[dict], dict, dict[str, Any]]:
+    """This run's datasets replace their saved rows; the saved rows of the other datasets stay."""
+    path = results_dir / f"{name}.json"
+    if not path.exists():
+        return rows, curves, protocol
+    saved = json.loads(path.read_text())
+    saved_curves = json.loads((results_dir / f"{name}_curves.json").read_text())["curves"]
+    ours = {r["dataset"] for r in rows}
+    kept = [r for r in saved["rows"] if r["dataset"] not in ours]
+    key = "setting (identical for sasrec-id and fewshot-rec)"
+    settings = {**saved["protocol"].get(key, {}), **protocol[key]}
+    wall = saved["protocol"].get("total_wall_s", 0.0) + protocol["total_wall_s"]
+    merged_curves = {**{d: c for d, c in saved_curves.items() if d not in ours}, **curves}
+    return kept + rows, merged_curves, {**protocol, key: settings, "total_wall_s": round(wall, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.datasets is None:
@@ -380,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
             rows += r
             curves[d] = c
     wall_s = time.perf_counter() - t0
-    path = report(name, args, protocol_dict(args, args.datasets, wall_s), rows, curves)
+    protocol = protocol_dict(args, args.datasets, wall_s)
+    if args.merge:
+        rows, curves, protocol = merge_saved(args.results_dir, name, rows, curves, protocol)
+    path = report(name, args, protocol, rows, curves)
     log(f"wrote {path} in {wall_s / 60:.1f} min total")
     return 0
 
