@@ -579,6 +579,53 @@ def test_a_retried_event_post_with_an_idempotency_key_is_logged_once(server):
     assert bad.status_code == 422 and "Idempotency-Key" in bad.text
 
 
+# --- the closed loop (bench/closed_loop.py's replay client) ----------------------------------------
+def test_a_replayed_tenant_learns_from_its_clicks_and_nothing_acknowledged_is_lost(server):
+    from bench.closed_loop import replay_steps
+    from bench.closed_loop_client import Acks, ReplayClient, check_log, window_metrics
+    from rec.serving.live_feedback import FeedbackSettings, write_feedback_settings
+
+    w, store = server.world, ArtifactRoot(server.root)
+    courses = w.tenants["courses"]
+    arms = {"loop-static": 0.0, "loop-popular": 1000.0}  # online prior off / counts first
+    for name, weight in arms.items():
+        publish_tenant(server.root, w.loaded, dataclasses.replace(courses, name=name, _index_of=None), w.text_emb["courses"])
+        write_feedback_settings(store.tenant_dir(name), FeedbackSettings(prior_weight=weight))
+    steps = replay_steps(courses, list(range(courses.num_users)), 400)
+    seen: dict[str, list[str]] = {}
+    for s in steps:  # each user's steps come in order: history = the targets before it (capped window)
+        assert list(s.history) == seen.get(s.user, []), s
+        seen.setdefault(s.user, []).append(s.target)
+    assert len(steps) == 400
+    acks = Acks()
+    client = ReplayClient(server.url, acks, max_history=LIMITS["max_history"])
+    history = [str(courses.items.ids[0])]
+    before = {name: client.recommend(name, history) for name in arms}
+    results = {name: [client.step(name, s) for s in steps] for name in arms}
+    # static never changes; the counts-first tenant now puts its most clicked item first
+    time.sleep(1.0)  # replicas apply the log every poll_interval_s (0.2 s)
+    assert client.recommend("loop-static", history) == before["loop-static"]
+    clicked: dict[str, int] = {}
+    for s, r in zip(steps, results["loop-popular"]):
+        if r.rank is not None and s.target not in history:
+            clicked[s.target] = clicked.get(s.target, 0) + 1
+    assert clicked, "no click in 400 steps: the replay did not reach the model's top 10"
+    assert clicked.get(client.recommend("loop-popular", history)[0]) == max(clicked.values()), clicked
+    assert 0 < window_metrics(results["loop-static"])["hr@10"] <= 1
+    counts = check_log(EventLog(store.events_dir).read, acks)
+    hits = sum(r.rank is not None for rs in results.values() for r in rs)
+    assert counts == {"acked_requests": 800, "acked_events": hits, "lost": 0, "duplicated": 0}
+    # a click on an item outside the top 10 puts it first in a later answer (online prior, polled log)
+    top = client.recommend("loop-popular", history)
+    item = next(str(x) for x in courses.items.ids[1:] if str(x) not in top)
+    for i in range(max(clicked.values()) + 1):  # one more click than the most clicked item has
+        client.click("loop-popular", item, key=f"probe-{i}")
+    deadline = time.time() + 10
+    while client.recommend("loop-popular", history)[0] != item:
+        assert time.time() < deadline, "the click was not reflected in the ranking within 10 s"
+        time.sleep(0.05)
+
+
 # --- metrics ---------------------------------------------------------------------------------------
 def _scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
