@@ -31,7 +31,7 @@ events): ``hr@10``/``ndcg@10`` of that window; ``readapt_rounds`` = rounds publi
 window began; ``readapt_s`` = trigger -> live version (or -> decision when kept) of the round run
 just before the window. Also measured: event -> reflected in the next ranking (a probe tenant with
 the popularity settings: a click on an item outside the top 10, then recommendations every 20 ms
-until it is first), and a replica SIGKILL during the first dataset's second window, after which
+until it is shown), and a replica SIGKILL during the first dataset's second window, after which
 every acknowledged answer and event must be in the log exactly once.
 
     python -m bench.closed_loop                       # the six targets, 4,000 events each
@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._results import RESULTS, log, write_results  # noqa: E402
+from bench.ray_head import local_head  # noqa: E402
 from bench.closed_loop_client import Acks, ReplayClient, Step, StepResult, check_log, window_metrics  # noqa: E402
 from rec.serving.live_feedback import FeedbackSettings  # noqa: E402
 
@@ -146,6 +147,7 @@ def build_dataset(ctx, name: str, loaded, root: Path, work: Path, events: int) -
         tree = loaded.cfg.model_dump(mode="json")
         tree["data"] = {**tree["data"], "sources": [src.model_copy(update={"max_users": None, "name": tid}).model_dump(mode="json")],
                         "holdout": []}
+        tree["train"] = {**tree["train"], "select_on": "valid"}  # pretraining's setting; no holdout here
         path = work / "configs" / f"{tid}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(tree, sort_keys=False))
@@ -240,7 +242,7 @@ def readapt_round(address: str, root: Path, ckpt: Path, world: DatasetWorld, tid
 
 # --- the replay -------------------------------------------------------------------------------------
 def event_to_ranking_s(client: ReplayClient, world: DatasetWorld, probes: int = 3) -> list[float]:
-    """Seconds from an acknowledged click on an item outside the top 10 to the first answer ranking it first."""
+    """Seconds from an acknowledged click on an item outside the top 10 to the first answer that shows it."""
     tid = tenant_id(world.name, "probe")
     history = [str(world.catalog_ids[0])]
     out = []
@@ -249,7 +251,7 @@ def event_to_ranking_s(client: ReplayClient, world: DatasetWorld, probes: int = 
         item = next(str(x) for x in world.catalog_ids[1 + 7 * i:] if str(x) not in top)
         client.click(tid, item, key=f"probe-{tid}-{i}")
         t0 = time.perf_counter()
-        while client.recommend(tid, history)[0] != item:
+        while item not in client.recommend(tid, history):
             if time.perf_counter() - t0 > 30:
                 raise RuntimeError(f"{tid}: a click on {item} was not reflected in 30 s")
             time.sleep(0.02)
@@ -372,6 +374,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    # The head first: Ray reads its auth mode (the head's token) once, when it is first imported.
+    with local_head(num_cpus=2) as head:
+        return run(a, head)
+
+
+def run(a: argparse.Namespace, head) -> int:  # noqa: ANN001 - bench.ray_head.LocalHead
     import ray
     import torch
 
@@ -385,12 +393,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     bc = with_data_root(load_bench_config(a.config), os.environ.get(DATA_ROOT_ENV))
-    ctx = Context(bc, ROOT / bc.runs_dir, quick=False)
     datasets = a.datasets or [t.name for t in bc.targets]
     unknown = sorted(set(datasets) - {t.name for t in bc.targets})
     if unknown:
         raise SystemExit(f"unknown dataset(s) {unknown}: choose among {[t.name for t in bc.targets]}")
-    loaded = ctx.backbone()  # pretrained with Ray Train unless cached under runs_dir
+    ctx = Context(bc, ROOT / bc.runs_dir, quick=False)
+    loaded = ctx.backbone()  # pretrained with Ray Train (a local Ray of its own) unless cached under runs_dir
     ckpt = ctx.stage / "backbone" / "checkpoint"
     if not (ckpt / "manifest.json").is_file():
         raise SystemExit(f"no backbone checkpoint at {ckpt}: delete {ctx.stage} and re-run to pretrain it again")
@@ -398,21 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     root = work / "root"
     ensure_serving_model(root, loaded)
     worlds = [build_dataset(ctx, d, loaded, root, work, a.events) for d in datasets]
-    port, dash = _free_port(), _free_port()
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # jobs run `rec ...`
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=dash, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
     t_start = time.perf_counter()
     rows, rounds, lag, cumulative, loss = [], [], [], {}, {}
+    ray.init(address=head.gcs_address, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
     try:
-        from bench.readapt import wait_for_job_agent
-
-        address = f"http://127.0.0.1:{dash}"
-        wait_for_job_agent(address)
         acks = Acks()
-        client = ReplayClient(start_app(root, port), acks)
+        client = ReplayClient(start_app(root, _free_port()), acks)
         for i, world in enumerate(worlds):
             lag += event_to_ranking_s(client, world)
-            r, rr, cum = replay_dataset(client, world, address, root, ckpt, a.window, kill=i == 0)
+            r, rr, cum = replay_dataset(client, world, head.dashboard, root, ckpt, a.window, kill=i == 0)
             rows, rounds, cumulative[world.name] = rows + r, rounds + rr, cum
             if i == 0:
                 loss = check_log(EventLog(ArtifactRoot(root).events_dir).read, acks)
