@@ -10,12 +10,13 @@ prior weight 0.5): the tenant's ``feedback.json`` is rewritten (``write_feedback
 requests are sent until an answer reports the policy; then ``CLICKS`` answers get a click posted
 on one of their shown items (quoting the ``request_id``), so the policy state and the online
 prior hold real clicks; then the same closed-loop load (``bench.load_gen.drive_closed``:
-``CLIENTS`` concurrent clients, ``REQUESTS`` requests, a random 20-item history, k=10). The
+``CLIENTS`` concurrent clients, ``REQUESTS`` requests, a random 20-item history, k=10), after one
+unmeasured warm-up load of the same size. The
 policies are interleaved over ``PASSES`` passes in alternating order (the 2 cores are shared);
 each row pools the latencies of all passes, and ``p50_vs_greedy`` is the pooled p50 over
 greedy's (rows ``pass=all``); the per-pass rows follow, their ratio against greedy of the same pass.
 
-    python -m bench.policy_latency              # 2 passes, 1,500 requests per policy and pass
+    python -m bench.policy_latency              # 4 passes, 750 requests per policy and pass
     python -m bench.policy_latency --quick      # 1 pass, 300 requests, results under $TMPDIR
 """
 
@@ -34,7 +35,9 @@ from bench._results import RESULTS, log, write_results
 
 COLUMNS = ["policy", "pass", "requests", "rps", "p50_ms", "p95_ms", "p99_ms", "p50_vs_greedy"]
 POLICIES = ("greedy", "epsilon", "thompson", "lints", "linucb")
-APP, CLIENTS, REQUESTS, CLICKS, PASSES, TARGET = "policy", 8, 1500, 150, 2, 1.3
+# 4 short passes rather than 2 long ones: other jobs on the shared cores start and stop mid-run, and
+# alternating short passes spread such a change over every policy (seen: rps 175 -> 125 within one pass)
+APP, CLIENTS, REQUESTS, CLICKS, PASSES, TARGET = "policy", 8, 750, 100, 4, 1.3
 
 
 def switch_policy(url: str, root: Path, tenant: str, policy: str, ids: list[str], timeout_s: float = 60.0) -> float:
@@ -89,6 +92,8 @@ def measure(url: str, root: Path, tenant: str, ids: list[str], a: argparse.Names
     walls = {p: 0.0 for p in POLICIES}
     errors = {p: 0 for p in POLICIES}
     per_pass, rng = [], np.random.default_rng(0)
+    # unmeasured warm-up: the first load after the app starts ran ~40 % slower (connections, ORT, the proxy)
+    drive_closed(url, tenants, a.clients, 300.0, header=False, max_requests=a.requests, seed=7)
     for i in range(a.passes):
         for policy in POLICIES if i % 2 == 0 else POLICIES[::-1]:
             switch_s = switch_policy(url, root, tenant, policy, ids)
@@ -137,10 +142,11 @@ def choose_cost_ms(dim: int, candidates: int = 50, k: int = 10, calls: int = 200
 def target_notes(rows: list[dict[str, Any]], per_pass: list[dict[str, Any]], choose_ms: dict[str, float]) -> str:
     lines = ["## Target (issue 18): p50 with a policy on <= 1.3x greedy", ""]
     for r in rows[1:]:
-        ratios = ", ".join(f"{p['p50_vs_greedy']:.2f}" for p in per_pass if p["policy"] == r["policy"])
+        mine = [p["p50_vs_greedy"] for p in per_pass if p["policy"] == r["policy"]]
         ok = r["p50_vs_greedy"] <= TARGET
         lines.append(f"- {'met' if ok else 'MISSED'}: {r['policy']} p50 {r['p50_ms']:.1f} ms = {r['p50_vs_greedy']:.2f}x "
-                     f"greedy's {rows[0]['p50_ms']:.1f} ms (per pass: {ratios})")
+                     f"greedy's {rows[0]['p50_ms']:.1f} ms (per pass: {', '.join(f'{x:.2f}' for x in mine)}; "
+                     f"median {float(np.median(mine)):.2f})")
     lines += ["", "In-process cost of the policy's re-ranking per request (`choose`, 50 candidates, k=10, "
               "model dim, mean of 2,000 calls): " + ", ".join(f"{p} {v:.3f} ms" for p, v in choose_ms.items())]
     return "\n".join(lines)
