@@ -65,8 +65,9 @@ def _summary(lat: list[float], errors: int, wall: float, cpu: float) -> dict[str
 
 
 def drive_closed(url: str, tenants: dict, clients: int, duration: float, header: bool, max_requests: int,
-                 seed: int = 0) -> dict[str, Any]:
-    """``clients`` closed-loop clients for ``duration`` s or ``max_requests`` requests in all."""
+                 seed: int = 0, latencies: list[float] | None = None) -> dict[str, Any]:
+    """``clients`` closed-loop clients for ``duration`` s or ``max_requests`` requests in all; the
+    successful requests' latencies (seconds) are appended to ``latencies`` when given (to pool runs)."""
     bodies = _bodies(tenants, max_requests, seed)
 
     async def run() -> tuple[list[float], int, float]:
@@ -93,6 +94,8 @@ def drive_closed(url: str, tenants: dict, clients: int, duration: float, header:
 
     cpu0 = time.process_time()
     lat, errors, wall = asyncio.run(run())
+    if latencies is not None:
+        latencies.extend(lat)
     return _summary(lat, errors, wall, time.process_time() - cpu0)
 
 

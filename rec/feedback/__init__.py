@@ -4,6 +4,8 @@
   policy's value from the logged propensities, with confidence intervals.
 - :mod:`rec.feedback.logged`: a tenant's log as logged slates (impressions joined to the clicks
   that quote them) and a candidate policy's propensities from the logged model ranks.
+- :mod:`rec.feedback.ope_report`: ``rec ope``: the estimates of a candidate policy over a served
+  tenant's log, next to what each logging policy earned.
 - Re-adaptation (docs/feedback-loop.md): :mod:`rec.feedback.log_reader` (the log read with Ray
   Data), :mod:`rec.feedback.gate` (held-out recent events, NDCG@10), :mod:`rec.feedback.readapt`
   (one round: warm-started adapt, gate, publish; imports torch, so not re-exported here),

@@ -17,7 +17,7 @@ import numpy as np
 from rec.data.schema import DataError, Tenant
 from rec.feedback.log_reader import LoggedInteractions
 
-__all__ = ["GATE_METRIC", "GateSet", "LoggedSplit", "TooFewUsers", "gate_ndcg", "split_logged"]
+__all__ = ["GATE_METRIC", "GateSet", "LoggedSplit", "TooFewUsers", "gate_ndcg", "gate_ranks", "split_logged"]
 
 GATE_METRIC = "ndcg@10"
 
@@ -99,14 +99,15 @@ def split_logged(catalog: Tenant, logged: LoggedInteractions, holdout_users: int
     return LoggedSplit(train, gate, int(sum(len(s) for s in seqs)), dropped)
 
 
-def gate_ndcg(model, text_emb: np.ndarray, gate: GateSet, max_len: int, exclude_history: bool = False,
-              batch_size: int = 256) -> float:  # noqa: ANN001 - a Backbone (torch import deferred)
-    """NDCG@10 of ``model`` (a scoring :class:`~rec.models.backbone.Backbone`) on the gate set,
-    full ranking over the catalog ``text_emb (N, text_dim)``; the last ``max_len`` history items."""
+def gate_ranks(model, text_emb: np.ndarray, gate: GateSet, max_len: int, exclude_history: bool = False,
+               batch_size: int = 256) -> np.ndarray:  # noqa: ANN001 - a Backbone (torch import deferred)
+    """``(len(gate),)`` 0-based rank of each target under ``model`` (a scoring
+    :class:`~rec.models.backbone.Backbone`), full ranking over the catalog ``text_emb (N, text_dim)``
+    from the last ``max_len`` history items; ties count against the model."""
     import torch
 
     from rec.data.padding import PAD, left_pad
-    from rec.metrics.ranking import ndcg_at_k, rank_of_target
+    from rec.metrics.ranking import rank_of_target
 
     model.eval()
     ranks = []
@@ -120,4 +121,12 @@ def gate_ndcg(model, text_emb: np.ndarray, gate: GateSet, max_len: int, exclude_
             # pessimistic ties: a model that scores everything alike must not pass the gate
             ranks.append(rank_of_target(scores.numpy(), gate.targets[start:start + batch_size], exclude=exclude,
                                         tie_policy="pessimistic"))
-    return float(ndcg_at_k(np.concatenate(ranks), 10))
+    return np.concatenate(ranks)
+
+
+def gate_ndcg(model, text_emb: np.ndarray, gate: GateSet, max_len: int, exclude_history: bool = False,
+              batch_size: int = 256) -> float:  # noqa: ANN001 - a Backbone (torch import deferred)
+    """NDCG@10 of ``model`` on the gate set (:func:`gate_ranks`)."""
+    from rec.metrics.ranking import ndcg_at_k
+
+    return float(ndcg_at_k(gate_ranks(model, text_emb, gate, max_len, exclude_history, batch_size), 10))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LoggedSlates", "logged_slates", "parse_target", "target_propensities"]
+__all__ = ["LoggedSlates", "logged_slates", "parse_target", "rank_probability", "target_propensities"]
 
 REWARD_TYPES = ("click", "purchase")
 
@@ -30,6 +30,7 @@ class LoggedSlates:
     model_ranks: np.ndarray  # (n, k) 1-based rank of the item in the model's order (0 = padding)
     candidates: np.ndarray  # (n,) how many candidates the logging policy chose from (max rank seen)
     policies: tuple[str, ...]  # logging policies present
+    slate_policy: np.ndarray  # (n,) the logging policy of each slate (str)
 
     @property
     def n(self) -> int:
@@ -65,7 +66,8 @@ def logged_slates(records: list[dict[str, Any]], candidates: int | None = None) 
         props[i, :m] = r["propensities"]
         ranks[i, :m] = r["model_rank"]
     n_cand = np.full(len(imps), candidates if candidates else int(ranks.max()))
-    return LoggedSlates(rewards, props, ranks, n_cand, tuple(sorted({r.get("policy", "?") for r in imps})))
+    slate_policy = np.array([str(r.get("policy", "?")) for r in imps], dtype=object)
+    return LoggedSlates(rewards, props, ranks, n_cand, tuple(sorted(set(slate_policy))), slate_policy)
 
 
 _TARGET = re.compile(r"^(greedy|epsilon:(0(\.\d+)?|1(\.0+)?))$")
@@ -83,17 +85,23 @@ def parse_target(text: str) -> tuple[str, float]:
     return name, float(eps or 0.0)
 
 
-def target_propensities(slates: LoggedSlates, target: str) -> np.ndarray:
-    """``(n, k)`` P(the target policy shows each logged item at its logged position).
+def rank_probability(target: str, positions: np.ndarray, ranks: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """P(the target policy puts the model's rank-``r`` candidate at position ``j``), elementwise.
 
     Greedy shows the model's rank-``j`` item at position ``j``; ``epsilon:e`` does that with
     probability ``1 - e`` and otherwise a uniform draw of the candidates (``e / candidates``).
+    Rank 0 (padding) gets 0. Arguments broadcast against each other.
     """
     name, eps = parse_target(target)
-    k = slates.model_ranks.shape[1]
-    positions = np.arange(1, k + 1)[None, :]
-    greedy = (slates.model_ranks == positions).astype(np.float64)
+    ranks = np.asarray(ranks)
+    greedy = (ranks == positions).astype(np.float64)
     if name == "greedy":
         return greedy
-    real = slates.model_ranks > 0
-    return np.where(real, (1 - eps) * greedy + eps / slates.candidates[:, None], 0.0)
+    return np.where(ranks > 0, (1 - eps) * greedy + eps / candidates, 0.0)
+
+
+def target_propensities(slates: LoggedSlates, target: str) -> np.ndarray:
+    """``(n, k)`` P(the target policy shows each logged item at its logged position)
+    (:func:`rank_probability` of the logged model ranks)."""
+    positions = np.arange(1, slates.model_ranks.shape[1] + 1)[None, :]
+    return rank_probability(target, positions, slates.model_ranks, slates.candidates[:, None])
