@@ -14,16 +14,18 @@ quoting the answer's ``request_id`` is posted, otherwise nothing (the service lo
 impression). Eight requests are in flight at a time. Policies (the ``policy`` column):
 
     static            zero-shot, greedy, online prior off: never updated
-    popularity        greedy on the online counts (prior weight 1000: any clicked item outranks any
-                      unclicked one; the model only orders the unclicked ones)
+    popularity        greedy on the online counts (prior weight 1000: any counted item outranks any
+                      uncounted one; the model only orders the uncounted ones). The online prior
+                      counts clicks and each ask's newest history item (count_history, the default)
     greedy+readapt    greedy + the online prior at the serving default weight (0.5) + re-adaptation
     thompson+readapt  thompson re-ranking of the model's top 50 + online prior + re-adaptation
     linucb+readapt    linucb (NeuralLinear) re-ranking of the top 50 + online prior + re-adaptation
 
-Re-adaptation: at the end of every window but the last, each ``+readapt`` tenant gets one
-``rec readapt`` round submitted as a Ray job with the trigger's Jobs SDK hooks
+Re-adaptation: every ``--readapt-every`` replayed events (2,000; not after the last window), each
+``+readapt`` tenant gets one ``rec readapt`` round submitted as a Ray job with the trigger's Jobs SDK hooks
 (``rec.feedback.trigger.job_hooks``), one at a time, and the replay waits for it (in production
-users keep arriving meanwhile). A round learns from the logged clicks only; its gate
+users keep arriving meanwhile). A round learns from the log: clicks, and each ask's newest history item
+(what the user did last, which the app reports when it asks: rec/feedback/log_reader.py); its gate
 (``feedback.readapt.holdout_users=20``, ``min_train_users=10``) publishes only a candidate at
 least as good as the live version on the most recent clicks; a round with too few clicking users
 ends without a version (``skipped``). Rows: one per (dataset, policy, window of ``--window``
@@ -275,7 +277,7 @@ def run_window(client: ReplayClient, world: DatasetWorld, steps: list[Step], kil
 
 
 def replay_dataset(client: ReplayClient, world: DatasetWorld, address: str, root: Path, ckpt: Path, window: int,
-                   kill: bool) -> tuple[list[dict], list[dict], dict]:
+                   readapt_every: int, kill: bool) -> tuple[list[dict], list[dict], dict]:
     rows, rounds, published = [], [], dict.fromkeys(ARMS, 0)
     last_s: dict[str, float | None] = dict.fromkeys(ARMS)
     cumulative: dict[str, list[int]] = {p: [] for p in ARMS}
@@ -293,9 +295,10 @@ def replay_dataset(client: ReplayClient, world: DatasetWorld, address: str, root
             + ", ".join(f"{r['policy']} {r['hr@10']:.3f}" for r in rows[-len(ARMS):]))
         if w == n_windows - 1:
             break
+        due = ((w + 1) * window) % readapt_every == 0
         for policy, (_, readapts) in ARMS.items():
             last_s[policy] = None
-            if readapts:
+            if readapts and due:
                 rr = readapt_round(address, root, ckpt, world, world.tenants[policy])
                 published[policy] += rr.decision == "published"
                 last_s[policy] = rr.seconds
@@ -367,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=None, help="targets of the config (default: all six)")
     p.add_argument("--events", type=int, default=4000, help="replayed interactions per dataset")
     p.add_argument("--window", type=int, default=1000)
+    p.add_argument("--readapt-every", type=int, default=2000, help="replayed events between re-adaptation rounds "
+                   "(a multiple of --window; issue 18 sizes a round at 2,000 new events)")
     p.add_argument("--name", default="closed_loop")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     return p.parse_args(argv)
@@ -374,6 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.readapt_every % a.window:
+        raise SystemExit(f"--readapt-every {a.readapt_every} must be a multiple of --window {a.window}")
     # The head first: Ray reads its auth mode (the head's token) once, when it is first imported.
     with local_head(num_cpus=2) as head:
         return run(a, head)
@@ -414,7 +421,7 @@ def run(a: argparse.Namespace, head) -> int:  # noqa: ANN001 - bench.ray_head.Lo
         client = ReplayClient(start_app(root, _free_port()), acks)
         for i, world in enumerate(worlds):
             lag += event_to_ranking_s(client, world)
-            r, rr, cum = replay_dataset(client, world, head.dashboard, root, ckpt, a.window, kill=i == 0)
+            r, rr, cum = replay_dataset(client, world, head.dashboard, root, ckpt, a.window, a.readapt_every, kill=i == 0)
             rows, rounds, cumulative[world.name] = rows + r, rounds + rr, cum
             if i == 0:
                 loss = check_log(EventLog(ArtifactRoot(root).events_dir).read, acks)

@@ -152,7 +152,7 @@ def readapt_tenant(root: str | Path, loaded: LoadedBackbone, catalog: Tenant, te
         "gate": {"metric": GATE_METRIC, "new": new, "current": current, "min_gain": rcfg.min_gain, "users": len(split.gate)},
         "from_version": serving.version, "candidate_adapter": str(candidate),
         "warm_start": cold_reason is None, "cold_start_reason": cold_reason,
-        "events_read": logged.events, "events_used": split.events_used, "dropped_unknown_items": split.dropped_unknown,
+        "events_read": logged.events, "events_from_requests": logged.from_requests, "events_used": split.events_used, "dropped_unknown_items": split.dropped_unknown,
         "joined_via_request_id": logged.joined, "unattributed": logged.unattributed, "users": logged.num_users,
         "log_until_unix": logged.last_received_unix, "adapt_epochs": res.epochs, "adapt_s": res.adapt_s,
     }

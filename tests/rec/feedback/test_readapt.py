@@ -50,6 +50,25 @@ def test_reader_reads_day_files_and_joins_users_by_request_id(ray_local, logged_
     assert by_user[f"user-{tenant.users[0]}"][:2] == ["not-in-catalog-1", "not-in-catalog-2"]
 
 
+def test_asks_are_interactions_through_their_newest_history_item(ray_local, tmp_path):
+    log = EventLog(ArtifactRoot(tmp_path).events_dir)
+
+    def ask(t: float, last: str | None, user: str | None = "u1") -> dict:
+        rec = {"kind": "impression", "request_id": f"r{t}", "items": ["z"], "timestamp": t, "received_unix": t}
+        return {**rec, **({"user_id": user} if user else {}), **({"history_last": last} if last else {})}
+
+    def click(t: float, item: str) -> dict:
+        return {"kind": "event", "type": "click", "item_id": item, "user_id": "u1", "timestamp": t, "received_unix": t}
+
+    log.append_unkeyed("shop", [ask(1, "a"), click(2, "b"), ask(3, "b"), ask(4, "b"), click(5, "b"), ask(6, None),
+                                ask(7, "c", user=None), ask(8, "d", user="u2")])
+    logged = read_interactions(EventLog(ArtifactRoot(tmp_path).events_dir).files("shop"), "shop")
+    by_user = dict(zip(logged.users, logged.sequences))
+    # the asks repeating the click add nothing, the second click of b counts, an ask without a user cannot
+    assert by_user == {"u1": ["a", "b", "b"], "u2": ["d"]}
+    assert (logged.events, logged.from_requests) == (2, 2)
+
+
 def test_gate_split_holds_out_the_most_recent_events(ray_local, logged_root, serving_world):
     root, _ = logged_root
     tenant = serving_world.tenants["podcasts"]
