@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LocalHead", "local_head"]
+__all__ = ["LocalHead", "local_head", "stop_process_group"]
 
 PORT_FLAGS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
@@ -85,18 +85,19 @@ def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHea
         _wait_for_jobs(head.dashboard, proc, log, timeout_s)
         yield head
     finally:
-        _stop(proc, tmp)
+        stop_process_group(proc.pid, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _stop(proc: subprocess.Popen, marker: str) -> None:
-    """End the head's process group, then any Ray process that still names its temp folder."""
+def stop_process_group(pgid: int, marker: str) -> None:
+    """End a head's process group (SIGTERM), then SIGKILL any process that still names ``marker``
+    (its temp folder) in its command line after 20 s."""
     import psutil
 
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(pgid, signal.SIGTERM)
     deadline = time.time() + 20
     while time.time() < deadline:
         left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
