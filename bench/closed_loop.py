@@ -47,7 +47,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -62,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._results import RESULTS, log, write_results  # noqa: E402
-from bench.ray_head import local_head  # noqa: E402
+from bench.ray_head import free_port, local_head  # noqa: E402
 from bench.closed_loop_client import Acks, ReplayClient, Step, StepResult, check_log, window_metrics  # noqa: E402
 from rec.serving.live_feedback import FeedbackSettings  # noqa: E402
 
@@ -173,12 +172,6 @@ def build_dataset(ctx, name: str, loaded, root: Path, work: Path, events: int) -
 
 
 # --- Ray, Serve, jobs -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_app(root: Path, port: int) -> str:
     from ray import serve
 
@@ -422,7 +415,7 @@ def run(a: argparse.Namespace, head) -> int:  # noqa: ANN001 - bench.ray_head.Lo
     ray.init(address=head.gcs_address, runtime_env=LOCAL_RUNTIME_ENV, log_to_driver=False)
     try:
         acks = Acks()
-        client = ReplayClient(start_app(root, _free_port()), acks)
+        client = ReplayClient(start_app(root, free_port()), acks)
         for i, world in enumerate(worlds):
             lag += event_to_ranking_s(client, world)
             r, rr, cum = replay_dataset(client, world, head.dashboard, root, ckpt, a.window, a.readapt_every, kill=i == 0)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LocalHead", "local_head", "stop_process_group"]
+__all__ = ["LocalHead", "free_port", "local_head", "stop_process_group"]
 
 PORT_FLAGS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
@@ -36,7 +36,8 @@ class LocalHead:
     dashboard: str  # for the Jobs SDK
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -65,7 +66,7 @@ def _wait_for_jobs(address: str, proc: subprocess.Popen, log: Path, timeout_s: f
 def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHead]:
     """A head node with ``num_cpus`` CPUs that accepts jobs; jobs find this interpreter's ``rec`` first on PATH."""
     tmp = tempfile.mkdtemp(prefix="rh")  # short: Ray's unix socket paths must stay short
-    ports = {flag: _free_port() for flag in PORT_FLAGS}
+    ports = {flag: free_port() for flag in PORT_FLAGS}
     # `ray start` heads require a token (Ray >= 2.5x); this process, the head and its jobs share one
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     saved = {k: os.environ.get(k) for k in auth}
