@@ -27,9 +27,10 @@ Re-adaptation: every ``--readapt-every`` replayed events (2,000; not after the l
 users keep arriving meanwhile). A round learns from the log: clicks, and each ask's newest history item
 (what the user did last, which the app reports when it asks: rec/feedback/log_reader.py), with
 ``feedback.readapt.method=item-terms`` (a per-item bias and ID residual over the frozen backbone,
-shipped only when better than popularity on the tenant's own validation users); its gate (defaults:
-the 50 users who acted last) publishes only a candidate strictly better than the live version on
-their most recent events; a round with too few users ends without a version (``skipped``). Rows: one per (dataset, policy, window of ``--window``
+shipped only when better than popularity on the tenant's own validation users); its gate (the 20
+users who acted last, ``feedback.readapt.holdout_users=20``, ``min_train_users=10``: ML-100K's
+replay has 48 users by its first round) publishes only a candidate strictly better than the live
+version on their most recent events; a round with too few users ends without a version (``skipped``). Rows: one per (dataset, policy, window of ``--window``
 events): ``hr@10``/``ndcg@10`` of that window; ``readapt_rounds`` = rounds published before the
 window began; ``readapt_s`` = trigger -> live version (or -> decision when kept) of the round run
 just before the window. Also measured: event -> reflected in the next ranking (a probe tenant with
@@ -78,7 +79,9 @@ ARMS: dict[str, tuple[FeedbackSettings, bool]] = {  # policy -> (tenant feedback
 # item-terms: what a zero-shot tenant lacks is its own item statistics (per-item bias from counts + ID residual,
 # shipped only if it beats popularity and the blends on the tenant's own validation users); a LoRA round on a
 # pilot replay kept its initial weights (gate tie)
-READAPT_OVERRIDES = ["feedback.readapt.method=item-terms", "adapt.torch_threads=1"]
+# a gate of 20 users + 10 to train (defaults 50 + 20): ML-100K's replay has 48 users by its first round
+READAPT_OVERRIDES = ["feedback.readapt.method=item-terms", "feedback.readapt.holdout_users=20",
+                     "feedback.readapt.min_train_users=10", "adapt.torch_threads=1"]
 USER_CAP = 50
 
 
