@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHea
              f"--temp-dir={tmp}", "--disable-usage-stats"],
             env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
+    # a SIGTERM to this process (kill, a CI timeout) must still end the head: raise so `finally` runs
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         _wait_for_jobs(head.dashboard, proc, log, timeout_s)
         yield head
@@ -90,6 +93,12 @@ def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHea
         shutil.rmtree(tmp, ignore_errors=True)
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stop_process_group(pgid: int, marker: str) -> None:
