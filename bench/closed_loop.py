@@ -80,8 +80,11 @@ ARMS: dict[str, tuple[FeedbackSettings, bool]] = {  # policy -> (tenant feedback
 # shipped only if it beats popularity and the blends on the tenant's own validation users); a LoRA round on a
 # pilot replay kept its initial weights (gate tie)
 # a gate of 20 users + 10 to train (defaults 50 + 20): ML-100K's replay has 48 users by its first round
+# eval.exclude_history: the replay asks with the API's default exclude_history=true, so the gate and the
+# method's validation must rank the same way (with history in, a popularity candidate re-recommends what
+# ML-100K users already watched and its gate NDCG@10 fell to 0.0 in a first run)
 READAPT_OVERRIDES = ["feedback.readapt.method=item-terms", "feedback.readapt.holdout_users=20",
-                     "feedback.readapt.min_train_users=10", "adapt.torch_threads=1"]
+                     "feedback.readapt.min_train_users=10", "eval.exclude_history=true", "adapt.torch_threads=1"]
 USER_CAP = 50
 
 
