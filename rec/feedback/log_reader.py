@@ -46,6 +46,9 @@ class LoggedInteractions:
         times: ``U`` lists of event times (client ``timestamp``, else the time received).
         events: Click/purchase records read.
         from_requests: Interactions taken from requests' newest history items (after removing repeats).
+        reported: ``U`` lists of flags, True where an ask reported the interaction (its
+            ``history_last``), alone or right after the click on it: what the user did whether or
+            not the serving model showed it (the gate picks its targets among these).
         joined: Of them, records whose user came from the impression their ``request_id`` names.
         unattributed: Records with neither a user id nor a known ``request_id`` (dropped).
         last_received_unix: Newest ``received_unix`` among the records read (0 if none).
@@ -61,6 +64,7 @@ class LoggedInteractions:
     unattributed: int
     last_received_unix: float
     days: list[str] = field(default_factory=list)
+    reported: list[list[bool]] = field(default_factory=list)
 
     @property
     def num_users(self) -> int:
@@ -143,7 +147,10 @@ def read_interactions(files: list[Path], tenant: str) -> LoggedInteractions:
     # second ask) repeats it; clicks and purchases of the same item again are real and stay
     repeat = np.zeros(len(users), bool)
     repeat[1:] = (users[1:] == users[:-1]) & (items[1:] == items[:-1]) & from_request[1:]
-    users, items, times, from_request = users[~repeat], items[~repeat], times[~repeat], from_request[~repeat]
+    reported = from_request.copy()
+    reported[:-1] |= repeat[1:]  # a click the next ask confirms was reported too
+    kept = ~repeat
+    users, items, times, from_request, reported = users[kept], items[kept], times[kept], from_request[kept], reported[kept]
     ids, starts = np.unique(users.astype(str), return_index=True)
     bounds = list(starts) + [len(users)]
     return LoggedInteractions(
@@ -156,4 +163,5 @@ def read_interactions(files: list[Path], tenant: str) -> LoggedInteractions:
         unattributed=int((~keep).sum()),
         last_received_unix=float(received.max()) if len(received) else 0.0,
         days=[p.stem for p in files],
+        reported=[list(map(bool, reported[a:b])) for a, b in zip(bounds[:-1], bounds[1:])],
     )
