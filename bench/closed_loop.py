@@ -16,7 +16,7 @@ impression). Eight requests are in flight at a time. Policies (the ``policy`` co
     static            zero-shot, greedy, online prior off: never updated
     popularity        greedy on the online counts (prior weight 1000: any counted item outranks any
                       uncounted one; the model only orders the uncounted ones). The online prior
-                      counts clicks and each ask's newest history item (count_history, the default)
+                      counts clicks and each ask's newest history item (count_history=true)
     greedy+readapt    greedy + the online prior at the serving default weight (0.5) + re-adaptation
     thompson+readapt  thompson re-ranking of the model's top 50 + online prior + re-adaptation
     linucb+readapt    linucb (NeuralLinear) re-ranking of the top 50 + online prior + re-adaptation
@@ -71,10 +71,10 @@ APP = "closed-loop"
 POLL_S = 0.5
 ARMS: dict[str, tuple[FeedbackSettings, bool]] = {  # policy -> (tenant feedback settings, re-adapts)
     "static": (FeedbackSettings(policy="greedy", prior_weight=0.0), False),
-    "popularity": (FeedbackSettings(policy="greedy", prior_weight=1000.0), False),
-    "greedy+readapt": (FeedbackSettings(policy="greedy"), True),
-    "thompson+readapt": (FeedbackSettings(policy="thompson"), True),
-    "linucb+readapt": (FeedbackSettings(policy="linucb"), True),
+    "popularity": (FeedbackSettings(policy="greedy", prior_weight=1000.0, count_history=True), False),
+    "greedy+readapt": (FeedbackSettings(policy="greedy", count_history=True), True),
+    "thompson+readapt": (FeedbackSettings(policy="thompson", count_history=True), True),
+    "linucb+readapt": (FeedbackSettings(policy="linucb", count_history=True), True),
 }
 # item-terms: what a zero-shot tenant lacks is its own item statistics (per-item bias from counts + ID residual,
 # shipped only if it beats popularity and the blends on the tenant's own validation users); a LoRA round on a

@@ -25,6 +25,8 @@ import time
 
 from ray.serve import metrics
 
+GAUGE_REFRESH_S = 5.0  # seconds between re-writes of a served tenant's version/policy gauges
+
 __all__ = ["LATENCY_BOUNDARIES_MS", "METRIC_NAMES", "RequestMetrics", "TenantMetrics"]
 
 LATENCY_BOUNDARIES_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0]
@@ -47,6 +49,7 @@ class TenantMetrics:
         self.policy = metrics.Gauge("fewshot_policy", "1 for the exploration policy in use", tag_keys=("tenant", "policy"))
         self._policy_of: dict[str, str] = {}
         self._version_of: dict[str, int] = {}
+        self._gauges_set: dict[str, float] = {}  # tenant -> monotonic time its gauges were last written
 
     def request(self, tenant: str, route: str, status: int, latency_ms: float) -> None:
         tags = {"tenant": tenant, "route": route}
@@ -54,18 +57,24 @@ class TenantMetrics:
         self.latency.observe(latency_ms, tags=tags)
 
     def answered(self, tenant: str, policy: str, adapter_version: str) -> None:
-        """One slate shown; keeps the version and policy gauges current (set only on change)."""
+        """One slate shown; keeps the version and policy gauges current: written on a change and
+        re-written at least every ``GAUGE_REFRESH_S`` while the tenant is served (a gauge written
+        once was missing from the scrape minutes later in a long test session)."""
         self.impressions.inc(1, tags={"tenant": tenant, "policy": policy})
         version = int(adapter_version.lstrip("v") or 0)
-        if self._version_of.get(tenant) != version:
+        now = time.monotonic()
+        stale = now - self._gauges_set.get(tenant, -GAUGE_REFRESH_S) >= GAUGE_REFRESH_S
+        if stale or self._version_of.get(tenant) != version:
             self.version.set(version, tags={"tenant": tenant})
             self._version_of[tenant] = version
         old = self._policy_of.get(tenant)
-        if old != policy:
-            if old is not None:
+        if stale or old != policy:
+            if old is not None and old != policy:
                 self.policy.set(0, tags={"tenant": tenant, "policy": old})
             self.policy.set(1, tags={"tenant": tenant, "policy": policy})
             self._policy_of[tenant] = policy
+        if stale:
+            self._gauges_set[tenant] = now
 
     def posted(self, tenant: str, types: list[str]) -> None:
         counts: dict[str, int] = {}

@@ -7,7 +7,7 @@ records to its in-memory :class:`TenantFeedback`:
 - a service ``impression`` record -> the policy counts the shown slate (``observe_impression``)
   and remembers it by ``request_id``; with ``count_history`` the online prior counts the
   request's newest history item (``history_last``: what the user did last, reported by the app
-  when it asks), once per user, so a tenant's popularity is learned from every request and not
+  when it asks; off by default, as it moves every tenant's scores from its first request), once per user, so a tenant's popularity is learned from every request and not
   only from clicks on what was shown;
 - a client ``click``/``purchase`` -> the online prior counts the item; when it names the
   ``request_id`` of a remembered impression that showed the item, the policy counts a click on
@@ -66,7 +66,7 @@ class FeedbackSettings(BaseModel):
     prior_weight: float = Field(0.5, ge=0.0, description="online popularity prior's weight against the model (0: off)")
     prior_half_life_s: float = Field(7 * 86400.0, gt=0.0, description="half-life of an event in the online prior")
     count_history: bool = Field(
-        True, description="the online prior also counts each request's newest history item (an interaction the app "
+        False, description="the online prior also counts each request's newest history item (an interaction the app "
                           "reports by asking); an ask repeating the user's last counted item (after a click on it) adds nothing")
 
     def policy_config(self) -> PolicyConfig:

@@ -79,7 +79,7 @@ def test_clicks_in_the_log_reach_the_next_ranking_within_a_poll(serving_world, l
 
 def test_asks_teach_the_prior_their_newest_history_item_once_per_user(serving_world, loop):
     store, ranker, reg, log, live = loop
-    write_feedback_settings(store.tenant_dir("courses"), FeedbackSettings(prior_weight=2.0))
+    write_feedback_settings(store.tenant_dir("courses"), FeedbackSettings(prior_weight=2.0, count_history=True))
     bundle = reg.get("courses").bundle
     _wait_for(live, "courses", bundle)
     item = bundle.item_ids.tolist()[-1]
