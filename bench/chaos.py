@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 
 from bench._results import log, write_results
 from bench.serve_coldstart import build_root
+from bench.steady_load import SteadyLoad
 
 COLUMNS = ["fault", "injections", "requests", "client_errors", "5xx", "lost_events", "duplicated_events",
            "recovery_s", "p99_ms_during"]
@@ -55,40 +55,6 @@ def fuzz_row(root: Path, examples: int) -> dict[str, Any]:
     return {"fault": "fuzz", "injections": 0, "requests": r.cases + r.stateful_steps, "client_errors": len(r.failures),
             "5xx": five, "lost_events": None, "duplicated_events": None, "recovery_s": None, "p99_ms_during": None,
             "failures": r.failures[:5]}
-
-
-class _Load:
-    def __init__(self, url: str, tenants: list[str], threads: int) -> None:
-        self.url, self.tenants, self.stop = url, tenants, threading.Event()
-        self.codes: Counter = Counter()
-        self.lat: list[tuple[float, float]] = []  # (end time, seconds)
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, i: int) -> None:
-        import requests
-
-        with requests.Session() as s:
-            n = 0
-            while not self.stop.is_set():
-                n += 1
-                t0 = time.perf_counter()
-                try:
-                    code = s.post(f"{self.url}/v1/tenants/{self.tenants[(i + n) % len(self.tenants)]}/recommendations",
-                                  json={"history": [], "k": 5}, timeout=60).status_code
-                except requests.RequestException:
-                    code = -1
-                self.codes[code] += 1
-                self.lat.append((time.time(), time.perf_counter() - t0))
-
-    def __enter__(self) -> "_Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
 
 
 def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
@@ -116,7 +82,7 @@ def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
             return seen
 
         recovery, windows = [], []
-        with _Load("http://127.0.0.1:8765", tenants, threads) as load:
+        with SteadyLoad("http://127.0.0.1:8765", tenants, threads) as load:
             time.sleep(3)
             for k in range(kills):
                 victim = sorted(pids())[0]
