@@ -12,8 +12,8 @@ What cluster/*-cluster.yaml and cluster/kuberay/rayservice.yaml set up, on one m
   each node has its own temp folder and process group (never a machine-wide ``ray stop``).
 
 Both nodes run ``ray start --block``: when the GCS process dies, the head's ``ray start`` kills the
-rest of the head and exits 1, as a head pod fails as a whole. ``FtCluster.restart_head`` is then
-what kubelet (KubeRay) or a supervisor (systemd on a VM) does: the same command again. The GCS
+rest of the head and exits 1, as a head pod fails as a whole. ``FtCluster.supervisor`` is then
+what kubelet (KubeRay) or systemd on a VM does: the same command again, after a delay. The GCS
 reloads the cluster's tables from Redis, the worker's raylet reconnects, the detached Serve
 controller is restarted on the new head and finds its replicas.
 
@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,12 +40,14 @@ from bench.ray_head import free_port, ray_env, start_ray, stop_node, token_auth
 
 __all__ = ["FtCluster", "RedisServer", "ft_cluster", "redis_server"]
 
-# Ports a node binds that default to fixed numbers (another Ray on the machine may hold them) or
-# that must stay the same across a head restart (the GCS port: workers reconnect to it).
-HEAD_PORTS = ("port", "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-              "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
-WORKER_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                "runtime-env-agent-port", "metrics-export-port")
+# Ports a node binds, chosen free because their defaults are fixed numbers another Ray on the machine
+# may hold. Only the GCS port stays the same across a head restart (workers reconnect to it); the
+# others are new at every start: the restarted head is a new node, and a raylet on the dead head's
+# node-manager port was shut down when the GCS declared that node dead (seen here, and a new head
+# pod has a new address anyway).
+NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+              "runtime-env-agent-port", "metrics-export-port")
+HEAD_ONLY_PORTS = ("ray-client-server-port", "dashboard-port")  # a minimal dashboard runs even without --include-dashboard
 # KubeRay injects 600 s into worker pods of a GCS-FT cluster (the head keeps Ray's default, 60 s),
 # so that workers outlive the head's restart; Ray's default would end them after 60 s without a GCS.
 WORKER_RECONNECT_TIMEOUT_S = 600
@@ -112,7 +115,7 @@ class FtCluster:
     redis: RedisServer
     head_tmp: str
     worker_tmp: str
-    head_ports: dict[str, int]
+    gcs_port: int
     head_http: int
     worker_http: int
     head_proc: subprocess.Popen | None = None
@@ -121,13 +124,13 @@ class FtCluster:
 
     @property
     def gcs_address(self) -> str:
-        return f"127.0.0.1:{self.head_ports['port']}"
+        return f"127.0.0.1:{self.gcs_port}"
 
     def start_head(self) -> None:
         """``RAY_REDIS_ADDRESS=... ray start --head --redis-password ...``: the same command at every (re)start."""
         args = ["--head", "--num-cpus=0", "--include-dashboard=false", "--node-ip-address=127.0.0.1",
                 "--redis-username=default", f"--redis-password={self.redis.password}",
-                *[f"--{k}={v}" for k, v in self.head_ports.items()]]
+                f"--port={self.gcs_port}", *[f"--{k}={free_port()}" for k in NODE_PORTS + HEAD_ONLY_PORTS]]
         if self.head_starts:
             # `ray start --head` refuses a port that the folder's last cluster used while any local
             # process still names that GCS address, and here the worker node's processes do (on a
@@ -138,7 +141,7 @@ class FtCluster:
                                    Path(self.head_tmp) / "head.log")
 
     def start_worker(self) -> None:
-        ports = {k: free_port() for k in WORKER_PORTS}
+        ports = {k: free_port() for k in NODE_PORTS}
         env = ray_env({"RAY_gcs_rpc_server_reconnect_timeout_s": str(WORKER_RECONNECT_TIMEOUT_S),
                        "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.worker_http)})
         self.worker_proc = start_ray([f"--address={self.gcs_address}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
@@ -161,19 +164,43 @@ class FtCluster:
         os.kill(pid, signal.SIGKILL)
         return pid
 
-    def wait_head_exit(self, timeout_s: float = 30.0) -> int:
-        """Wait until the head's ``ray start --block`` has noticed the dead GCS and ended the head; its exit code."""
-        assert self.head_proc is not None
-        rc = self.head_proc.wait(timeout=timeout_s)
-        stop_node(self.head_proc, self.head_tmp)  # anything of the old head still alive (none expected)
-        return rc
+    @contextlib.contextmanager
+    def supervisor(self, restart_delay_s: float) -> Iterator[list[tuple[str, float, int | None]]]:
+        """Restart the head ``restart_delay_s`` after its ``ray start --block`` exits, again and again,
+        as kubelet does for a head pod or systemd (``Restart=always``) on a VM; yields the events
+        (``("exit", time, code)`` / ``("start", time, None)``). A restarted head can also fail: on a
+        loaded machine its raylet may miss Ray's fixed 30 s start-up wait, and then it is restarted again.
+        """
+        events: list[tuple[str, float, int | None]] = []
+        stop = threading.Event()
 
-    def wait_gcs_port(self, timeout_s: float = 60.0) -> None:
+        def loop() -> None:
+            while not stop.is_set():
+                rc = self.head_proc.poll() if self.head_proc is not None else None
+                if rc is not None:
+                    events.append(("exit", time.time(), rc))
+                    stop_node(self.head_proc, self.head_tmp)  # anything of the old head still alive
+                    if stop.wait(restart_delay_s):
+                        return
+                    self.start_head()
+                    events.append(("start", time.time(), None))
+                stop.wait(0.2)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield events
+        finally:
+            stop.set()
+            thread.join()
+
+    def wait_gcs_port(self, timeout_s: float = 60.0, supervised: bool = False) -> None:
+        """Until the GCS accepts connections; unless ``supervised``, a head that exited meanwhile is an error."""
         deadline = time.time() + timeout_s
         while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.head_ports["port"]), 1.0):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.gcs_port), 1.0):
                 return
-            if self.head_proc is not None and self.head_proc.poll() is not None:
+            if not supervised and self.head_proc is not None and self.head_proc.poll() is not None:
                 log = (Path(self.head_tmp) / "head.log").read_text()[-3000:]
                 raise RuntimeError(f"the head exited {self.head_proc.returncode}:\n{log}")
             if time.time() > deadline:
@@ -204,7 +231,7 @@ def wait_for_nodes(n: int, timeout_s: float = 120.0) -> None:
 def ft_cluster(redis: RedisServer, timeout_s: float = 120.0) -> Iterator[FtCluster]:
     """A GCS-FT head on ``redis`` and one 2-CPU worker node; this process is NOT connected to it (``ray.init`` it)."""
     cluster = FtCluster(redis, tempfile.mkdtemp(prefix="rf"), tempfile.mkdtemp(prefix="rw"),
-                        {k: free_port() for k in HEAD_PORTS}, free_port(), free_port())
+                        free_port(), free_port(), free_port())
     with token_auth():
         try:
             cluster.start_head()

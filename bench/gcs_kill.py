@@ -3,8 +3,9 @@
 On the two-node GCS-FT cluster of bench/gcs_ft.py (private Redis; head with 0 CPUs, replicas on
 the worker node): deploy the recommender, create a detached named actor on the worker, then under
 a steady HTTP load through the worker's Serve proxy SIGKILL the head's ``gcs_server``. The head's
-``ray start --block`` ends the rest of the head (Serve controller and head proxy included); after
-``down_s`` (a supervisor's restart delay) the head is started again with the same command. Measured
+``ray start --block`` ends the rest of the head (Serve controller and head proxy included); a
+supervisor thread starts it again with the same command ``down_s`` after every exit (a restarted
+head that fails to come up is restarted again, as kubelet or systemd would). Measured
 (seconds from the kill): when the GCS listens again, when ``serve.status()`` answers with the app
 RUNNING, when a new deployment answers HTTP; and the answers of the load inside the whole window.
 Checked facts: the replica kept its pid (it was never restarted), the named actor kept its state,
@@ -134,10 +135,19 @@ def _load_summary(load: SteadyLoad, t0: float, t1: float) -> dict[str, Any]:
             "p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1) if lat else None}
 
 
-def gcs_kill_scenario(root: Path, down_s: float = 5.0, threads: int = 2, timeout_s: float = 180.0) -> dict[str, Any]:
-    """Run the scenario once (module docstring); returns the measurements and the checked facts."""
+def gcs_kill_scenario(root: Path, down_s: float = 5.0, threads: int = 2, timeout_s: float = 180.0,
+                      processes_file: Path | None = None) -> dict[str, Any]:
+    """Run the scenario once (module docstring); returns the measurements and the checked facts.
+
+    ``processes_file``: where to write, before anything can fail, the nodes' temp folders and the
+    Redis pid (JSON), so that a caller can end them even if Ray ends this process first (a driver
+    whose GCS stays unreachable for 60 s is ended without running its clean-up).
+    """
     tenants = sorted(p.name for p in (root / "tenants").iterdir() if (p / "CURRENT").exists())
     with redis_server() as redis, ft_cluster(redis) as cluster:
+        if processes_file is not None:
+            processes_file.write_text(json.dumps({"node_folders": [cluster.head_tmp, cluster.worker_tmp],
+                                                  "redis_pid": redis.pid}))
         try:
             return _run(cluster, root, tenants, down_s, threads, timeout_s)
         except BaseException:
@@ -160,15 +170,19 @@ def _run(cluster: FtCluster, root: Path, tenants: list[str], down_s: float, thre
     # this one leaves, as an operator's `serve status` would, and comes back after the restart.
     ray.shutdown()
     out: dict[str, Any] = {"down_s": down_s, "threads": threads}
-    with SteadyLoad(url, tenants, threads, timeout_s=30) as load:
+    with SteadyLoad(url, tenants, threads, timeout_s=30) as load, cluster.supervisor(down_s) as events:
         time.sleep(3)
         t_kill = time.time()
         out["gcs_pid"] = cluster.kill_gcs()
-        out["head_exit_code"] = cluster.wait_head_exit()
-        out["head_down_s"] = round(time.time() - t_kill, 1)
-        time.sleep(down_s)
-        cluster.start_head()
-        cluster.wait_gcs_port(timeout_s)
+        while not events:
+            if time.time() - t_kill > timeout_s:
+                raise TimeoutError(f"the head did not exit after its GCS was killed\n{cluster.logs()}")
+            time.sleep(0.1)
+        out["head_exit_code"] = events[0][2]
+        out["head_down_s"] = round(events[0][1] - t_kill, 1)
+        while len(events) < 2:
+            time.sleep(0.1)
+        cluster.wait_gcs_port(timeout_s, supervised=True)
         out["gcs_back_s"] = round(time.time() - t_kill, 1)
         _connect(cluster, timeout_s)
         _serve_running(timeout_s)
@@ -185,7 +199,8 @@ def _run(cluster: FtCluster, root: Path, tenants: list[str], down_s: float, thre
     out["replica_pid_unchanged"] = _replica_pid(timeout_s) == replica_pid
     out["counter_after"] = ray.get(ray.get_actor("gcs-ft-counter").incr.remote())  # 2 if its state survived
     out["worker_node_alive"] = any(n["NodeID"] == worker_node and n["Alive"] for n in ray.nodes())
-    out["head_starts"] = cluster.head_starts
+    out["head_restarts"] = cluster.head_starts - 1  # > 1: a restarted head failed to start and was restarted again
+    out["head_events"] = [(kind, round(t - t_kill, 1), rc) for kind, t, rc in events]
     del counter
     serve.shutdown()
     ray.shutdown()
@@ -198,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the result here as JSON (else stdout)")
     p.add_argument("--down-s", type=float, default=5.0, help="how long the head stays down before its restart")
     p.add_argument("--threads", type=int, default=2, help="closed-loop HTTP clients")
+    p.add_argument("--processes-file", type=Path, help="write the nodes' temp folders and the Redis pid here first")
     a = p.parse_args(argv)
     if not (a.root / "tenants").is_dir():
         print(f"error: {a.root} has no tenants/: give a serving artifact root (`rec publish --root`)", file=sys.stderr)
         return 2
-    text = json.dumps(gcs_kill_scenario(a.root, a.down_s, a.threads), indent=2)
+    text = json.dumps(gcs_kill_scenario(a.root, a.down_s, a.threads, processes_file=a.processes_file), indent=2)
     if a.out:
         a.out.write_text(text)
     print(text)

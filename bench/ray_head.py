@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LocalHead", "free_port", "local_head", "ray_env", "start_ray", "stop_node", "token_auth"]
+__all__ = ["LocalHead", "free_port", "local_head", "end_processes_naming", "ray_env", "start_ray", "stop_node",
+           "token_auth"]
 
 PORT_FLAGS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
@@ -131,16 +132,23 @@ def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHea
 
 
 def stop_node(proc: subprocess.Popen, marker: str) -> None:
-    """End the head's process group, then any Ray process that still names its temp folder."""
-    import psutil
-
+    """End the node's process group, then any Ray process that still names its temp folder."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.time() + 20
-    while time.time() < deadline:
+    end_processes_naming(marker)
+
+
+def end_processes_naming(marker: str, grace_s: float = 20.0) -> None:
+    """Wait up to ``grace_s`` for every process whose command line names ``marker`` (a node's own temp
+    folder) to exit, then SIGKILL those left. Also the way to clean up after a driver that Ray ended
+    before its own clean-up could run."""
+    import psutil
+
+    deadline = time.time() + grace_s
+    while True:
         left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-        if not left:
-            return
+        if not left or time.time() >= deadline:
+            break
         time.sleep(0.5)
     for p in left:
         with contextlib.suppress(psutil.NoSuchProcess):
