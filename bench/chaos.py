@@ -188,8 +188,9 @@ def gcs_kill_row(root: Path, injections: int, threads: int) -> dict[str, Any]:
 
 FAULTS = ("fuzz", "events-disk-full", "replica-sigkill", "gcs-kill")
 PROTOCOL = {
-    "load": "closed-loop HTTP threads (--threads) through a Serve proxy, round-robin over the root's tenants",
-    "layout": "Ingress -> 2 Ranker replicas (0.3 CPU each), local Ray with 2 CPUs, direct ingress off",
+    "load": "closed-loop HTTP threads through a Serve proxy (--threads: 6 in replica-sigkill; gcs-kill uses 2), "
+            "round-robin over the root's tenants",
+    "layout": "replica-sigkill: Ingress -> 2 Ranker replicas (0.3 CPU each), local Ray with 2 CPUs, direct ingress off",
     "events-disk-full": "events/ on a 128 KiB tmpfs; 503 counted in 5xx as the issue allows (Retry-After), not as client errors",
     "gcs-kill": "bench/gcs_kill.py: 2 HTTP threads; private redis-server, GCS-FT head (0 CPUs) + worker node with the single-hop "
                 "Recommender, load on the worker's proxy, gcs_server SIGKILLed, head restarted 5 s after it went "
