@@ -174,7 +174,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def run(a: argparse.Namespace) -> tuple[list[dict], list[dict], dict[str, Any]]:
     from ray import serve
 
-    from bench.readapt import _free_port, build_world
+    from bench.ray_head import free_port
+    from bench.readapt import build_world
     from bench.serve_session import app_url, serve_session
     from rec.training.checkpoint import load_backbone
     from serve_apps.args import RecommenderArgs
@@ -187,7 +188,7 @@ def run(a: argparse.Namespace) -> tuple[list[dict], list[dict], dict[str, Any]]:
         ckpt, tenant, root = build_world(Path(tmp))
         ids = [str(i) for i in tenant.items.ids]
         setup_s = time.perf_counter() - t0
-        port = _free_port()
+        port = free_port()
         with serve_session("proxy", port):
             serve.run(build_app(RecommenderArgs(artifact_root=str(root))), name=APP, route_prefix=f"/{APP}")
             url = app_url(APP, "proxy", port)

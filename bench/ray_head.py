@@ -19,13 +19,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["LocalHead", "free_port", "local_head", "end_processes_naming", "ray_env", "start_ray", "stop_node",
-           "token_auth"]
+           "stop_process_group", "token_auth"]
 
 PORT_FLAGS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
@@ -38,6 +39,7 @@ class LocalHead:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -123,18 +125,33 @@ def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHea
         proc = start_ray(["--head", f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                           *[f"--{k}={v}" for k, v in ports.items()]], ray_env(), tmp, log)
         head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
+        # a SIGTERM to this process (kill, a CI timeout) must still end the head: raise so `finally` runs
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
         try:
             _wait_for_jobs(head.dashboard, proc, log, timeout_s)
             yield head
         finally:
             stop_node(proc, tmp)
             shutil.rmtree(tmp, ignore_errors=True)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stop_node(proc: subprocess.Popen, marker: str) -> None:
     """End the node's process group, then any Ray process that still names its temp folder."""
+    stop_process_group(proc.pid, marker)
+
+
+def stop_process_group(pgid: int, marker: str) -> None:
+    """SIGTERM the process group ``pgid`` (a node started by :func:`start_ray`), then
+    :func:`end_processes_naming` its temp folder ``marker``."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(pgid, signal.SIGTERM)
     end_processes_naming(marker)
 
 

@@ -2,7 +2,7 @@
 
 Protocol: a backbone of the default model size (random init: the round's cost does not depend on
 what the weights know), one synthetic tenant of the default size published as v1 from a LoRA
-adapter (``rec adapt`` defaults, K=64), a local Ray with the dashboard (``num_cpus=2``) for the
+adapter (``rec adapt`` defaults, K=64), a private Ray head with the dashboard (``num_cpus=2``, bench/ray_head.py) for the
 Jobs SDK. Per round, 2,000 new click/purchase events (the tenant's next users, replayed through
 ``EventLog``: impressions + clicks, 30 % of the clicks without a user id) are appended; then the
 clock starts, one ``trigger_pass`` decides the tenant is due (``every_events=2000``) and submits
@@ -19,24 +19,16 @@ on 2 cores.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench._results import log, write_results
+from bench.ray_head import local_head
 
 COLUMNS = ["round", "events_new", "events_read", "users", "trigger_to_live_s", "job_round_s", "adapt_s", "adapt_epochs",
            "warm_start", "gate_new", "gate_current", "version"]
 EVENTS_PER_ROUND = 2000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_world(work: Path):  # noqa: ANN201
@@ -73,23 +65,6 @@ def _users_for(tenant, start: int, events: int) -> tuple[list[int], int]:  # noq
         n += len(tenant.sequence(u))
         u += 1
     return users, u
-
-
-def wait_for_job_agent(address: str, timeout_s: float = 120.0) -> None:
-    """Submit a no-op job until the dashboard's job agent takes it (it starts seconds after the head)."""
-    from ray.job_submission import JobSubmissionClient
-
-    client, deadline = JobSubmissionClient(address), time.time() + timeout_s
-    while True:
-        try:
-            sid = client.submit_job(entrypoint="true")
-            break
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.time() > deadline:
-                raise
-            time.sleep(1.0)
-    while not client.get_job_status(sid).is_terminal():
-        time.sleep(0.5)
 
 
 def run_round(i: int, root: Path, ckpt: Path, tenant, first_user: int, address: str, t0_unix: float) -> tuple[dict, int]:  # noqa: ANN001
@@ -135,21 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args(argv)
-    import ray
+    # a private head first (free ports, a token): Ray reads its auth mode once, when first imported
+    with local_head(num_cpus=2) as head, tempfile.TemporaryDirectory(prefix="bench-readapt-") as tmp:
+        import ray
 
-    with tempfile.TemporaryDirectory(prefix="bench-readapt-") as tmp:
         work = Path(tmp)
         log("building the world (backbone, v1 LoRA adapter, serving root)")
         ckpt, tenant, root = build_world(work)
-        port = _free_port()
-        # jobs run `rec ...` through a shell: the venv's bin first, as on the cluster's image
-        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_port=port, log_to_driver=False)
+        ray.init(address=head.gcs_address, log_to_driver=False)
         try:
-            wait_for_job_agent(f"http://127.0.0.1:{port}")
             rows, user, t0_unix = [], 0, time.time() - 86400.0
             for i in range(a.rounds):
-                row, user = run_round(i, root, ckpt, tenant, user, f"http://127.0.0.1:{port}", t0_unix)
+                row, user = run_round(i, root, ckpt, tenant, user, head.dashboard, t0_unix)
                 rows.append(row)
         finally:
             ray.shutdown()

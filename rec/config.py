@@ -329,10 +329,10 @@ class ReadaptConfig(_Strict):
     adapter's manifest, so the warm start fits).
     """
 
-    min_events: int = Field(200, ge=1, description="click/purchase events a tenant needs before its first round")
-    every_events: int = Field(2000, ge=1, description="trigger: new click/purchase events since the last round")
+    min_events: int = Field(200, ge=1, description="interactions (clicks, purchases, asks naming a user and a history) a tenant needs before its first round")
+    every_events: int = Field(2000, ge=1, description="trigger: new interactions since the last round")
     every_minutes: float = Field(60.0, gt=0.0, description="trigger: minutes since the last round (with >= 1 new event)")
-    min_gain: float = Field(0.0, ge=-1.0, le=1.0, description="publish only if the new NDCG@10 >= the current one + min_gain on the gate set")
+    min_gain: float = Field(0.0, ge=-1.0, le=1.0, description="publish only if the new NDCG@10 > the current one + min_gain on the gate set (a tie keeps the live version)")
     holdout_users: int = Field(50, ge=1, description="gate: users whose most recent event is held out (the latest ones)")
     min_train_users: int = Field(20, ge=2, description="users with >= 2 events needed besides the held-out ones")
     method: str | None = Field(None, description="adaptation method; null = the serving version's (its adapter's hyper-parameters too)")

@@ -7,8 +7,12 @@ and on the two record shapes sharing a file). Each line is projected to a few co
 driver then joins clicks whose ``user_id`` is missing to the user of the impression their
 ``request_id`` quotes, and builds per-user chronological sequences.
 
-What counts as an interaction: ``click`` and ``purchase`` events (``impression`` events posted by
-clients and the service's impression records are exposure, not interest).
+What counts as an interaction: ``click`` and ``purchase`` events, and the newest history item of
+each answered request that names a user (the impression record's ``history_last``: the app
+reports what the user did last when it asks, whether or not it was shown). An ask whose newest
+history item is the user's previous interaction (a click, then an ask whose history ends with it;
+the same ask twice) adds nothing; repeated clicks or purchases of one item all count. The shown items themselves (``impression`` events posted by clients, the records' ``items``)
+are exposure, not interest.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ class LoggedInteractions:
         sequences: ``U`` lists of item ids (external, as logged), chronological.
         times: ``U`` lists of event times (client ``timestamp``, else the time received).
         events: Click/purchase records read.
+        from_requests: Interactions taken from requests' newest history items (after removing repeats).
+        reported: ``U`` lists of flags, True where an ask reported the interaction (its
+            ``history_last``), alone or right after the click on it: what the user did whether or
+            not the serving model showed it (the gate picks its targets among these).
         joined: Of them, records whose user came from the impression their ``request_id`` names.
         unattributed: Records with neither a user id nor a known ``request_id`` (dropped).
         last_received_unix: Newest ``received_unix`` among the records read (0 if none).
@@ -51,32 +59,34 @@ class LoggedInteractions:
     sequences: list[list[str]]
     times: list[list[float]]
     events: int
+    from_requests: int
     joined: int
     unattributed: int
     last_received_unix: float
     days: list[str] = field(default_factory=list)
+    reported: list[list[bool]] = field(default_factory=list)
 
     @property
     def num_users(self) -> int:
         return len(self.users)
 
 
-def _project_line(text: str, path: str) -> dict[str, Any] | None:
-    """One log line -> the columns the join needs; None for torn lines and records that are neither."""
+def _project_line(text: str, path: str) -> list[dict[str, Any]]:
+    """One log line -> rows of the columns the join needs (none for torn lines and other records)."""
     try:
         rec = json.loads(text)
     except json.JSONDecodeError:  # a torn last line after a crash
-        return None
+        return []
     if not isinstance(rec, dict):
-        return None
+        return []
     kind = rec.get("kind", "event")
     if kind == "event" and rec.get("type") in INTERACTION_TYPES and rec.get("item_id") is not None:
         kind = "interaction"
     elif kind != "impression" or not rec.get("user_id") or not rec.get("request_id"):
-        return None  # only impressions that can name a user matter to the join
+        return []  # only impressions that can name a user matter to the join
     received = float(rec.get("received_unix") or 0.0)
     t = rec.get("timestamp")
-    return {
+    row = {
         "kind": kind,
         "item_id": str(rec.get("item_id") or ""),
         "user_id": str(rec.get("user_id") or ""),
@@ -85,10 +95,13 @@ def _project_line(text: str, path: str) -> dict[str, Any] | None:
         "received": received,
         "day": Path(path).stem,
     }
+    if kind == "impression" and rec.get("history_last") is not None:
+        return [row, {**row, "kind": "history", "item_id": str(rec["history_last"])}]
+    return [row]
 
 
 def _project_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    rows = [r for r in (_project_line(t, p) for t, p in zip(batch["text"], batch["path"])) if r is not None]
+    rows = [r for t, p in zip(batch["text"], batch["path"]) for r in _project_line(t, p)]
     return {c: np.asarray([r[c] for r in rows], dtype=np.float64 if c in ("t", "received") else object) for c in _COLUMNS}
 
 
@@ -114,9 +127,11 @@ def read_interactions(files: list[Path], tenant: str) -> LoggedInteractions:
     if not files:
         raise NoEvents(f"tenant {tenant!r} has no event log yet: serve it and post click/purchase events first")
     rows = _read_rows(files)
-    is_inter = rows["kind"] == "interaction"
+    is_click = rows["kind"] == "interaction"
+    is_inter = is_click | (rows["kind"] == "history")
     if not is_inter.any():
-        raise NoEvents(f"tenant {tenant!r}: the log has no click/purchase events yet ({len(files)} file(s) read)")
+        raise NoEvents(f"tenant {tenant!r}: the log has no click/purchase events and no request naming a user with a "
+                       f"history yet ({len(files)} file(s) read)")
     user_of_request = {r: u for k, r, u in zip(rows["kind"], rows["request_id"], rows["user_id"]) if k == "impression"}
     users = rows["user_id"][is_inter].copy()
     missing = users == ""
@@ -124,19 +139,29 @@ def read_interactions(files: list[Path], tenant: str) -> LoggedInteractions:
     users[missing] = joined
     keep = users != ""
     items, times = rows["item_id"][is_inter][keep], rows["t"][is_inter][keep]
-    received = rows["received"][is_inter]
+    received, from_request = rows["received"][is_inter], (rows["kind"][is_inter] == "history")[keep]
     users = users[keep]
     order = np.lexsort((received[keep], times, users.astype(str)))  # by user, then time (ties: arrival)
-    users, items, times = users[order], items[order], times[order]
+    users, items, times, from_request = users[order], items[order], times[order], from_request[order]
+    # an ask whose newest history item is the user's previous interaction (after a click on it, or a
+    # second ask) repeats it; clicks and purchases of the same item again are real and stay
+    repeat = np.zeros(len(users), bool)
+    repeat[1:] = (users[1:] == users[:-1]) & (items[1:] == items[:-1]) & from_request[1:]
+    reported = from_request.copy()
+    reported[:-1] |= repeat[1:]  # a click the next ask confirms was reported too
+    kept = ~repeat
+    users, items, times, from_request, reported = users[kept], items[kept], times[kept], from_request[kept], reported[kept]
     ids, starts = np.unique(users.astype(str), return_index=True)
     bounds = list(starts) + [len(users)]
     return LoggedInteractions(
         users=ids.astype(object),
         sequences=[list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:])],
         times=[list(map(float, times[a:b])) for a, b in zip(bounds[:-1], bounds[1:])],
-        events=int(is_inter.sum()),
+        events=int(is_click.sum()),
+        from_requests=int(from_request.sum()),
         joined=int((joined != "").sum()),
         unattributed=int((~keep).sum()),
         last_received_unix=float(received.max()) if len(received) else 0.0,
         days=[p.stem for p in files],
+        reported=[list(map(bool, reported[a:b])) for a, b in zip(bounds[:-1], bounds[1:])],
     )

@@ -4,7 +4,7 @@ setup (the serving version, its manifest and adapter; the log read with Ray Data
 -> adapt, warm-started from the serving adapter -> save the candidate adapter -> gate: NDCG@10 on
 the held-out most recent events, candidate vs serving version, both loaded from their adapter
 folders and scored by one function -> publish (``publish_tenant``) only if candidate >=
-serving + ``min_gain`` -> record the round (``rec.feedback.rounds``) either way.
+serving + ``min_gain`` (strictly: a tie keeps the live version) -> record the round (``rec.feedback.rounds``) either way.
 
 The adaptation runs in this process (the Ray job's driver): a round trains a few hundred small
 sequences for seconds, so a Ray Train worker group would cost more to start than it saves; Ray
@@ -146,13 +146,13 @@ def readapt_tenant(root: str | Path, loaded: LoadedBackbone, catalog: Tenant, te
     max_len, excl = loaded.cfg.data.max_seq_len, eval_cfg.exclude_history
     new = gate_ndcg(_scoring_model(loaded, candidate), text_emb, split.gate, max_len, excl)
     current = gate_ndcg(_scoring_model(loaded, serving.adapter_dir), text_emb, split.gate, max_len, excl)
-    passed = new >= current + rcfg.min_gain
+    passed = new > current + rcfg.min_gain  # a tie would publish a version no better than the live one
     record: dict[str, Any] = {
         "kind": "round", "decision": "published" if passed else "kept", "method": acfg.method,
         "gate": {"metric": GATE_METRIC, "new": new, "current": current, "min_gain": rcfg.min_gain, "users": len(split.gate)},
         "from_version": serving.version, "candidate_adapter": str(candidate),
         "warm_start": cold_reason is None, "cold_start_reason": cold_reason,
-        "events_read": logged.events, "events_used": split.events_used, "dropped_unknown_items": split.dropped_unknown,
+        "events_read": logged.events, "events_from_requests": logged.from_requests, "events_used": split.events_used, "dropped_unknown_items": split.dropped_unknown,
         "joined_via_request_id": logged.joined, "unattributed": logged.unattributed, "users": logged.num_users,
         "log_until_unix": logged.last_received_unix, "adapt_epochs": res.epochs, "adapt_s": res.adapt_s,
     }
@@ -160,7 +160,7 @@ def readapt_tenant(root: str | Path, loaded: LoadedBackbone, catalog: Tenant, te
         pub = publish_tenant(root, loaded, catalog, text_emb, candidate)
         record["version"] = pub.version
     else:
-        record["reason"] = (f"gate: new {GATE_METRIC} {new:.4f} < current {current:.4f} + min_gain {rcfg.min_gain:g} "
+        record["reason"] = (f"gate: new {GATE_METRIC} {new:.4f} <= current {current:.4f} + min_gain {rcfg.min_gain:g} "
                             f"on the {len(split.gate)} most recent held-out events; v{serving.version} stays live")
     record["seconds"] = time.perf_counter() - t0
     return append_record(root, tenant, record)

@@ -49,8 +49,12 @@ class TriggerDecision:
 
 
 def interaction_count(records: list[dict[str, Any]]) -> int:
-    """Click/purchase events among a tenant's log records."""
-    return sum(1 for r in records if r.get("kind", "event") == "event" and r.get("type") in INTERACTION_TYPES)
+    """Interactions among a tenant's log records: click/purchase events and asks that name a user
+    and a newest history item (what rec.feedback.log_reader reads; repeats are not removed here:
+    this sizes a trigger, not a training set)."""
+    return sum(1 for r in records
+               if (r.get("kind", "event") == "event" and r.get("type") in INTERACTION_TYPES)
+               or (r.get("kind") == "impression" and r.get("user_id") and r.get("history_last") is not None))
 
 
 def _state_path(root: str | Path, tenant: str) -> Path:

@@ -5,7 +5,10 @@ The event log is the single source of truth. Every replica tails each active ten
 records to its in-memory :class:`TenantFeedback`:
 
 - a service ``impression`` record -> the policy counts the shown slate (``observe_impression``)
-  and remembers it by ``request_id``;
+  and remembers it by ``request_id``; with ``count_history`` the online prior counts the
+  request's newest history item (``history_last``: what the user did last, reported by the app
+  when it asks), once per user, so a tenant's popularity is learned from every request and not
+  only from clicks on what was shown;
 - a client ``click``/``purchase`` -> the online prior counts the item; when it names the
   ``request_id`` of a remembered impression that showed the item, the policy counts a click on
   that slate position's features (``observe_click``).
@@ -13,7 +16,7 @@ records to its in-memory :class:`TenantFeedback`:
 Because every replica applies the same log in the same order, replicas converge to the same
 state without talking to each other, and a restarted replica rebuilds it by replaying the log.
 A tenant's settings live in ``<tenant folder>/feedback.json`` (:class:`FeedbackSettings`,
-written by ``rec feedback-settings``); a changed file is picked up on the next poll.
+written with :func:`write_feedback_settings` or by hand); a changed file is picked up on the next poll.
 
 The rank path never waits for this: :meth:`LiveFeedback.get` returns the state built so far, or
 None (rank greedily, no prior) while a tenant's first replay is still running.
@@ -62,6 +65,9 @@ class FeedbackSettings(BaseModel):
     propensity_samples: int = Field(64, ge=1, le=4096)
     prior_weight: float = Field(0.5, ge=0.0, description="online popularity prior's weight against the model (0: off)")
     prior_half_life_s: float = Field(7 * 86400.0, gt=0.0, description="half-life of an event in the online prior")
+    count_history: bool = Field(
+        True, description="the online prior also counts each request's newest history item (an interaction the app "
+                          "reports by asking); an ask repeating the user's last counted item (after a click on it) adds nothing")
 
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig(self.policy, self.epsilon, self.prior_strength, self.ridge, self.noise, self.alpha,
@@ -104,6 +110,7 @@ class TenantFeedback:
         self.applied = 0
         self._vectors = bundle
         self._shown: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._last_counted: OrderedDict[str, str] = OrderedDict()  # user -> newest item the prior counted
         self._max_remembered = max_remembered
         self._lock = threading.Lock()
 
@@ -131,18 +138,37 @@ class TenantFeedback:
             self._shown[rec["request_id"]] = (rows, z)
             if len(self._shown) > self._max_remembered:
                 self._shown.popitem(last=False)
+            if self.settings.count_history and rec.get("history_last") is not None:
+                self._count(str(rec["history_last"]), rec, from_request=True)
             return
         if rec.get("type") not in ("click", "purchase"):
             return
-        rows, unknown = self.item_ids.rows_of([rec["item_id"]])
-        if unknown:
+        rows = self._count(str(rec["item_id"]), rec, from_request=False)
+        if rows is None:
             return
-        self.prior.observe(rows, float(rec.get("timestamp") or rec.get("received_unix") or 0.0))
         slate = self._shown.get(rec.get("request_id") or "")
         if slate is not None:
             hit = slate[0] == rows[0]
             if hit.any():
                 self.state.observe_click(slate[0][hit], slate[1][hit], self._vectors_of(slate[0][hit]))
+
+    def _count(self, item: str, rec: dict[str, Any], from_request: bool) -> np.ndarray | None:
+        """Count ``item`` in the online prior; its rows (None if unknown). An ask whose newest history
+        item is the user's last counted one repeats it and is not counted (rec.feedback.log_reader
+        reads the log the same way)."""
+        rows, unknown = self.item_ids.rows_of([item])
+        if unknown:
+            return None
+        user = rec.get("user_id")
+        if from_request and user is not None and self._last_counted.get(user) == item:
+            return rows
+        if user is not None:
+            self._last_counted[user] = item
+            self._last_counted.move_to_end(user)
+            if len(self._last_counted) > self._max_remembered:
+                self._last_counted.popitem(last=False)
+        self.prior.observe(rows, float(rec.get("timestamp") or rec.get("received_unix") or 0.0))
+        return rows
 
     def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
         b = self._vectors

@@ -123,6 +123,8 @@ def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_vers
     }
     if row.req.user_id is not None:
         impression["user_id"] = row.req.user_id
+    if row.req.history:  # the user's newest interaction, as the tenant's app reports it by asking
+        impression["history_last"] = row.req.history[-1]
     return {
         "tenant": row.req.tenant,
         "request_id": request_id,

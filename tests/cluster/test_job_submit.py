@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from bench.ray_head import stop_process_group
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,25 +34,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _kill_tree(pgid: int, marker: str) -> None:
-    """End the head's process group, then any Ray process that still names our temp folder."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-        if not left:
-            return
-        time.sleep(0.5)
-    for p in left:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +79,7 @@ def head():
             time.sleep(2)
         yield address, env
     finally:
-        _kill_tree(proc.pid, tmp)
+        stop_process_group(proc.pid, tmp)
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -50,6 +50,48 @@ def test_reader_reads_day_files_and_joins_users_by_request_id(ray_local, logged_
     assert by_user[f"user-{tenant.users[0]}"][:2] == ["not-in-catalog-1", "not-in-catalog-2"]
 
 
+def test_asks_are_interactions_through_their_newest_history_item(ray_local, tmp_path):
+    log = EventLog(ArtifactRoot(tmp_path).events_dir)
+
+    def ask(t: float, last: str | None, user: str | None = "u1") -> dict:
+        rec = {"kind": "impression", "request_id": f"r{t}", "items": ["z"], "timestamp": t, "received_unix": t}
+        return {**rec, **({"user_id": user} if user else {}), **({"history_last": last} if last else {})}
+
+    def click(t: float, item: str) -> dict:
+        return {"kind": "event", "type": "click", "item_id": item, "user_id": "u1", "timestamp": t, "received_unix": t}
+
+    log.append_unkeyed("shop", [ask(1, "a"), click(2, "b"), ask(3, "b"), ask(4, "b"), click(5, "b"), ask(6, None),
+                                ask(7, "c", user=None), ask(8, "d", user="u2")])
+    logged = read_interactions(EventLog(ArtifactRoot(tmp_path).events_dir).files("shop"), "shop")
+    by_user = dict(zip(logged.users, logged.sequences))
+    # the asks repeating the click add nothing, the second click of b counts, an ask without a user cannot
+    assert by_user == {"u1": ["a", "b", "b"], "u2": ["d"]}
+    assert (logged.events, logged.from_requests) == (2, 2)
+
+
+def test_the_gate_target_is_what_an_ask_reported_not_a_trailing_click(ray_local, tmp_path, serving_world):
+    tenant = serving_world.tenants["podcasts"]
+    ids = [str(i) for i in tenant.items.ids[:6]]
+    log = EventLog(ArtifactRoot(tmp_path).events_dir)
+    recs = []
+    for u in range(4):  # each user: asks reporting ids[0], ids[1], ids[2], then a click on ids[3+u%3] (shown)
+        for j in range(3):
+            t = 100.0 * u + j
+            recs.append({"kind": "impression", "request_id": f"r{u}-{j}", "items": ["x"], "user_id": f"u{u}",
+                         "history_last": ids[j], "timestamp": t, "received_unix": t})
+        recs.append({"kind": "event", "type": "click", "item_id": ids[3 + u % 3], "user_id": f"u{u}",
+                     "timestamp": 100.0 * u + 5, "received_unix": 100.0 * u + 5})
+    log.append_unkeyed("podcasts", recs)
+    logged = read_interactions(log.files("podcasts"), "podcasts")
+    split = split_logged(tenant, logged, holdout_users=2, min_train_users=2)
+    index = {i: tenant.item_index_of(i) for i in ids}
+    assert sorted(split.gate.users) == ["u2", "u3"], "the users who acted last"
+    assert split.gate.targets.tolist() == [index[ids[2]]] * 2, "the last reported interaction, not the click after it"
+    assert all(h.tolist() == [index[ids[0]], index[ids[1]]] for h in split.gate.histories)
+    held = [r for r, u in enumerate(split.train.users) if u in ("u2", "u3")]
+    assert all(split.train.sequence(r).tolist() == [index[ids[0]], index[ids[1]]] for r in held), "target and later click never train"
+
+
 def test_gate_split_holds_out_the_most_recent_events(ray_local, logged_root, serving_world):
     root, _ = logged_root
     tenant = serving_world.tenants["podcasts"]

@@ -77,6 +77,29 @@ def test_clicks_in_the_log_reach_the_next_ranking_within_a_poll(serving_world, l
     assert reflected <= 2.0, f"event -> next ranking took {reflected:.2f} s"
 
 
+def test_asks_teach_the_prior_their_newest_history_item_once_per_user(serving_world, loop):
+    store, ranker, reg, log, live = loop
+    write_feedback_settings(store.tenant_dir("courses"), FeedbackSettings(prior_weight=2.0))
+    bundle = reg.get("courses").bundle
+    _wait_for(live, "courses", bundle)
+    item = bundle.item_ids.tolist()[-1]
+    row = int(bundle.item_ids.rows_of([item])[0][0])
+    # three users ask with the item as their newest interaction; u1 asks twice (a refresh), and u2
+    # clicked it before asking (the ask repeats the click), so the prior counts it 4 times, not 5
+    asks = [RankRequest("courses", ("x", item), 3, user_id=u) for u in ("u1", "u1", "u3")]
+    log.append("courses", [{"kind": "event", "type": "click", "item_id": item, "user_id": "u2", "timestamp": time.time()}])
+    asks.append(RankRequest("courses", (item,), 3, user_id="u2"))
+    asks.append(RankRequest("courses", (item,), 3))  # no user: counted
+    answers = rank_batch(ranker, reg, asks, ranker.max_len, "m", feedback=live)
+    assert all(a[IMPRESSION_KEY]["history_last"] == item for a in answers)
+    log.append_unkeyed("courses", [a[IMPRESSION_KEY] for a in answers])
+    deadline, count = time.monotonic() + 5, 0.0
+    while count < 3.9 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        count = live.get("courses", bundle).prior.counts(time.time())[row]
+    assert count == pytest.approx(4.0, abs=1e-3)
+
+
 @pytest.mark.parametrize("policy", ["epsilon", "thompson", "lints", "linucb"])
 def test_a_tenant_policy_is_used_and_learns_from_logged_impressions(serving_world, loop, policy):
     store, ranker, reg, log, live = loop
