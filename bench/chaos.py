@@ -14,11 +14,16 @@ Built here (each a real fault on real components):
   freed; lost_events = acknowledged events missing from the log, duplicated_events = log lines
   beyond what was acknowledged (a 503 must leave nothing behind).
 
-Not built (absent rows, not faked): replica drain under downscale, worker-node kill, GCS
-kill/restart, publish/rollback under load, corrupt version, training-worker and Tune-driver kills,
-noisy neighbour. ``rec readapt`` does not exist yet, so its fault is out.
+- ``gcs-kill``: SIGKILL of the GCS under load on a two-node cluster whose GCS is fault tolerant on
+  a private ``redis-server`` (bench/gcs_kill.py), the head restarted as a supervisor would;
+  recovery_s = until ``serve.status()`` answers with the app RUNNING.
 
-    python -m bench.chaos [--fuzz-examples 560] [--kills 3]     # ~3 min on 2 cores
+Not built (absent rows, not faked): replica drain under downscale, worker-node kill,
+publish/rollback under load, corrupt version, training-worker and Tune-driver kills, noisy
+neighbour. ``rec readapt`` does not exist yet, so its fault is out.
+
+    python -m bench.chaos [--fuzz-examples 560] [--kills 3]     # ~6 min on 2 cores
+    python -m bench.chaos --faults gcs-kill                      # one row; the saved others are kept
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -39,6 +43,7 @@ import numpy as np
 
 from bench._results import log, write_results
 from bench.serve_coldstart import build_root
+from bench.steady_load import SteadyLoad
 
 COLUMNS = ["fault", "injections", "requests", "client_errors", "5xx", "lost_events", "duplicated_events",
            "recovery_s", "p99_ms_during"]
@@ -55,40 +60,6 @@ def fuzz_row(root: Path, examples: int) -> dict[str, Any]:
     return {"fault": "fuzz", "injections": 0, "requests": r.cases + r.stateful_steps, "client_errors": len(r.failures),
             "5xx": five, "lost_events": None, "duplicated_events": None, "recovery_s": None, "p99_ms_during": None,
             "failures": r.failures[:5]}
-
-
-class _Load:
-    def __init__(self, url: str, tenants: list[str], threads: int) -> None:
-        self.url, self.tenants, self.stop = url, tenants, threading.Event()
-        self.codes: Counter = Counter()
-        self.lat: list[tuple[float, float]] = []  # (end time, seconds)
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
-
-    def _run(self, i: int) -> None:
-        import requests
-
-        with requests.Session() as s:
-            n = 0
-            while not self.stop.is_set():
-                n += 1
-                t0 = time.perf_counter()
-                try:
-                    code = s.post(f"{self.url}/v1/tenants/{self.tenants[(i + n) % len(self.tenants)]}/recommendations",
-                                  json={"history": [], "k": 5}, timeout=60).status_code
-                except requests.RequestException:
-                    code = -1
-                self.codes[code] += 1
-                self.lat.append((time.time(), time.perf_counter() - t0))
-
-    def __enter__(self) -> "_Load":
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
 
 
 def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
@@ -116,7 +87,7 @@ def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
             return seen
 
         recovery, windows = [], []
-        with _Load("http://127.0.0.1:8765", tenants, threads) as load:
+        with SteadyLoad("http://127.0.0.1:8765", tenants, threads) as load:
             time.sleep(3)
             for k in range(kills):
                 victim = sorted(pids())[0]
@@ -191,27 +162,84 @@ def disk_full_row(root: Path, injections: int) -> dict[str, Any]:
             "statuses": dict(codes)}
 
 
+def gcs_kill_row(root: Path, injections: int, threads: int) -> dict[str, Any]:
+    """SIGKILL of the GCS under load on a GCS-FT cluster (bench/gcs_kill.py), ``injections`` times.
+
+    Each injection is a fresh Redis + two-node cluster; recovery_s = kill -> ``serve.status()``
+    answers with the app RUNNING (the control plane is back); the load's window runs from the kill
+    until a new deployment answered.
+    """
+    from bench.gcs_kill import gcs_kill_scenario
+
+    runs = []
+    for k in range(injections):
+        runs.append(gcs_kill_scenario(root, down_s=5.0, threads=threads))
+        log(f"gcs kill {k + 1}/{injections}: {runs[-1]}")
+    during = [r["during_outage"] for r in runs]
+    return {"fault": "gcs-kill", "injections": injections, "requests": sum(d["requests"] for d in during),
+            "client_errors": sum(d["errors"] for d in during), "5xx": sum(d["5xx"] for d in during),
+            "lost_events": None, "duplicated_events": None,
+            "recovery_s": max(r["serve_status_running_s"] for r in runs),
+            "p99_ms_during": max(d["p99_ms"] for d in during),
+            "gcs_back_s": [r["gcs_back_s"] for r in runs], "new_deployment_s": [r["new_deployment_s"] for r in runs],
+            "state_survived": all(r["replica_pid_unchanged"] and r["counter_after"] == 2 and r["worker_node_alive"]
+                                  for r in runs)}
+
+
+FAULTS = ("fuzz", "events-disk-full", "replica-sigkill", "gcs-kill")
+PROTOCOL = {
+    "load": "closed-loop HTTP threads through a Serve proxy (--threads: 6 in replica-sigkill; gcs-kill uses 2), "
+            "round-robin over the root's tenants",
+    "layout": "replica-sigkill: Ingress -> 2 Ranker replicas (0.3 CPU each), local Ray with 2 CPUs, direct ingress off",
+    "events-disk-full": "events/ on a 128 KiB tmpfs; 503 counted in 5xx as the issue allows (Retry-After), not as client errors",
+    "gcs-kill": "bench/gcs_kill.py: 2 HTTP threads; private redis-server, GCS-FT head (0 CPUs) + worker node with the single-hop "
+                "Recommender, load on the worker's proxy, gcs_server SIGKILLed, head restarted 5 s after it went "
+                "down; recovery_s = kill -> serve.status() RUNNING; window = kill -> a new deployment answered",
+    "not built": "drain/downscale, worker-node kill, publish/rollback, corrupt version, training/Tune kills, noisy neighbour",
+}
+
+
+def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The saved rows with ``rows`` in place of (or after) those of the same faults."""
+    import json
+
+    from bench._results import RESULTS
+
+    saved = RESULTS / "chaos.json"
+    old = json.loads(saved.read_text())["rows"] if saved.is_file() else []
+    new = {r["fault"]: r for r in rows}
+    merged = [new.pop(r["fault"], r) for r in old]
+    return merged + list(new.values())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default=str(Path(tempfile.gettempdir()) / "chaos-root"))
     p.add_argument("--fuzz-examples", type=int, default=560, help="per operation and mode (>= 5,000 cases in all)")
     p.add_argument("--kills", type=int, default=3)
     p.add_argument("--threads", type=int, default=6)
+    p.add_argument("--gcs-kills", type=int, default=2, help="GCS kills (each on a fresh cluster, ~1-2 min)")
+    p.add_argument("--faults", default=",".join(FAULTS),
+                   help=f"comma-separated subset of {','.join(FAULTS)}; rows of the others are kept from the saved file")
     args = p.parse_args()
+    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    unknown = sorted(set(faults) - set(FAULTS))
+    if unknown:
+        p.error(f"unknown fault(s) {unknown}: choose from {', '.join(FAULTS)}")
     root = Path(args.root)
     if not (root / "model" / "manifest.json").is_file():
         log(f"building the artifact root {root}")
         build_root(root)
     rows = []
-    log("fuzz"); rows.append(fuzz_row(root, args.fuzz_examples)); log(str(rows[-1]))
-    log("events disk full"); rows.append(disk_full_row(root, 3)); log(str(rows[-1]))
-    log("replica SIGKILL"); rows.append(replica_kill_row(root, args.kills, args.threads)); log(str(rows[-1]))
-    write_results("chaos", {
-        "load": f"{args.threads} closed-loop HTTP threads through the Serve proxy, round-robin over the root's tenants",
-        "layout": "Ingress -> 2 Ranker replicas (0.3 CPU each), local Ray with 2 CPUs, direct ingress off",
-        "events-disk-full": "events/ on a 128 KiB tmpfs; 503 counted in 5xx as the issue allows (Retry-After), not as client errors",
-        "not built": "drain/downscale, worker-node kill, GCS kill, publish/rollback, corrupt version, training/Tune kills, noisy neighbour",
-    }, rows, columns=COLUMNS)
+    if "fuzz" in faults:
+        log("fuzz"); rows.append(fuzz_row(root, args.fuzz_examples)); log(str(rows[-1]))
+    if "events-disk-full" in faults:
+        log("events disk full"); rows.append(disk_full_row(root, 3)); log(str(rows[-1]))
+    if "replica-sigkill" in faults:
+        log("replica SIGKILL"); rows.append(replica_kill_row(root, args.kills, args.threads)); log(str(rows[-1]))
+    if "gcs-kill" in faults:
+        log("GCS kill"); rows.append(gcs_kill_row(root, args.gcs_kills, min(args.threads, 2))); log(str(rows[-1]))
+    write_results("chaos", PROTOCOL, _merge(rows), columns=COLUMNS)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LocalHead", "free_port", "local_head", "stop_process_group"]
+__all__ = ["LocalHead", "free_port", "local_head", "end_processes_naming", "ray_env", "start_ray", "stop_node",
+           "stop_process_group", "token_auth"]
 
 PORT_FLAGS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")
@@ -63,56 +64,108 @@ def _wait_for_jobs(address: str, proc: subprocess.Popen, log: Path, timeout_s: f
             time.sleep(1.0)
 
 
+def ray_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``ray start``: this interpreter's bin first on PATH, no inherited RAY_ADDRESS."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "RAY_USAGE_STATS_ENABLED": "0", **(extra or {})}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def start_ray(args: list[str], env: dict[str, str], tmp: str, log: Path) -> subprocess.Popen:
+    """``ray start --block <args>`` in its own process group with its own temp folder, output to ``log``.
+
+    ``--block`` makes the command the node's supervisor: when one of the node's Ray processes dies
+    (say the GCS), it kills the others and exits 1, so the node fails as a whole, like a head pod.
+    """
+    with open(log, "a") as out:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "ray"), "start", "--block", *args, f"--temp-dir={tmp}",
+             "--disable-usage-stats"],
+            env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@contextlib.contextmanager
+def token_auth() -> Iterator[None]:
+    """Token authentication for this process and every node it starts (restored on exit)."""
+    # `ray start` heads require a token (Ray >= 2.5x); this process, the head and its jobs share one
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)
+    _reload_ray_auth()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        _reload_ray_auth()
+
+
+def _reload_ray_auth() -> None:
+    """Make an already imported Ray re-read RAY_AUTH_MODE / RAY_AUTH_TOKEN (it caches them at import).
+
+    Needed only when this process itself connects with ``ray.init``; the same two calls as Ray's
+    own ``ray._private.authentication_test_utils.reset_auth_token_state``.
+    """
+    if "ray._raylet" not in sys.modules:
+        return  # Ray not imported yet: it reads the environment when it is
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 @contextlib.contextmanager
 def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHead]:
     """A head node with ``num_cpus`` CPUs that accepts jobs; jobs find this interpreter's ``rec`` first on PATH."""
     tmp = tempfile.mkdtemp(prefix="rh")  # short: Ray's unix socket paths must stay short
     ports = {flag: free_port() for flag in PORT_FLAGS}
-    # `ray start` heads require a token (Ray >= 2.5x); this process, the head and its jobs share one
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    saved = {k: os.environ.get(k) for k in auth}
-    os.environ.update(auth)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
     log = Path(tmp) / "head.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}",
-             "--include-dashboard=true", "--dashboard-host=127.0.0.1", *[f"--{k}={v}" for k, v in ports.items()],
-             f"--temp-dir={tmp}", "--disable-usage-stats"],
-            env=env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
-    # a SIGTERM to this process (kill, a CI timeout) must still end the head: raise so `finally` runs
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if threading.current_thread() is threading.main_thread() else None
-    try:
-        _wait_for_jobs(head.dashboard, proc, log, timeout_s)
-        yield head
-    finally:
-        stop_process_group(proc.pid, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with token_auth():
+        proc = start_ray(["--head", f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                          *[f"--{k}={v}" for k, v in ports.items()]], ray_env(), tmp, log)
+        head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
+        # a SIGTERM to this process (kill, a CI timeout) must still end the head: raise so `finally` runs
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+        try:
+            _wait_for_jobs(head.dashboard, proc, log, timeout_s)
+            yield head
+        finally:
+            stop_node(proc, tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def stop_process_group(pgid: int, marker: str) -> None:
-    """End a head's process group (SIGTERM), then SIGKILL any process that still names ``marker``
-    (its temp folder) in its command line after 20 s."""
-    import psutil
+def stop_node(proc: subprocess.Popen, marker: str) -> None:
+    """End the node's process group, then any Ray process that still names its temp folder."""
+    stop_process_group(proc.pid, marker)
 
+
+def stop_process_group(pgid: int, marker: str) -> None:
+    """SIGTERM the process group ``pgid`` (a node started by :func:`start_ray`), then
+    :func:`end_processes_naming` its temp folder ``marker``."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    deadline = time.time() + 20
-    while time.time() < deadline:
+    end_processes_naming(marker)
+
+
+def end_processes_naming(marker: str, grace_s: float = 20.0) -> None:
+    """Wait up to ``grace_s`` for every process whose command line names ``marker`` (a node's own temp
+    folder) to exit, then SIGKILL those left. Also the way to clean up after a driver that Ray ended
+    before its own clean-up could run."""
+    import psutil
+
+    deadline = time.time() + grace_s
+    while True:
         left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-        if not left:
-            return
+        if not left or time.time() >= deadline:
+            break
         time.sleep(0.5)
     for p in left:
         with contextlib.suppress(psutil.NoSuchProcess):

@@ -181,7 +181,38 @@ def validate_launcher(config: dict[str, Any], where: str = "cluster config") -> 
     for name, node_type in prepared["available_node_types"].items():
         if node_type.get("min_workers", 0) > node_type.get("max_workers", 0):
             raise YamlError(f"{where}: available_node_types.{name}: min_workers > max_workers")
+    _launcher_gcs_ft(prepared, where)
     return prepared
+
+
+# Ray's default for how long a raylet (and every worker process) waits for a lost GCS before exiting.
+GCS_RECONNECT_DEFAULT_S = 60
+_RECONNECT = re.compile(r"\bRAY_gcs_rpc_server_reconnect_timeout_s=(\d+)")
+
+
+def _reconnect_timeout(commands: list[str]) -> int:
+    found = [int(m.group(1)) for c in commands for m in _RECONNECT.finditer(c)]
+    return found[-1] if found else GCS_RECONNECT_DEFAULT_S
+
+
+def _launcher_gcs_ft(cfg: dict[str, Any], where: str) -> None:
+    """GCS fault tolerance set up as Ray's "GCS Fault Tolerance" page says for ``ray up``, if at all.
+
+    A head started with ``RAY_REDIS_ADDRESS`` needs ``--redis-password`` on the same command, and
+    workers must wait longer for a lost GCS than the head does (KubeRay's rule for worker pods: 600
+    against the head's 60), or they exit before a restarted head is back.
+    """
+    head = [c for c in cfg.get("head_start_ray_commands", []) if "ray start" in c]
+    if not any("RAY_REDIS_ADDRESS=" in c for c in head):
+        return
+    for c in head:
+        _need("--redis-password" in c, where, "head_start_ray_commands: RAY_REDIS_ADDRESS (GCS fault tolerance) "
+              "needs --redis-password on the same `ray start` (Ray's GCS fault tolerance page)")
+    workers = cfg.get("worker_start_ray_commands", [])
+    head_s, worker_s = _reconnect_timeout(head), _reconnect_timeout(workers)
+    _need(worker_s > head_s, where, f"worker_start_ray_commands: with GCS fault tolerance, set "
+          f"RAY_gcs_rpc_server_reconnect_timeout_s above the head's ({head_s} s; e.g. 600 as KubeRay does), "
+          f"or workers exit while the head restarts (now {worker_s} s)")
 
 
 def _validate_launcher_file(path: Path) -> None:
@@ -305,8 +336,71 @@ def _start_params(params: Any, where: str) -> None:
     _need(not bad, where, f"rayStartParams values must be strings (quote them): {bad}")
 
 
-def validate_cluster_spec(spec: Any, where: str) -> None:
-    """A RayClusterSpec (RayCluster.spec, RayJob.spec.rayClusterSpec, RayService.spec.rayClusterConfig)."""
+GCS_FT_KEYS = {"redisAddress", "redisPassword", "redisUsername", "externalStorageNamespace", "backend"}
+FT_ANNOTATION = "ray.io/ft-enabled"
+
+
+def _env_names(container: dict[str, Any]) -> dict[str, Any]:
+    return {e.get("name"): e for e in container.get("env", []) or [] if isinstance(e, dict)}
+
+
+def _redis_credential(cred: Any, where: str) -> None:
+    ok = isinstance(cred, dict) and (
+        (set(cred) == {"value"} and isinstance(cred["value"], str))
+        or (set(cred) == {"valueFrom"} and isinstance(cred["valueFrom"], dict)
+            and all((cred["valueFrom"].get("secretKeyRef") or {}).get(k) for k in ("name", "key"))))
+    _need(ok, where, "must be {value: ...} or {valueFrom: {secretKeyRef: {name: ..., key: ...}}} (a Secret)")
+
+
+def _gcs_fault_tolerance(spec: dict[str, Any], annotations: dict[str, Any], where: str) -> None:
+    """KubeRay's own rules for GCS FT (ValidateRayClusterSpec, KubeRay 1.3+), checked before a cluster sees them."""
+    ft = spec.get("gcsFaultToleranceOptions")
+    head = spec["headGroupSpec"]
+    head_env = _env_names(head["template"]["spec"]["containers"][0])
+    params = head.get("rayStartParams", {}) or {}
+    _need(not ({"redis-username"} & set(params)) and "REDIS_USERNAME" not in head_env, f"{where}.headGroupSpec",
+          "set a Redis username in gcsFaultToleranceOptions.redisUsername, not in rayStartParams or env")
+    if ft is None:
+        _need("RAY_REDIS_ADDRESS" not in head_env, f"{where}.headGroupSpec", "RAY_REDIS_ADDRESS in the head's env "
+              "turns GCS fault tolerance on implicitly: use gcsFaultToleranceOptions.redisAddress instead")
+        return
+    fw = f"{where}.gcsFaultToleranceOptions"
+    _need(isinstance(ft, dict), fw, "must be a mapping")
+    _unknown(ft, GCS_FT_KEYS, fw)
+    _need(FT_ANNOTATION not in annotations, where, f"the {FT_ANNOTATION} annotation and gcsFaultToleranceOptions are "
+          "both set, which KubeRay rejects: keep only gcsFaultToleranceOptions")
+    _need("ray.io/external-storage-namespace" not in annotations, where,
+          "use gcsFaultToleranceOptions.externalStorageNamespace, not the ray.io/external-storage-namespace annotation")
+    if ft.get("backend", "redis") == "redis":
+        address = ft.get("redisAddress")
+        _need(isinstance(address, str) and re.match(r"^(rediss?://)?[^\s:/]+:\d+$", address or ""), fw,
+              f"redisAddress must be host:port (or redis://host:port), got {address!r}")
+    for key in ("redisPassword", "redisUsername"):
+        if key in ft:
+            _redis_credential(ft[key], f"{fw}.{key}")
+    _need("redis-password" not in params, f"{where}.headGroupSpec",
+          "with gcsFaultToleranceOptions the Redis password goes in gcsFaultToleranceOptions.redisPassword, not rayStartParams")
+    for name in ("REDIS_PASSWORD", "RAY_REDIS_ADDRESS"):
+        _need(name not in head_env, f"{where}.headGroupSpec",
+              f"with gcsFaultToleranceOptions, do not set {name} in the head's env (KubeRay sets it from the options)")
+    head_s = _env_timeout(head_env, GCS_RECONNECT_DEFAULT_S)
+    for g in spec.get("workerGroupSpecs", []) or []:
+        worker_s = _env_timeout(_env_names(g["template"]["spec"]["containers"][0]), None)
+        _need(worker_s is None or worker_s > head_s, f"{where}.workerGroupSpecs[{g['groupName']}]",
+              f"RAY_gcs_rpc_server_reconnect_timeout_s ({worker_s}) must exceed the head's ({head_s}) or workers "
+              "exit before the head is back (leave it unset: KubeRay injects 600)")
+
+
+def _env_timeout(env: dict[str, Any], default: int | None) -> int | None:
+    e = env.get("RAY_gcs_rpc_server_reconnect_timeout_s")
+    return int(e["value"]) if e and str(e.get("value", "")).isdigit() else default
+
+
+def validate_cluster_spec(spec: Any, where: str, annotations: dict[str, Any] | None = None) -> None:
+    """A RayClusterSpec (RayCluster.spec, RayJob.spec.rayClusterSpec, RayService.spec.rayClusterConfig).
+
+    ``annotations``: those of the manifest that holds it (KubeRay reads some settings from them).
+    """
     _need(isinstance(spec, dict), where, "must be a mapping")
     _unknown(spec, CLUSTER_SPEC_KEYS, where)
     _need(isinstance(spec.get("rayVersion"), str), where, "needs rayVersion as a string (e.g. \"2.60.0\")")
@@ -331,6 +425,7 @@ def validate_cluster_spec(spec: Any, where: str) -> None:
         _need(all(isinstance(x, int) for x in (lo, n, hi)) and 0 <= lo <= n <= hi, gw,
               f"needs 0 <= minReplicas <= replicas <= maxReplicas, got {lo}, {n}, {hi}")
         _pod_template(g.get("template"), f"{gw}.template")
+    _gcs_fault_tolerance(spec, annotations or {}, where)
 
 
 def validate_kuberay_doc(doc: Any, where: str, import_apps: bool = True) -> None:
@@ -341,6 +436,7 @@ def validate_kuberay_doc(doc: Any, where: str, import_apps: bool = True) -> None
     _need(isinstance(name, str) and _NAME.match(name) and len(name) <= 63, where,
           f"metadata.name must be a DNS-1123 label, got {name!r}")
     where = f"{where} ({kind} {name})"
+    annotations = (doc.get("metadata") or {}).get("annotations") or {}
     spec = doc.get("spec")
     _need(isinstance(spec, dict), where, "needs spec")
     if kind == "PersistentVolumeClaim":
@@ -350,34 +446,34 @@ def validate_kuberay_doc(doc: Any, where: str, import_apps: bool = True) -> None
         return
     _need(api == RAY_API, where, f"apiVersion must be {RAY_API}, got {api!r}")
     if kind == "RayCluster":
-        validate_cluster_spec(spec, f"{where}.spec")
+        validate_cluster_spec(spec, f"{where}.spec", annotations)
     elif kind == "RayJob":
-        _validate_job_spec(spec, f"{where}.spec")
+        _validate_job_spec(spec, f"{where}.spec", annotations)
     elif kind == "RayCronJob":
         _unknown(spec, CRON_SPEC_KEYS, f"{where}.spec")
         schedule = spec.get("schedule")
         _need(isinstance(schedule, str) and _CRON.match(schedule.strip()), where,
               f"schedule must be a 5-field cron expression (e.g. \"*/5 * * * *\") or @hourly/@daily/..., got {schedule!r}")
         _need(isinstance(spec.get("suspend", False), bool), where, "suspend must be true or false")
-        _validate_job_spec(spec.get("jobTemplate"), f"{where}.spec.jobTemplate")
+        _validate_job_spec(spec.get("jobTemplate"), f"{where}.spec.jobTemplate", annotations)
     elif kind == "RayService":
         _unknown(spec, SERVICE_SPEC_KEYS, f"{where}.spec")
         raw = spec.get("serveConfigV2")
         _need(isinstance(raw, str), where, "serveConfigV2 must be a string (a `|` block)")
         validate_serve_config(yaml.safe_load(raw), f"{where}.spec.serveConfigV2", import_apps=import_apps)
-        validate_cluster_spec(spec.get("rayClusterConfig"), f"{where}.spec.rayClusterConfig")
+        validate_cluster_spec(spec.get("rayClusterConfig"), f"{where}.spec.rayClusterConfig", annotations)
     else:
         raise YamlError(f"{where}: unknown kind {kind!r} (RayCluster, RayJob, RayCronJob, RayService, PersistentVolumeClaim)")
 
 
-def _validate_job_spec(spec: Any, where: str) -> None:
+def _validate_job_spec(spec: Any, where: str, annotations: dict[str, Any] | None = None) -> None:
     """A RayJobSpec (RayJob.spec, RayCronJob.spec.jobTemplate)."""
     _need(isinstance(spec, dict), where, "must be a mapping (a RayJob spec)")
     _unknown(spec, JOB_SPEC_KEYS, where)
     _need(isinstance(spec.get("entrypoint"), str) and spec["entrypoint"].strip(), where, "needs an entrypoint")
     _need(("rayClusterSpec" in spec) != ("clusterSelector" in spec), where, "needs exactly one of rayClusterSpec, clusterSelector")
     if "rayClusterSpec" in spec:
-        validate_cluster_spec(spec["rayClusterSpec"], f"{where}.rayClusterSpec")
+        validate_cluster_spec(spec["rayClusterSpec"], f"{where}.rayClusterSpec", annotations)
     _need(spec.get("submissionMode", "K8sJobMode") in SUBMISSION_MODES, where, f"submissionMode must be one of {sorted(SUBMISSION_MODES)}")
     if "runtimeEnvYAML" in spec:
         _need(isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict), where, "runtimeEnvYAML must be a YAML mapping in a string")

@@ -81,6 +81,24 @@ def _local_without_workers(t: dict) -> None:
     del t["provider"]["worker_ips"]
 
 
+def _head_redis_without_password(t: dict) -> None:
+    cmds = t["head_start_ray_commands"]
+    cmds[-1] = cmds[-1].replace("--redis-password", "--no-such-flag")
+
+
+def _workers_give_up_before_the_head(t: dict) -> None:
+    cmds = t["worker_start_ray_commands"]
+    cmds[-1] = cmds[-1].replace("RAY_gcs_rpc_server_reconnect_timeout_s=600", "RAY_gcs_rpc_server_reconnect_timeout_s=30")
+
+
+def _ft_annotation_and_options(t: dict) -> None:
+    t["metadata"]["annotations"] = {"ray.io/ft-enabled": "true"}
+
+
+def _redis_password_in_start_params(t: dict) -> None:
+    t["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["redis-password"] = "secret"
+
+
 def _typo_kuberay(t: dict) -> None:
     t["spec"]["workerGroupSpec"] = t["spec"].pop("workerGroupSpecs")
 
@@ -112,6 +130,10 @@ BROKEN = [
     ("cluster/ray-cluster.yaml", _typo_launcher, "min_worker"),
     ("cluster/ray-cluster.yaml", _launcher_min_over_max, "min_workers"),
     ("cluster/local-cluster.yaml", _local_without_workers, "worker_ips"),
+    ("cluster/local-cluster.yaml", _head_redis_without_password, "redis-password"),
+    ("cluster/ray-cluster.yaml", _workers_give_up_before_the_head, "reconnect_timeout"),
+    ("cluster/kuberay/rayservice.yaml", _ft_annotation_and_options, "ft-enabled"),
+    ("cluster/kuberay/rayservice.yaml", _redis_password_in_start_params, "redisPassword"),
     ("cluster/kuberay/raycluster.yaml", _typo_kuberay, "workerGroupSpec"),
     ("cluster/kuberay/raycluster.yaml", _numeric_start_param, "must be strings"),
     ("cluster/kuberay/raycronjob-readapt.yaml", _bad_cron_schedule, "cron expression"),

@@ -239,3 +239,30 @@ def test_launcher_clusters_get_the_same_serve_config(tmp_path: Path):
     (svc,) = _of_kind("RayService")
     assert yaml.safe_load(out.read_text()) == yaml.safe_load(svc["spec"]["serveConfigV2"])
     validate_serve_config(yaml.safe_load(out.read_text()), str(out))
+
+
+def test_rayservice_gcs_is_fault_tolerant_on_redis():
+    """KubeRay >= 1.3 form: gcsFaultToleranceOptions with the password from a Secret, no ft-enabled annotation."""
+    (svc,) = _of_kind("RayService")
+    cluster = svc["spec"]["rayClusterConfig"]
+    ft = cluster["gcsFaultToleranceOptions"]
+    assert re.match(r"^[a-z0-9.-]+:\d+$", ft["redisAddress"])
+    ref = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"], "the Redis password comes from a Secret"
+    assert "ray.io/ft-enabled" not in (svc["metadata"].get("annotations") or {}), "KubeRay rejects both forms together"
+    # Serving survives the head only where replicas and the clients' proxies are not on the head.
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert svc["spec"]["excludeHeadPodFromServeSvc"] is True
+    served = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    assert served["proxy_location"] == "EveryNode", "worker pods need their own proxies"
+    for group, _, c in ray_containers(cluster):
+        names = {e["name"] for e in c.get("env", [])}
+        assert not names & {"RAY_REDIS_ADDRESS", "REDIS_PASSWORD"}, f"{group}: KubeRay sets these from the options"
+        # KubeRay injects 600 s into workers when unset; an explicit value would have to exceed the head's.
+        assert "RAY_gcs_rpc_server_reconnect_timeout_s" not in names, group
+
+
+def test_only_the_rayservice_needs_gcs_fault_tolerance():
+    """Batch clusters (RayCluster, RayJobs) are restartable work; Ray recommends GCS FT for Serve only."""
+    for name, cluster in _clusters():
+        assert ("gcsFaultToleranceOptions" in cluster) == name.startswith("RayService/"), name

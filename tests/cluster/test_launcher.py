@@ -109,3 +109,19 @@ def test_local_cluster_uses_every_listed_host(local):
         assert "fewshot-rec-env/bin" in c, f"ray must come from the project's venv: {c}"
     head_start = next(c for c in local["head_start_ray_commands"] if "ray start" in c)
     assert "RAY_enable_autoscaler_v2=0" in head_start, "Ray 2.60's v2 autoscaler left a worker_ips host out"
+
+
+@pytest.mark.parametrize("which", ["aws", "local"])
+def test_head_keeps_the_gcs_in_an_external_redis(which, request):
+    """GCS fault tolerance as Ray's page sets it for `ray up` (tests/cluster/test_gcs_ft.py runs it for real)."""
+    cfg = request.getfixturevalue(which)
+    (head,) = [c for c in cfg["head_start_ray_commands"] if "ray start" in c]
+    (worker,) = [c for c in cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert re.search(r"\bRAY_REDIS_ADDRESS=[^\s:;]+:\d+", head), "the head must start with RAY_REDIS_ADDRESS=host:port"
+    assert '--redis-password="$(cat ~/.ray/redis_password)"' in head, "the password comes from a file, not the YAML"
+    assert "--redis-username=default" in head
+    assert cfg["file_mounts"].get("~/.ray/redis_password") == "~/.ray/redis_password"
+    assert "RAY_REDIS_ADDRESS" not in worker, "workers find the GCS through the head, not Redis"
+    timeout = re.search(r"\bRAY_gcs_rpc_server_reconnect_timeout_s=(\d+)", worker)
+    assert timeout and int(timeout.group(1)) >= 600, "workers must wait out a head restart (KubeRay: 600 s)"
+    assert "RAY_gcs_rpc_server_reconnect_timeout_s" not in head, "the head keeps Ray's 60 s"
