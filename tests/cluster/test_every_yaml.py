@@ -130,7 +130,7 @@ BROKEN = [
     ("cluster/ray-cluster.yaml", _typo_launcher, "min_worker"),
     ("cluster/ray-cluster.yaml", _launcher_min_over_max, "min_workers"),
     ("cluster/local-cluster.yaml", _local_without_workers, "worker_ips"),
-    ("cluster/local-cluster.yaml", _head_redis_without_password, "redis-password"),
+    ("cluster/ray-cluster.yaml", _head_redis_without_password, "redis-password"),
     ("cluster/ray-cluster.yaml", _workers_give_up_before_the_head, "reconnect_timeout"),
     ("cluster/kuberay/rayservice.yaml", _ft_annotation_and_options, "ft-enabled"),
     ("cluster/kuberay/rayservice.yaml", _redis_password_in_start_params, "redisPassword"),

@@ -111,7 +111,9 @@ def test_local_cluster_uses_every_listed_host(local):
     assert "RAY_enable_autoscaler_v2=0" in head_start, "Ray 2.60's v2 autoscaler left a worker_ips host out"
 
 
-@pytest.mark.parametrize("which", ["aws", "local"])
+# Only the cloud launcher turns GCS FT on: the on-prem one is what the multi-host test brings up with
+# `ray up`, and a head told to use a Redis that is not there never starts (docs/cluster.md says how to add it).
+@pytest.mark.parametrize("which", ["aws"])
 def test_head_keeps_the_gcs_in_an_external_redis(which, request):
     """GCS fault tolerance as Ray's page sets it for `ray up` (tests/cluster/test_gcs_ft.py runs it for real)."""
     cfg = request.getfixturevalue(which)
