@@ -134,7 +134,7 @@ class FtCluster:
         if self.head_starts:
             # `ray start --head` refuses a port that the folder's last cluster used while any local
             # process still names that GCS address, and here the worker node's processes do (on a
-            # real cluster they are on other hosts, and a new head pod has an empty /tmp/ray).
+            # real cluster they are on other hosts, and a new head pod starts with an empty Ray temp folder).
             (Path(self.head_tmp) / "ray_current_cluster").unlink(missing_ok=True)
         self.head_starts += 1
         self.head_proc = start_ray(args, ray_env({"RAY_REDIS_ADDRESS": self.redis.address}), self.head_tmp,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from starlette.testclient import TestClient
 from rec.serving.events import EventLog
 from rec.serving.store import ArtifactRoot
 from serve_apps.quota import TenantQuota
+from tests.fixtures.tmpfs import size_limited_tmpfs
 
 
 @pytest.fixture
@@ -28,13 +28,8 @@ def small_events_fs(serving_world, tmp_path):
     shutil.copytree(serving_world.root, root)
     events = root / "events"
     events.mkdir(exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(events)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root / CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    try:
+    with size_limited_tmpfs(events, "96k"):
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(events)], check=False)
 
 
 def _fill(path: Path) -> None:

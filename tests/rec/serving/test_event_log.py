@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rec.serving.events import EventLog, GroupCommitWriter, LEGACY_LOG_NAME, day_of
+from tests.fixtures.tmpfs import size_limited_tmpfs
 
 DAY = 86400.0
 T0 = 1_780_000_000.0  # 2026-05-28 UTC
@@ -80,13 +81,8 @@ def tiny_disk(tmp_path):
     """A 64 KiB tmpfs the test mounts itself (root only), so the log really hits ENOSPC."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    with size_limited_tmpfs(mnt, "64k"):
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_full_disk_raises_and_leaves_no_partial_line(tiny_disk):
