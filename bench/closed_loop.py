@@ -17,7 +17,9 @@ impression). Eight requests are in flight at a time. Policies (the ``policy`` co
     popularity        greedy on the online counts (prior weight 1000: any counted item outranks any
                       uncounted one; the model only orders the uncounted ones). The online prior
                       counts clicks and each ask's newest history item (count_history=true)
-    greedy+readapt    greedy + the online prior at the serving default weight (0.5) + re-adaptation
+    greedy+readapt    greedy + the online prior + re-adaptation. The prior's weight is tuned per tenant
+                      on users' next interactions (rec.serving.prior_tuning: grid TUNED_GRID, starting
+                      at the serving default 0.5, free to move after 30 judged interactions)
     thompson+readapt  thompson re-ranking of the model's top 50 + online prior + re-adaptation
     linucb+readapt    linucb (NeuralLinear) re-ranking of the top 50 + online prior + re-adaptation
 
@@ -69,12 +71,14 @@ from rec.serving.live_feedback import FeedbackSettings  # noqa: E402
 COLUMNS = ["dataset", "policy", "window", "events", "hr@10", "ndcg@10", "readapt_rounds", "readapt_s"]
 APP = "closed-loop"
 POLL_S = 0.5
+#: the learning arms tune their prior weight on users' next interactions (rec.serving.prior_tuning), starting at 0.5
+TUNED_GRID = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
 ARMS: dict[str, tuple[FeedbackSettings, bool]] = {  # policy -> (tenant feedback settings, re-adapts)
     "static": (FeedbackSettings(policy="greedy", prior_weight=0.0), False),
     "popularity": (FeedbackSettings(policy="greedy", prior_weight=1000.0, count_history=True), False),
-    "greedy+readapt": (FeedbackSettings(policy="greedy", count_history=True), True),
-    "thompson+readapt": (FeedbackSettings(policy="thompson", count_history=True), True),
-    "linucb+readapt": (FeedbackSettings(policy="linucb", count_history=True), True),
+    "greedy+readapt": (FeedbackSettings(policy="greedy", count_history=True, prior_weight_grid=TUNED_GRID), True),
+    "thompson+readapt": (FeedbackSettings(policy="thompson", count_history=True, prior_weight_grid=TUNED_GRID), True),
+    "linucb+readapt": (FeedbackSettings(policy="linucb", count_history=True, prior_weight_grid=TUNED_GRID), True),
 }
 # item-terms: what a zero-shot tenant lacks is its own item statistics (per-item bias from counts + ID residual,
 # shipped only if it beats popularity and the blends on the tenant's own validation users); a LoRA round on a

@@ -9,6 +9,8 @@ records to its in-memory :class:`TenantFeedback`:
   request's newest history item (``history_last``: what the user did last, reported by the app
   when it asks; off by default, as it moves every tenant's scores from its first request), once per user, so a tenant's popularity is learned from every request and not
   only from clicks on what was shown;
+- with ``prior_weight_grid``, an ask's ``prior_probe`` and the user's next ask tune the prior's
+  weight (``rec.serving.prior_tuning``: each grid weight judged on what the user did next);
 - a client ``click``/``purchase`` -> the online prior counts the item; when it names the
   ``request_id`` of a remembered impression that showed the item, the policy counts a click on
   that slate position's features (``observe_click``).
@@ -33,12 +35,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rec.io.artifacts import atomic_write_json
 from rec.serving.bundles import TenantBundle
 from rec.serving.events import EventLog
 from rec.serving.online_prior import OnlinePrior
+from rec.serving.prior_tuning import PROBE_KEY, PriorWeightTuner, probe_top_rows
 from rec.serving.policies import POLICIES, PolicyConfig, PolicyState, Slate, choose
 
 __all__ = ["FEEDBACK_SETTINGS_FILE", "FeedbackSettings", "LiveFeedback", "TenantFeedback", "read_feedback_settings",
@@ -68,6 +71,18 @@ class FeedbackSettings(BaseModel):
     count_history: bool = Field(
         False, description="the online prior also counts each request's newest history item (an interaction the app "
                           "reports by asking); an ask repeating the user's last counted item (after a click on it) adds nothing")
+    prior_weight_grid: list[float] = Field(
+        default_factory=list, description="tune the prior weight per tenant over these weights (>= 2, each >= 0) on users' next "
+                                          "interactions (rec.serving.prior_tuning); empty: prior_weight stays fixed")
+    prior_probe_k: int = Field(10, ge=1, le=100, description="prior tuning: a weight scores a hit when its top-k held the user's next item")
+    prior_min_evidence: int = Field(30, ge=1, description="prior tuning: judged interactions before the weight may leave prior_weight")
+
+    @field_validator("prior_weight_grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        if v and (len(v) < 2 or min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError(f"prior_weight_grid needs >= 2 distinct weights, each >= 0 (e.g. [0, 0.5, 1, 2, 4]); got {v}")
+        return v
 
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig(self.policy, self.epsilon, self.prior_strength, self.ridge, self.noise, self.alpha,
@@ -106,6 +121,8 @@ class TenantFeedback:
         self.item_ids = bundle.item_ids
         self.state = PolicyState(bundle.num_items, int(bundle.catalog.shape[1]))
         self.prior = OnlinePrior(bundle.num_items, settings.prior_half_life_s, settings.prior_weight)
+        self.tuner = (PriorWeightTuner(settings.prior_weight_grid, settings.prior_weight, settings.prior_min_evidence,
+                                       max_users=max_remembered) if settings.prior_weight_grid else None)
         self.offsets: dict[str, int] = {}
         self.applied = 0
         self._vectors = bundle
@@ -138,6 +155,10 @@ class TenantFeedback:
             self._shown[rec["request_id"]] = (rows, z)
             if len(self._shown) > self._max_remembered:
                 self._shown.popitem(last=False)
+            if self.tuner is not None and rec.get("user_id") is not None:
+                last = rec.get("history_last")
+                self.tuner.observe_ask(str(rec["user_id"]), None if last is None else str(last), rec.get(PROBE_KEY))
+                self.prior.weight = self.tuner.weight
             if self.settings.count_history and rec.get("history_last") is not None:
                 self._count(str(rec["history_last"]), rec, from_request=True)
             return
@@ -179,12 +200,21 @@ class TenantFeedback:
     def explores(self) -> bool:
         return self.policy.name != "greedy"
 
-    def adjust(self, scores: np.ndarray, now: float) -> np.ndarray:
-        """Full-catalog model scores with the online prior blended in (unchanged without events)."""
-        if self.prior.total == 0 or self.prior.weight == 0:
+    def adjust(self, scores: np.ndarray, now: float, exclude: np.ndarray | None = None,
+               probe: dict[str, Any] | None = None) -> np.ndarray:
+        """Full-catalog model scores with the online prior blended in (unchanged without events).
+
+        With prior tuning on and a ``probe`` dict given, fills it with each grid weight's top rows
+        (as item ids; ``exclude`` rows left out) for the impression record.
+        """
+        if self.prior.total == 0 or (self.prior.weight == 0 and self.tuner is None):
             return scores
         with self._lock:
-            return self.prior.blend(scores, np.arange(len(scores)), now)
+            z, pop = self.prior.parts(scores, np.arange(len(scores)), now)
+            if self.tuner is not None and probe is not None:
+                tops = probe_top_rows(z, pop, self.tuner.weights, self.settings.prior_probe_k, exclude)
+                probe.update(weights=self.tuner.weights, top=[[self.item_ids[r] for r in t.tolist()] for t in tops])
+            return scores if self.prior.weight == 0 else z + self.prior.weight * pop
 
     def choose(self, rows: np.ndarray, scores: np.ndarray, k: int, rng: np.random.Generator) -> Slate:
         vectors = self._vectors_of(rows) if self.policy.name in ("lints", "linucb") else None

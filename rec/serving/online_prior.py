@@ -76,8 +76,13 @@ class OnlinePrior:
         scores = np.asarray(scores, np.float64)
         if self.total == 0 or self.weight == 0:
             return scores
+        z, pop = self.parts(scores, rows, t)
+        return z + self.weight * pop
+
+    def parts(self, scores: np.ndarray, rows: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """The two terms :meth:`blend` adds: standardised ``scores`` and ``log1p`` counts of ``rows``."""
         pop = np.log1p(self.counts(t)[np.asarray(rows, np.int64)])
-        return _standardise(scores) + self.weight * pop
+        return _standardise(np.asarray(scores, np.float64)), pop
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:

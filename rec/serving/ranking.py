@@ -27,6 +27,7 @@ import numpy as np
 
 from rec.serving.live_feedback import LiveFeedback, TenantFeedback
 from rec.serving.policies import Slate, greedy_slate
+from rec.serving.prior_tuning import PROBE_KEY
 from rec.serving.registry import ServedTenant, TenantRegistry, TenantUnavailable, UnknownTenant
 from rec.serving.runtime import SharedRanker
 
@@ -73,15 +74,16 @@ class _Row:
 
 
 def _slate(ranker: SharedRanker, row: _Row, user: np.ndarray, exclude: np.ndarray, feedback: TenantFeedback | None,
-           now: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Slate, np.ndarray]:
+           now: float, rng: np.random.Generator, probe: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, Slate, np.ndarray]:
     """The shown rows, their scores, the slate (policy, propensities, z) and each shown row's
-    1-based model rank among the candidates (what off-policy evaluation of greedy needs)."""
+    1-based model rank among the candidates (what off-policy evaluation of greedy needs); fills
+    ``probe`` when the tenant tunes its prior weight (``rec.serving.prior_tuning``)."""
     bundle, k = row.served.bundle, row.req.k
     if feedback is None:
         rows, scores = ranker.top_k(bundle, user, k, set(exclude.tolist()))
         return rows, scores, greedy_slate(rows, scores), np.arange(1, len(rows) + 1)
     n_cand = max(k, feedback.settings.candidates) if feedback.explores else k
-    rows, scores = ranker.top_k(bundle, user, n_cand, set(exclude.tolist()), adjust=lambda s: feedback.adjust(s, now))
+    rows, scores = ranker.top_k(bundle, user, n_cand, set(exclude.tolist()), adjust=lambda s: feedback.adjust(s, now, exclude, probe))
     slate = feedback.choose(rows, scores, k, rng)
     rank_of = {int(r): j for j, r in enumerate(rows.tolist())}  # candidates come best first
     idx = np.array([rank_of[int(r)] for r in slate.rows.tolist()], np.int64)
@@ -100,7 +102,8 @@ def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_vers
         outside = np.setdiff1d(np.arange(n, dtype=np.int64), row.candidate_rows, assume_unique=False)
         exclude = np.union1d(exclude, outside)
     now = time.time()
-    top_rows, scores, slate, model_rank = _slate(ranker, row, user, exclude, feedback, now, rng)
+    probe: dict[str, Any] = {}
+    top_rows, scores, slate, model_rank = _slate(ranker, row, user, exclude, feedback, now, rng, probe)
     warnings = []
     if row.unknown:
         warnings.append(f"{len(row.unknown)} history item id(s) are not in tenant {row.req.tenant!r}'s catalog and were ignored")
@@ -125,6 +128,8 @@ def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_vers
         impression["user_id"] = row.req.user_id
     if row.req.history:  # the user's newest interaction, as the tenant's app reports it by asking
         impression["history_last"] = row.req.history[-1]
+    if probe:
+        impression[PROBE_KEY] = probe
     return {
         "tenant": row.req.tenant,
         "request_id": request_id,
