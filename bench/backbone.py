@@ -117,7 +117,7 @@ def run_config(spec: DatasetSpec, model: str, args: argparse.Namespace) -> RecCo
         "train.max_eval_users": None,  # the corpus holds all users; validation is sampled in `corpus_for`
         "train.num_workers": 1,
         "train.torch_threads": 2,
-        "train.resume": False,
+        "train.resume": args.resume,
         "train.output_dir": str(args.runs_dir / f"{spec.name}-{model}"),
         "train.run_name": f"{spec.name}-{model}",
         "text.num_threads": 2,
@@ -321,6 +321,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--merge", action="store_true",
                    help="keep the saved rows, curves and settings of datasets this run does not cover "
                         "(one results file for all datasets, run one dataset at a time)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each (dataset, model) run from its last per-epoch checkpoint under --runs-dir "
+                        "(ML-1M at window 200 takes hours here: stop it any time and resume; train_s then covers "
+                        "only the resumed part, the learning curve all epochs)")
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "bench-backbone")
     return p.parse_args(argv)
