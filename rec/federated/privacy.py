@@ -323,9 +323,14 @@ def private_local_train(
     if not (lr > 0 and max_grad_norm > 0 and epochs >= 1 and batch_size >= 1 and max_len >= 2):
         raise ValueError(f"need lr > 0, max_grad_norm > 0, epochs >= 1, batch_size >= 1, max_len >= 2; got lr={lr}, "
                          f"max_grad_norm={max_grad_norm}, epochs={epochs}, batch_size={batch_size}, max_len={max_len}")
+    if optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer={optimizer!r}: choose 'adamw' or 'sgd'")
     inputs, targets = next_item_examples(list(sequences), max_len)
     if not len(inputs):
         raise ValueError("no sequence has 2 or more items: a client needs at least one user with a next-item example")
+    if inputs.max() >= len(text_emb) or targets.max() >= len(text_emb):
+        raise ValueError(f"sequences name item index {max(inputs.max(), targets.max())} but text_emb has {len(text_emb)} "
+                         "rows: pass dense item indices of this tenant's catalog and its full text_emb")
     device = params[0].device
     steps_per_epoch = -(-len(inputs) // batch_size)
     if target_epsilon is not None:
@@ -347,7 +352,9 @@ def private_local_train(
         module=model, optimizer=opt, data_loader=loader, noise_multiplier=float(noise_multiplier),
         max_grad_norm=float(max_grad_norm), poisson_sampling=False, wrap_model=False,
         noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
-    emb = torch.as_tensor(np.require(text_emb, np.float32, ["C", "W"]) if isinstance(text_emb, np.ndarray) else text_emb)
+    # np.require copies read-only arrays (memory-mapped caches): torch.from_numpy would warn on them.
+    emb = torch.as_tensor(np.require(text_emb, np.float32, ["C", "W"]) if isinstance(text_emb, np.ndarray) else text_emb,
+                          dtype=torch.float32)
     was_training = model.training
     try:
         _dp_epochs(model, params, emb.to(device), loader, dp_opt, epochs)

@@ -214,5 +214,7 @@ def test_private_training_refuses_item_side_parameters_and_ambiguous_noise():
         _train(_lora_model(), seqs, emb, noise_multiplier=1.0, target_epsilon=8.0)
     with pytest.raises(ValueError, match="noise_multiplier=-1.0"):
         _train(_lora_model(), seqs, emb, noise_multiplier=-1.0)
+    with pytest.raises(ValueError, match=f"item index {NUM_ITEMS} but text_emb has {NUM_ITEMS} rows"):
+        _train(_lora_model(), [np.array([0, NUM_ITEMS])], emb, noise_multiplier=1.0)
     with pytest.raises(ValueError, match="at least one user with a next-item example"):
         _train(_lora_model(), [np.array([1])], emb, noise_multiplier=1.0)
