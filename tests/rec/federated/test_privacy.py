@@ -192,6 +192,31 @@ def test_per_example_clipping_bounds_each_examples_contribution():
     assert 0 < _update_norm(before, model) <= lr * clip * (1 + 1e-5)
 
 
+def test_without_noise_or_clipping_a_private_step_is_the_plain_gradient_step():
+    """Opacus's per-example gradients, summed, are the true gradient of the mean per-example loss."""
+    import copy
+
+    from rec.adaptation.prepare import scoring_backbone
+    from rec.federated.privacy import _example_losses
+    from rec.training.batches import next_item_examples
+
+    seqs, emb = _client_data(12)
+    model = _lora_model()
+    plain = copy.deepcopy(model)
+    model, _ = _train(model, seqs, emb, noise_multiplier=0.0, max_grad_norm=1e6, lr=0.1, optimizer="sgd")
+    inputs, targets = (torch.from_numpy(a) for a in next_item_examples(seqs, MAX_LEN))
+    backbone = scoring_backbone(plain)
+    plain.train()
+    _example_losses(backbone, backbone.item_representations(torch.from_numpy(emb)), inputs, targets).mean().backward()
+    with torch.no_grad():
+        for p in plain.parameters():
+            if p.requires_grad:
+                p -= 0.1 * p.grad
+    private, expected = dict(model.named_parameters()), dict(plain.named_parameters())
+    for n in private:
+        torch.testing.assert_close(private[n], expected[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
 def _update_norm(before: dict[str, torch.Tensor], model) -> float:
     return float(torch.sqrt(sum(((p.detach() - before[n]) ** 2).sum() for n, p in model.named_parameters())))
 
