@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from numbers import Real
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -52,14 +53,14 @@ RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 
 def _check_accounting(noise_multiplier: float, sample_rate: float, rounds: int, delta: float, accountant: str) -> None:
     """Raise ``ValueError`` naming every bad accounting input and the allowed range."""
     bad = []
-    if not (isinstance(noise_multiplier, (int, float)) and math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+    if not (isinstance(noise_multiplier, Real) and math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         bad.append(f"noise_multiplier={noise_multiplier!r}: must be a finite number >= 0 (0 = no noise, no privacy)")
-    if not (isinstance(sample_rate, (int, float)) and 0 < sample_rate <= 1):
+    if not (isinstance(sample_rate, Real) and 0 < sample_rate <= 1):
         bad.append(f"sample_rate={sample_rate!r}: must be in (0, 1], the fraction of clients (or examples) sampled per "
                    "round, e.g. clients_per_round / num_clients")
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
         bad.append(f"rounds={rounds!r}: must be an integer >= 1")
-    if not (isinstance(delta, (int, float)) and 0 < delta < 1):
+    if not (isinstance(delta, Real) and 0 < delta < 1):
         bad.append(f"delta={delta!r}: must be in (0, 1); use about 1/N or less for N clients (or examples)")
     if accountant not in ACCOUNTANTS:
         bad.append(f"accountant={accountant!r}: choose one of {list(ACCOUNTANTS)}")
@@ -116,7 +117,7 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
     """
     from opacus.accountants.utils import get_noise_multiplier
 
-    if not (isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon) and target_epsilon > 0):
+    if not (isinstance(target_epsilon, Real) and math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ValueError(f"target_epsilon={target_epsilon!r}: must be a finite number > 0 (e.g. 8, 4 or 1)")
     _check_accounting(1.0, sample_rate, rounds, delta, accountant)
     kwargs: dict[str, Any] = {"alphas": RDP_ORDERS} if accountant == "rdp" else {}
