@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["ClientFaults", "ClientPayload", "build_client_app", "PARTITION_KEY"]
+__all__ = ["ClientFaults", "ClientPayload", "ClientState", "build_client_app", "client_state", "local_round", "PARTITION_KEY"]
 
 PARTITION_KEY = "partition-id"  # what Flower's simulation puts in every node's node_config
 
@@ -59,23 +59,38 @@ class ClientPayload:
     faults: ClientFaults | None = None
 
 
-_CACHE: dict[str, tuple] = {}  # payload ref -> (payload, model, scorer, text tensor): one per actor process
+@dataclass
+class ClientState:
+    """A client process's model built from the payload (kept across the rounds it serves)."""
+
+    payload: ClientPayload
+    model: Any  # the prepared adapter model (PeftModel for LoRA)
+    scorer: Any  # its scoring backbone
+    text: Any  # torch (N, text_dim)
 
 
-def _state(ref) -> tuple:  # noqa: ANN001 - a ray.ObjectRef
-    import ray
+def client_state(payload: ClientPayload) -> ClientState:
+    """Build the adapter model a client trains (``prepare_model``: the frozen backbone + a fresh adapter)."""
     import torch
 
     from rec.adaptation.prepare import prepare_model, scoring_backbone
 
+    torch.set_num_threads(payload.acfg.torch_threads)
+    model = prepare_model(payload.backbone, payload.acfg, ctx=payload.ctx)
+    text = torch.from_numpy(np.require(payload.text_emb, np.float32, ["C", "W"]))
+    return ClientState(payload, model, scoring_backbone(model), text)
+
+
+_CACHE: dict[str, ClientState] = {}  # payload ref -> state: one per actor process
+
+
+def _cached_state(ref) -> ClientState:  # noqa: ANN001 - a ray.ObjectRef
+    import ray
+
     key = ref.hex()
     if key not in _CACHE:
         _CACHE.clear()  # one run per actor: a new payload replaces the old one
-        payload: ClientPayload = ray.get(ref)
-        torch.set_num_threads(payload.acfg.torch_threads)
-        model = prepare_model(payload.backbone, payload.acfg, ctx=payload.ctx)
-        text = torch.from_numpy(np.require(payload.text_emb, np.float32, ["C", "W"]))
-        _CACHE[key] = (payload, model, scoring_backbone(model), text)
+        _CACHE[key] = client_state(ray.get(ref))
     return _CACHE[key]
 
 
@@ -91,33 +106,41 @@ def _corrupt(arrays: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
     return out
 
 
-def client_round(ref, arrays: dict[str, np.ndarray], partition: int, server_round: int, mu: float) -> tuple[dict, dict]:  # noqa: ANN001
-    """One client's round, Flower-free: (updated adapter arrays, metrics)."""
+def local_round(state: ClientState, arrays: dict[str, np.ndarray], partition: int, server_round: int,
+                mu: float = 0.0) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """One client's round, Flower-free: (its updated adapter arrays, metrics).
+
+    Dropout and row order are seeded by ``(adapt.seed, round)`` and the partition's data only, so
+    clients holding the same sequences return the same update (FedAvg of identical clients is
+    that client, exactly).
+    """
     from dataclasses import replace
+
+    import torch
 
     from rec.federated.adapter_state import adapter_arrays, load_adapter_arrays
     from rec.federated.local_train import client_corpus, train_locally
+    from rec.federated.strategy import UNIT_WEIGHT_KEY, WEIGHT_KEY
 
-    payload, model, scorer, text = _state(ref)
+    payload = state.payload
     faults = payload.faults
     if faults is not None and faults.drops(server_round, partition):
         if faults.drop_kind == "exit":
             os._exit(1)  # the actor process dies mid-round, as a crashed device would
         raise RuntimeError(f"client {partition} dropped out of round {server_round} (injected fault)")
-    load_adapter_arrays(model, arrays)
+    load_adapter_arrays(state.model, arrays)
+    torch.manual_seed(payload.local.seed * 1_000_003 + server_round)
     corpus = client_corpus(payload.client_seqs[partition], payload.ctx.num_items, payload.max_len, f"client-{partition}")
-    update = train_locally(model, scorer, corpus, text, replace(payload.local, proximal_mu=mu), round_seed=server_round * 100_003 + partition)
-    out = adapter_arrays(model)
+    update = train_locally(state.model, state.scorer, corpus, state.text, replace(payload.local, proximal_mu=mu), round_seed=server_round)
+    out = adapter_arrays(state.model)
     if faults is not None and partition in faults.corrupt:
         out = _corrupt(out, faults.corrupt[partition])
-    from rec.federated.strategy import UNIT_WEIGHT_KEY, WEIGHT_KEY
-
     metrics = {WEIGHT_KEY: max(update.num_examples, 1), UNIT_WEIGHT_KEY: 1, "train-loss": float(np.nan_to_num(update.train_loss))}
     return out, metrics
 
 
 def build_client_app(payload_ref):  # noqa: ANN001, ANN201 - ray.ObjectRef -> flwr ClientApp
-    """The ClientApp every simulated SuperNode runs; its ``train`` handler calls :func:`client_round`."""
+    """The ClientApp every simulated SuperNode runs; its ``train`` handler calls :func:`local_round`."""
     from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -127,7 +150,7 @@ def build_client_app(payload_ref):  # noqa: ANN001, ANN201 - ray.ObjectRef -> fl
     def train(msg: Message, context: Context) -> Message:
         config = msg.content["config"]
         arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-        out, metrics = client_round(payload_ref, arrays, int(context.node_config[PARTITION_KEY]),
+        out, metrics = local_round(_cached_state(payload_ref), arrays, int(context.node_config[PARTITION_KEY]),
                                     int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
         content = RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.items()}),
                               "metrics": MetricRecord(metrics)})
