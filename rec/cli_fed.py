@@ -67,8 +67,13 @@ def cmd_fed(args: argparse.Namespace) -> int:
         print(f"client-level DP: epsilon {res.privacy.epsilon:.3f} at delta {res.privacy.delta:.2e} "
               f"(noise multiplier {res.privacy.noise_multiplier:.3f}, {res.privacy.accountant})")
     print(f"adapter: {path}")
+    record = {"adapter": str(path), "valid": res.adapt.valid, "test": res.adapt.test, **res.manifest_block(cfg.fed)}
     if args.json:
-        print(json.dumps({"adapter": str(path), **res.manifest_block(cfg.fed)}, indent=2, default=str))
+        print(json.dumps(record, indent=2, default=str))
+    if args.record:
+        from rec.io.artifacts import atomic_write_json
+
+        atomic_write_json(args.record, json.loads(json.dumps(record, default=str)))
     return 0
 
 
@@ -87,4 +92,5 @@ def add_fed_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address, e.g. auto inside `ray job submit` (ray.address; default: a local Ray)")
     p.add_argument("--verbose", action="store_true", help="show Flower's and the client actors' logs")
     p.add_argument("--json", action="store_true", help="also print the round history and privacy record as JSON")
+    p.add_argument("--record", help="also write that JSON record to this file (what a Tune trial reads)")
     p.set_defaults(func=cmd_fed)

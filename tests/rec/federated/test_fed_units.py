@@ -82,3 +82,29 @@ def test_cli_bad_input_exits_2_with_one_line(small_backbone_dir, bad, says):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rec fed: error:") and says in lines[0]
+
+
+def test_fed_sweep_validates_and_fed_keys_need_job_fed():
+    from tuning.search_spaces import SweepError, load_sweep
+
+    spec = load_sweep("tuning/configs/fed.yaml")
+    assert spec.job == "fed" and spec.check_against(load_config(None).model_dump(mode="json")) == []
+    swept = {p.key for p in spec.swept()}
+    assert {"fed.rounds", "fed.clients_per_round", "fed.local_epochs", "fed.clipping_norm", "fed.noise_multiplier"} <= swept
+    with pytest.raises(SweepError, match="set `job: fed`"):
+        load_sweep({"name": "x", "search_space": {"fed.rounds": {"choice": [1, 2]}}})
+    with pytest.raises(SweepError, match="scheduler: {type: fifo}"):
+        load_sweep({"name": "x", "job": "fed", "search_space": {"fed.rounds": {"choice": [1, 2]}}})
+
+
+def test_flower_deployment_configs_parse():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3] / "cluster" / "flower"
+    link = tomllib.loads((root / "superlink.toml").read_text())
+    nodes = tomllib.loads((root / "supernodes.toml").read_text())["supernode"]
+    conn = link["superlink"][link["superlink"]["default"]]
+    assert conn["address"].endswith(":9093")  # flwr CLI -> Control API
+    assert [n["node-config"]["partition-id"] for n in nodes] == list(range(len(nodes)))
+    assert all(n["superlink"].endswith(":9092") and n["node-config"]["num-partitions"] == len(nodes) for n in nodes)
