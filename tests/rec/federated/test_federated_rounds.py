@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def _scenario(name: str, backbone_dir: Path, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "RAY_USAGE_STATS_ENABLED": "0"}
-    r = subprocess.run([sys.executable, str(SCRIPT), name, str(backbone_dir), str(out)], capture_output=True, text=True,
-                       timeout=900, env=env, cwd=ROOT)
+    for _ in range(2):
+        r = subprocess.run([sys.executable, str(SCRIPT), name, str(backbone_dir), str(out)], capture_output=True, text=True,
+                           timeout=900, env=env, cwd=ROOT)
+        # A local Ray that cannot register its raylet within Ray's fixed 30 s (a saturated shared
+        # machine) is an infrastructure failure, not the run's: start it once more.
+        if r.returncode == 0 or "timed out during startup" not in r.stderr:
+            break
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads((out / "result.json").read_text())
 
