@@ -194,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     if a.quick:
+        a.name = "federated_quick" if a.name == "federated" else a.name  # never mistaken for the full protocol's results
         a.datasets, a.seeds, a.ks, a.rounds, a.fraction, a.central_epochs, a.eval_every, a.eval_users = \
             ["ml-100k"], [0], [64], 5, 0.2, 8, 1, 200
     return a
