@@ -471,9 +471,11 @@ def _add_other_commands(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rec", description="fewshot-rec: pretrain, adapt, export and serve text-based recommenders on Ray.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from rec.cli_feedback import add_feedback_commands  # here: it imports this module's helpers
+    from rec.cli_fed import add_fed_commands  # here: these import this module's helpers
+    from rec.cli_feedback import add_feedback_commands
 
-    for add in (_add_training_commands, _add_serving_commands, add_feedback_commands, _add_export_commands, _add_other_commands):
+    for add in (_add_training_commands, add_fed_commands, _add_serving_commands, add_feedback_commands, _add_export_commands,
+                _add_other_commands):
         add(sub)
     return parser
 

@@ -353,6 +353,55 @@ class FeedbackConfig(_Strict):
     readapt: ReadaptConfig = Field(default_factory=ReadaptConfig)
 
 
+class FedConfig(_Strict):
+    """``rec fed``: federated adaptation of one tenant's adapter with Flower on Ray (docs/federated.md).
+
+    The backbone stays frozen and shared; only the ``adapt.method`` adapter's trainable tensors
+    travel (LoRA's PEFT tensors, or item-terms' bias). Local training uses ``adapt.lr``,
+    ``adapt.batch_size`` and ``adapt.seed``; the K-shot split (``adapt.k_users``, ...) picks the
+    users that become clients and the held-out users the server evaluates on.
+    """
+
+    rounds: int = Field(10, ge=1, description="federated rounds")
+    clients_per_round: int | None = Field(None, ge=1, description="clients sampled per round; null = fraction * clients")
+    fraction: float = Field(0.1, gt=0.0, le=1.0, description="share of clients sampled per round when clients_per_round is null")
+    local_epochs: int = Field(1, ge=1, description="epochs each sampled client trains on its own sequences per round")
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0.0, description="fedprox: weight of the proximal term mu/2 * ||w - w_global||^2")
+    server_lr: float = Field(0.01, gt=0.0, description="fedadam: the server optimizer's step size (eta)")
+    client_mode: Literal["user", "silo"] = Field("user", description="user: one client per training user; silo: users grouped into num_silos shops")
+    num_silos: int = Field(4, ge=2, description="silo mode: shops sharing the tenant's catalog")
+    client_dp: Literal["none", "fixed", "adaptive"] = Field("none", description="client-level DP at the server (Flower's DP wrappers)")
+    clipping_norm: float = Field(0.5, gt=0.0, description="client_dp: L2 bound on each client's update (adaptive: the initial bound)")
+    noise_multiplier: float | None = Field(None, ge=0.0, description="client_dp: Gaussian noise std / clipping norm; null = from target_epsilon")
+    target_epsilon: float | None = Field(None, gt=0.0, description="client_dp: solve the noise multiplier for this epsilon over all rounds")
+    delta: float | None = Field(None, gt=0.0, lt=1.0, description="DP delta; null = 1 / number of clients")
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant for epsilon")
+    local_dp: bool = Field(False, description="example-level DP-SGD on each client (Opacus)")
+    local_noise_multiplier: float = Field(1.0, ge=0.0, description="local_dp: DP-SGD noise multiplier")
+    local_max_grad_norm: float = Field(1.0, gt=0.0, description="local_dp: per-example gradient clipping bound")
+    secagg: bool = Field(False, description="secure aggregation (Flower SecAgg+); not available with the Message-API strategies yet")
+    drop_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="tests/bench: share of sampled clients that crash each round")
+    client_cpus: float = Field(0.5, gt=0.0, description="CPUs each client actor reserves (Ray)")
+    eval_every: int = Field(1, ge=0, description="server-side validation NDCG@10 every N rounds (0 = only at the end)")
+    round_timeout_s: float = Field(600.0, gt=0.0, description="a round aggregates the replies received by then")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FedConfig":
+        errors = []
+        if self.client_dp != "none" and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            errors.append("fed.client_dp needs exactly one of fed.noise_multiplier or fed.target_epsilon")
+        if self.client_dp == "none" and (self.noise_multiplier is not None or self.target_epsilon is not None):
+            errors.append("fed.noise_multiplier/fed.target_epsilon are set but fed.client_dp=none: set fed.client_dp=fixed or adaptive")
+        if self.client_dp != "none" and self.strategy == "fedadam":
+            errors.append("fed.client_dp bounds the averaged update: use fed.strategy=fedavg or fedprox with it")
+        if self.secagg and self.client_dp != "none":
+            errors.append("fed.secagg hides single updates, but server-side DP clips them: use one of the two")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
 class RecConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     text: TextConfig = Field(default_factory=TextConfig)
@@ -365,6 +414,7 @@ class RecConfig(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    fed: FedConfig = Field(default_factory=FedConfig)
 
     @model_validator(mode="after")
     def _cross(self) -> RecConfig:

@@ -36,6 +36,9 @@ def publish_best(rows, groups, spec, cfg, base, tenants, text_embs, tree, exp_di
         entry = {"tenant": tenant, "k": k_label(k), "trial_id": r["trial_id"], "val_ndcg@10": r["val_ndcg@10"],
                  "epochs": r["epochs"], "best_config": trial_overrides(spec, r["_config"])}
         prev = published.get(key)
+        if spec.job == "fed":  # the trial published its adapter itself (tuning.trial.federated_trial): nothing to re-run
+            best_rows.append({**entry, "adapter": r.get("adapter")})
+            continue
         if not spec.publish:
             best_rows.append(entry)
             continue

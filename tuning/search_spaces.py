@@ -177,14 +177,22 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return tree
 
 
-def _check_key(param: Param, base_tree: dict[str, Any]) -> list[str]:
-    """Problems with one key: not tunable, or some value it can take fails RecConfig validation."""
+def _check_key(param: Param, base_tree: dict[str, Any], job: str = "adapt", paired_tree: dict[str, Any] | None = None) -> list[str]:
+    """Problems with one key: not tunable, or some value it can take fails RecConfig validation.
+
+    A value is accepted when it validates on ``base_tree`` alone or on ``paired_tree`` (the base with
+    the space's other keys at their first value): keys that only make sense together
+    (``fed.client_dp`` + ``fed.noise_multiplier``) pass, and one bad key does not mask another's error.
+    """
     key = param.key
     if key in RESERVED:
         return [f"search_space key {key!r} is set by the sweep: {RESERVED[key]}"]
-    if not key.startswith("adapt.") or key == "adapt.":
+    if key.startswith("fed.") and job != "fed":
+        return [f"search_space key {key!r}: fed.* keys tune federated runs: set `job: fed`"]
+    prefixes = ("adapt.", "fed.") if job == "fed" else ("adapt.",)
+    if not key.startswith(prefixes) or key in ("adapt.", "fed."):
         return [
-            f"search_space key {key!r}: only adapt.* keys can be tuned "
+            f"search_space key {key!r}: only {' and '.join(p + '*' for p in prefixes)} keys can be tuned "
             "(the backbone is fixed by --backbone and data.* defines the tenants)"
         ]
     errs = []
@@ -192,9 +200,14 @@ def _check_key(param: Param, base_tree: dict[str, Any]) -> list[str]:
         try:
             config_from_dict(set_dotted(copy.deepcopy(base_tree), key, value))
         except ConfigError as e:
-            msg = str(e).removeprefix("invalid config: ")
-            errs.append(f"search_space key {key!r} = {value!r}: {msg}")
-            break
+            try:
+                if paired_tree is None:
+                    raise
+                config_from_dict(set_dotted(copy.deepcopy(paired_tree), key, value))
+            except ConfigError:
+                msg = str(e).removeprefix("invalid config: ")
+                errs.append(f"search_space key {key!r} = {value!r}: {msg}")
+                break
     return errs
 
 
@@ -230,6 +243,9 @@ class SweepSpec(BaseModel):
     cpus_per_trial: float = Field(1.0, gt=0.0)
     seed: int = Field(0, description="seeds the searcher (Optuna TPE / random sampling)")
     publish: bool = Field(True, description="re-run and publish each (tenant, K)'s best trial as an adapter")
+    job: Literal["adapt", "fed"] = Field(
+        "adapt", description="adapt: each trial is one `rec adapt`; fed: one federated run (`rec fed`, a child process; "
+                             "fed.* keys become tunable, each trial publishes its own adapter, scheduler must be fifo)")
 
     @field_validator("k_users")
     @classmethod
@@ -265,9 +281,12 @@ class SweepSpec(BaseModel):
     @model_validator(mode="after")
     def _space(self) -> SweepSpec:
         errs = []
+        if self.job == "fed" and self.scheduler.type != "fifo":
+            errs.append("job: fed reports once per trial (after its last round), so ASHA cannot stop it early: "
+                        "set scheduler: {type: fifo}")
         for key, raw in self.search_space.items():
             try:
-                errs += _check_key(parse_param(key, raw), {})
+                errs += _check_key(parse_param(key, raw), {}, self.job, self._others_set({}, key))
             except ValueError as e:
                 errs.append(f"search_space key {key!r}: {e}")
         if errs:
@@ -283,7 +302,20 @@ class SweepSpec(BaseModel):
 
     def check_against(self, base_tree: dict[str, Any]) -> list[str]:
         """Problems of each key applied on top of ``base_tree`` (the sweep's base config)."""
-        return [e for p in self.params() for e in _check_key(p, base_tree)]
+        return [e for p in self.params() for e in _check_key(p, base_tree, self.job, self._others_set(base_tree, p.key))]
+
+    def _others_set(self, base_tree: dict[str, Any], key: str) -> dict[str, Any]:
+        """``base_tree`` with every other (valid, tunable) key of the space at its first value, so keys
+        that only make sense together (``fed.client_dp`` + ``fed.noise_multiplier``) are checked together."""
+        tree = copy.deepcopy(base_tree)
+        for k, raw in self.search_space.items():
+            if k == key or k in RESERVED or not k.startswith(("adapt.", "fed.")):
+                continue
+            try:
+                set_dotted(tree, k, parse_param(k, raw).samples()[0])
+            except ValueError:
+                continue  # reported under its own key
+        return tree
 
     def max_epochs(self, base_epochs: int) -> int:
         """The most adaptation epochs a trial can run: ASHA's ``max_t``."""

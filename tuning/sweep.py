@@ -30,7 +30,7 @@ from tuning.scheduler import PerGroupScheduler
 from tuning.search import build_searcher
 from tuning.search_spaces import SweepError, SweepSpec, k_label
 from tuning.tables import trial_row, write_tables
-from tuning.trial import METRIC, MODE, Group, adaptation_trial
+from tuning.trial import METRIC, MODE, Group, adaptation_trial, federated_trial
 
 __all__ = ["SweepInterrupted", "SweepResult", "run_sweep"]
 
@@ -149,11 +149,15 @@ def run_sweep(
     threads = max(1, int(spec.cpus_per_trial))
 
     with ray_session(cfg.ray):
-        trainable = tune.with_resources(
-            tune.with_parameters(adaptation_trial, backbone=base, tenants=tenants, text_embs=text_embs,
-                                 base_tree=tree, spec=spec, threads=threads),
-            {"cpu": spec.cpus_per_trial},
-        )
+        if spec.job == "fed":
+            if isinstance(backbone, LoadedBackbone):
+                raise SweepError("job: fed runs each trial as a `rec fed` process: pass the backbone folder, not a loaded backbone")
+            job = tune.with_parameters(federated_trial, backbone_dir=str(Path(backbone).resolve()), base_tree=tree, spec=spec,
+                                       threads=threads)
+        else:
+            job = tune.with_parameters(adaptation_trial, backbone=base, tenants=tenants, text_embs=text_embs,
+                                       base_tree=tree, spec=spec, threads=threads)
+        trainable = tune.with_resources(job, {"cpu": spec.cpus_per_trial})
         resumed = tune.Tuner.can_restore(str(exp_dir)) and (exp_dir / STATE_FILE).is_file()
         if resumed:
             _check_same(exp_dir, ident)

@@ -31,13 +31,16 @@ def trial_row(result, spec: SweepSpec, tree: dict) -> dict[str, Any]:  # noqa: A
     elif row["val_ndcg@10"] is None:
         row["status"] = "no result"
     else:
-        planned = trial_config(tree, spec, config).adapt.epochs
+        tc = trial_config(tree, spec, config)
+        planned = tc.fed.rounds if spec.job == "fed" else tc.adapt.epochs
         if row["epochs"] >= planned or (m.get("final") and row["epochs"] == 0):
             row["status"] = "completed"
         elif m.get("final"):
             row["status"] = "early-stopped (patience)"
         else:
             row["status"] = "stopped (ASHA)"
+    if spec.job == "fed":
+        row["adapter"] = m.get("adapter")  # a federated trial publishes its own adapter
     row["best"] = False
     row["_config"] = config
     return row

@@ -29,7 +29,7 @@ from rec.training.corpus import TenantCorpus, eval_rows
 from rec.training.loop import evaluate_tenant
 from rec.training.tenant_fit import FitSettings, TenantFit, fit_tenant
 
-__all__ = ["AdaptResult", "adapt_tenant", "fewshot_corpus", "publish_adapter"]
+__all__ = ["AdaptResult", "adapt_tenant", "check_tenant_text", "fewshot_corpus", "publish_adapter"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -70,7 +70,7 @@ def fewshot_corpus(split: KShotSplit, text_emb: np.ndarray, max_len: int) -> Ten
     )
 
 
-def _check_text(base: LoadedBackbone, tenant: Tenant, text_emb: np.ndarray | None) -> None:
+def check_tenant_text(base: LoadedBackbone, tenant: Tenant, text_emb: np.ndarray | None) -> None:
     if not base.cfg.model.use_text:
         raise ValueError("this backbone is ID-only: it cannot score a new tenant's items; pretrain with model.use_text=true")
     if not tenant.items.has_text:
@@ -154,7 +154,7 @@ def adapt_tenant(
         DataError: The tenant has no items or no item text.
     """
     eval_cfg = eval_cfg or EvalConfig()
-    _check_text(base, tenant, text_emb)
+    check_tenant_text(base, tenant, text_emb)
     torch.set_num_threads(acfg.torch_threads)
     torch.manual_seed(acfg.seed)
     t0 = time.perf_counter()

@@ -1,0 +1,102 @@
+"""Federated runs for the tests, each in a process of its own (Flower's Ray backend ends with
+``ray.shutdown()``, and the test session keeps one Ray of its own).
+
+Usage: ``python fed_scenarios.py SCENARIO BACKBONE_DIR OUT_DIR``; writes ``OUT_DIR/result.json``
+(and ``arrays.npz`` where arrays are compared).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from rec.config import AdaptConfig, FedConfig, RayConfig
+from rec.data.synthetic import generate_tenants
+from rec.training.checkpoint import load_backbone
+
+RAY = RayConfig(num_cpus=2)
+ACFG = dict(method="lora", k_users=12, lr=5e-3, batch_size=16, seed=0, torch_threads=1)
+
+
+def _tenant(base):  # noqa: ANN001, ANN202
+    return generate_tenants(base.cfg.data.synthetic.model_copy(update={"tenants": 3}))[2]
+
+
+def identical_clients(base, out: Path) -> dict:  # noqa: ANN001
+    """3 clients holding the same user's sequence, one FedAvg round, vs that client trained alone."""
+    from rec.adaptation.prepare import prepare_model
+    from rec.adaptation.registry import AdaptContext
+    from rec.federated.adapter_state import adapter_arrays, adapter_spec
+    from rec.federated.client_app import ClientPayload, client_state, local_round
+    from rec.federated.federate import _local_settings
+    from rec.federated.simulation import run_rounds
+    from rec.federated.strategy import build_strategy
+    from rec.text import encode_items
+
+    tenant = _tenant(base)
+    acfg, fcfg = AdaptConfig(**ACFG), FedConfig(rounds=1, clients_per_round=3, client_cpus=1.0, eval_every=0)
+    text = encode_items(list(tenant.items.text), base.cfg.text)
+    ctx = AdaptContext("test", None, tenant.num_items, np.zeros(tenant.num_items, np.float32))
+    model = prepare_model(base.model, acfg, ctx=ctx)
+    initial = adapter_arrays(model)
+    seq = tenant.sequence(0)
+    payload = ClientPayload(base.model, acfg, ctx, text, [[seq]] * 3, base.cfg.data.max_seq_len, _local_settings(acfg, fcfg))
+    alone, _ = local_round(client_state(payload), initial, partition=0, server_round=1)
+    outcome = run_rounds(payload, initial, build_strategy(fcfg, 3, adapter_spec(model)), fcfg, RAY)
+    np.savez(out / "arrays.npz", **{f"fed/{k}": v for k, v in outcome.arrays.items()}, **{f"alone/{k}": v for k, v in alone.items()},
+             **{f"init/{k}": v for k, v in initial.items()})
+    return {"rounds": [r.__dict__ for r in outcome.rounds]}
+
+
+def _run(base, out: Path, fcfg: FedConfig, faults=None, publish: bool = False) -> dict:  # noqa: ANN001
+    import torch
+
+    from rec.adaptation.prepare import scoring_backbone
+    from rec.data.padding import PAD, left_pad
+    from rec.federated import federated_adapt, publish_federated
+
+    tenant = _tenant(base)
+    acfg = AdaptConfig(**ACFG, output_root=str(out / "adapters"))
+    res = federated_adapt(base, tenant, acfg, fcfg, ray_cfg=RAY, faults=faults)
+    rec = {"history": res.history, "valid": res.adapt.valid, "adapter_bytes": res.adapter_bytes,
+           "privacy": None if res.privacy is None else res.privacy.as_dict(), "clients": res.num_clients,
+           "clients_per_round": res.clients_per_round}
+    if publish:
+        rec["adapter"] = str(publish_federated(res, base, acfg, fcfg))
+        from rec.text import encode_items
+
+        scorer = scoring_backbone(res.adapt.model).eval()
+        with torch.no_grad():
+            cat = scorer.item_representations(torch.from_numpy(encode_items(list(tenant.items.text), base.cfg.text)))
+            idx = torch.tensor(left_pad([tenant.sequence(u)[:-1] for u in range(5)], 20))
+            scores = scorer.scores(scorer.user_vector(cat[idx.clamp(min=0)], idx == PAD), cat)
+        np.save(out / "scores.npy", scores.numpy())
+    return rec
+
+
+SCENARIOS = {
+    "identical": identical_clients,
+    "fedprox_faults": lambda base, out: _run(base, out, FedConfig(rounds=2, clients_per_round=5, strategy="fedprox", proximal_mu=0.1,
+                                                                  client_cpus=1.0, eval_every=0),
+                                             faults=_faults(), publish=True),
+    "fedadam": lambda base, out: _run(base, out, FedConfig(rounds=1, clients_per_round=3, strategy="fedadam", client_cpus=1.0, eval_every=0)),
+    "dp_fixed": lambda base, out: _run(base, out, FedConfig(rounds=2, clients_per_round=4, client_dp="fixed", noise_multiplier=1.0,
+                                                            clipping_norm=0.5, client_cpus=1.0, eval_every=0)),
+}
+
+
+def _faults():  # noqa: ANN202
+    from rec.federated.client_app import ClientFaults
+
+    # 20 % of the sampled clients raise; partitions 0 and 1 (when sampled) send a NaN and a wrong-shape update
+    return ClientFaults(drop_fraction=0.2, corrupt={0: "nan", 1: "shape", 2: "keys"}, seed=3)
+
+
+if __name__ == "__main__":
+    name, backbone, out_dir = sys.argv[1:4]
+    out = Path(out_dir)
+    result = SCENARIOS[name](load_backbone(backbone), out)
+    (out / "result.json").write_text(json.dumps(result, default=float))
