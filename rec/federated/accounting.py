@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from rec.config import FedConfig
 
-__all__ = ["PrivacyReport", "PrivacyModuleMissing", "resolve_noise", "privacy_report"]
+__all__ = ["PrivacyReport", "PrivacyModuleMissing", "default_delta", "local_dp_report", "resolve_noise", "privacy_report"]
 
 
 class PrivacyModuleMissing(ValueError):
@@ -76,3 +76,27 @@ def privacy_report(fcfg: FedConfig, noise_multiplier: float, num_clients: int, s
         eps = float(_privacy().client_level_epsilon(noise_multiplier=z_eff, sample_rate=sampled / num_clients, rounds=rounds,
                                                     delta=delta, accountant=fcfg.accountant))
     return PrivacyReport(eps, delta, noise_multiplier, z_eff, sampled / num_clients, rounds, fcfg.accountant, fcfg.client_dp)
+
+
+def local_dp_report(fcfg: FedConfig, examples_per_client: list[int], batch_size: int, epochs: int, delta: float) -> dict:
+    """Example-level (epsilon, delta) of local DP-SGD (``fed.local_dp``) after ``fed.rounds`` rounds.
+
+    A client with ``n`` examples runs ``epochs * ceil(n / batch_size)`` Poisson steps per round at
+    sample rate ``1 / ceil(n / batch_size)`` (``rec.federated.privacy.private_local_train``); one
+    taking part in every round composes ``rounds`` times as many. The worst client over the
+    partition is reported (the one with the fewest examples: the fewest steps per epoch but the
+    largest sample rate), assuming each client takes part in every round (it is sampled in fewer
+    only by chance, which the server does not promise it).
+    """
+    sizes = [n for n in examples_per_client if n > 0]
+    if not sizes:
+        return {"epsilon": 0.0, "delta": delta, "noise_multiplier": fcfg.local_noise_multiplier, "rounds": fcfg.rounds}
+    privacy = _privacy()
+    eps = 0.0
+    for n in sorted(set(sizes)):
+        steps = -(-n // batch_size)
+        eps = max(eps, float(privacy.client_level_epsilon(noise_multiplier=fcfg.local_noise_multiplier, sample_rate=1.0 / steps,
+                                                          rounds=steps * epochs * fcfg.rounds, delta=delta,
+                                                          accountant=fcfg.accountant)))
+    return {"epsilon": eps, "delta": delta, "noise_multiplier": fcfg.local_noise_multiplier, "max_grad_norm": fcfg.local_max_grad_norm,
+            "rounds": fcfg.rounds, "local_epochs": epochs, "accountant": fcfg.accountant, "min_examples": min(sizes)}

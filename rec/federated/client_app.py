@@ -131,7 +131,8 @@ def local_round(state: ClientState, arrays: dict[str, np.ndarray], partition: in
     load_adapter_arrays(state.model, arrays)
     torch.manual_seed(payload.local.seed * 1_000_003 + server_round)
     corpus = client_corpus(payload.client_seqs[partition], payload.ctx.num_items, payload.max_len, f"client-{partition}")
-    update = train_locally(state.model, state.scorer, corpus, state.text, replace(payload.local, proximal_mu=mu), round_seed=server_round)
+    update = train_locally(state.model, state.scorer, corpus, state.text, replace(payload.local, proximal_mu=mu), round_seed=server_round,
+                           sequences=payload.client_seqs[partition])
     out = adapter_arrays(state.model)
     if faults is not None and partition in faults.corrupt:
         out = _corrupt(out, faults.corrupt[partition])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,12 @@ import torch
 
 from rec.adaptation.adapt import AdaptResult, check_tenant_text, fewshot_corpus, publish_adapter
 from rec.adaptation.prepare import prepare_model, scoring_backbone
+from rec.adaptation.methods.lora import ENCODER_TARGETS
 from rec.adaptation.registry import AdaptContext
 from rec.config import AdaptConfig, EvalConfig, FedConfig, RayConfig
 from rec.data.schema import Tenant
 from rec.data.splits import KShotSplit, k_shot_split
-from rec.federated.accounting import PrivacyReport, privacy_report, resolve_noise
+from rec.federated.accounting import PrivacyReport, default_delta, local_dp_report, privacy_report, resolve_noise
 from rec.federated.adapter_state import adapter_arrays, adapter_spec, load_adapter_arrays
 from rec.federated.client_app import ClientFaults, ClientPayload
 from rec.federated.clients import client_partitions, clients_per_round
@@ -52,11 +53,13 @@ class FedResult:
     adapter_bytes: int  # one full adapter upload
     privacy: PrivacyReport | None = None
     evaluations: dict[int, dict[str, float]] = field(default_factory=dict)
+    local_privacy: dict[str, Any] | None = None  # example-level (epsilon, delta) of local DP-SGD, worst client
 
     def manifest_block(self, fcfg: FedConfig) -> dict[str, Any]:
         return {"federated": {"config": fcfg.model_dump(mode="json"), "clients": self.num_clients,
                               "clients_per_round": self.clients_per_round, "adapter_bytes": self.adapter_bytes,
-                              "history": self.history, "privacy": None if self.privacy is None else self.privacy.as_dict()}}
+                              "history": self.history, "privacy": None if self.privacy is None else self.privacy.as_dict(),
+                              "local_privacy": self.local_privacy}}
 
 
 def check_fed_config(acfg: AdaptConfig, fcfg: FedConfig) -> None:
@@ -72,6 +75,10 @@ def check_fed_config(acfg: AdaptConfig, fcfg: FedConfig) -> None:
     if acfg.method == "item-terms" and acfg.item_terms.id_residual:
         raise ValueError("adapt.item_terms.id_residual needs the items seen in the pooled data, which a federated server never "
                          "sees: set adapt.item_terms.id_residual=false")
+    if fcfg.local_dp and (acfg.method != "lora" or acfg.lora.train_adaptor
+                          or not set(acfg.lora.target_modules) <= set(ENCODER_TARGETS)):
+        raise ValueError("fed.local_dp (DP-SGD) trains encoder LoRA only: the catalog-side adaptor has no per-example gradient. Set "
+                         f"adapt.method=lora adapt.lora.train_adaptor=false adapt.lora.target_modules=[{','.join(ENCODER_TARGETS)}]")
     if fcfg.secagg:
         raise ValueError("fed.secagg: Flower 1.42's SecAgg+ runs only in its legacy workflow, not with the Message-API "
                          "strategies rec fed uses (docs/federated.md): set fed.secagg=false")
@@ -128,11 +135,12 @@ def federated_adapt(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, fcf
     parts = client_partitions(len(seqs), fcfg.client_mode, fcfg.num_silos)
     sampled = clients_per_round(len(parts), fcfg.clients_per_round, fcfg.fraction)
     noise = resolve_noise(fcfg, len(parts), sampled)
+    local = replace(_local_settings(acfg, fcfg), local_delta=default_delta(fcfg, len(seqs)))
     if fcfg.drop_fraction > 0:
         faults = ClientFaults(drop_fraction=fcfg.drop_fraction, seed=acfg.seed, corrupt=dict(faults.corrupt) if faults else {},
                               drop_kind=faults.drop_kind if faults else "raise")
     payload = ClientPayload(base.model, acfg, ctx, np.asarray(text_emb, np.float32), [[seqs[i] for i in p] for p in parts],
-                            max_len, _local_settings(acfg, fcfg), faults)
+                            max_len, local, faults)
     emb = torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))
     ks = list(eval_cfg.ks_with_primary)
     strategy = build_strategy(fcfg, sampled, spec, noise)
@@ -154,12 +162,17 @@ def federated_adapt(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, fcf
     load_adapter_arrays(model, outcome.arrays)
     valid, test = measure("valid"), measure("test")
     privacy = None if noise is None else privacy_report(fcfg, noise, len(parts), sampled, [r.replies for r in outcome.rounds])
+    if fcfg.local_dp:
+        examples = [sum(len(seqs[i]) >= 2 for i in p) for p in parts]
+        local_privacy = local_dp_report(fcfg, examples, acfg.batch_size, fcfg.local_epochs, local.local_delta)
+    else:
+        local_privacy = None
     result = AdaptResult(model=model, tenant=tenant.name, method=acfg.method, split=split, valid=valid, test=test,
                          adapt_s=time.perf_counter() - t0, epochs=fcfg.rounds, trainable_params=sum(int(np.prod(s)) for s in spec.values()),
                          data_hash=server.data_hash, history=[], best_epoch=fcfg.rounds - 1,
                          method_report={"popularity_floor": None} if acfg.method == "item-terms" else {})
     return FedResult(result, _history(outcome.rounds, outcome.evaluations, outcome.train_loss), len(parts), sampled,
-                     sum(int(np.prod(s)) * 4 for s in spec.values()), privacy, outcome.evaluations)
+                     sum(int(np.prod(s)) * 4 for s in spec.values()), privacy, outcome.evaluations, local_privacy)
 
 
 def publish_federated(res: FedResult, base: LoadedBackbone, acfg: AdaptConfig, fcfg: FedConfig, root: str | Path | None = None) -> Path:

@@ -35,6 +35,7 @@ class LocalSettings:
     local_dp: bool = False
     local_noise_multiplier: float = 1.0
     local_max_grad_norm: float = 1.0
+    local_delta: float = 1e-5  # example-level delta of local DP-SGD (1 / the tenant's training users)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def _proximal(params: list[tuple[str, nn.Parameter]], mu: float):  # noqa: ANN20
 
 
 def train_locally(model: nn.Module, scorer: nn.Module, corpus: TenantCorpus, text_emb: torch.Tensor,
-                  s: LocalSettings, round_seed: int) -> LocalUpdate:
+                  s: LocalSettings, round_seed: int, sequences: list[np.ndarray] | None = None) -> LocalUpdate:
     """Train ``model``'s trainable parameters on ``corpus`` in place for ``s.epochs`` epochs.
 
     Args:
@@ -72,20 +73,24 @@ def train_locally(model: nn.Module, scorer: nn.Module, corpus: TenantCorpus, tex
         corpus: The client's rows (:func:`client_corpus`).
         text_emb: The tenant's item text ``(N, text_dim)``.
         round_seed: Mixed into the row shuffle, so rounds differ but a rerun is identical.
+        sequences: The client's users' sequences (what ``corpus`` was built from); local DP-SGD
+            needs them, one example per user.
     """
     rows_total = len(corpus.train_inputs)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if rows_total == 0 or not named:
         return LocalUpdate(0, float("nan"))
     if s.local_dp:
-        # TODO(lead): single call site of example-level DP-SGD; confirm the signature of
-        # rec.federated.privacy.private_local_train once it is merged (make_private after the
-        # PEFT wrap, opacus#820) and drop this adapter if it differs.
-        from rec.federated.privacy import private_local_train
+        if sequences is None:
+            raise ValueError("local DP-SGD needs the client's sequences (one example per user)")
+        from rec.federated.privacy import private_local_train  # Opacus: only when local DP is on
 
-        loss = private_local_train(model, scorer, corpus, text_emb, s.epochs, s.lr, s.batch_size, round_seed,
-                                   noise_multiplier=s.local_noise_multiplier, max_grad_norm=s.local_max_grad_norm)
-        return LocalUpdate(rows_total, float(loss))
+        model.train()  # Opacus refuses a model in eval mode
+        private_local_train(model, sequences, text_emb=text_emb, max_len=corpus.train_inputs.shape[1], lr=s.lr, epochs=s.epochs,
+                            batch_size=s.batch_size, max_grad_norm=s.local_max_grad_norm, delta=s.local_delta,
+                            noise_multiplier=s.local_noise_multiplier, seed=s.seed * 1_000_003 + round_seed)
+        model.eval()
+        return LocalUpdate(rows_total, float("nan"))  # DP-SGD reports no loss: its batches are noise-dominated
     train = Corpus([corpus], corpus.train_inputs.shape[1], None)
     loss_model = CorpusLoss(scorer)
     opt = make_optimizer([p for _, p in named], s.lr, s.weight_decay)

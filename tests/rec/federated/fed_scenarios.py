@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rec.adaptation.methods.lora import ENCODER_TARGETS
 from rec.config import AdaptConfig, FedConfig, RayConfig
 from rec.data.synthetic import generate_tenants
 from rec.training.checkpoint import load_backbone
@@ -51,7 +52,7 @@ def identical_clients(base, out: Path) -> dict:  # noqa: ANN001
     return {"rounds": [r.__dict__ for r in outcome.rounds]}
 
 
-def _run(base, out: Path, fcfg: FedConfig, faults=None, publish: bool = False) -> dict:  # noqa: ANN001
+def _run(base, out: Path, fcfg: FedConfig, faults=None, publish: bool = False, **adapt) -> dict:  # noqa: ANN001
     import torch
 
     from rec.adaptation.prepare import scoring_backbone
@@ -59,11 +60,20 @@ def _run(base, out: Path, fcfg: FedConfig, faults=None, publish: bool = False) -
     from rec.federated import federated_adapt, publish_federated
 
     tenant = _tenant(base)
-    acfg = AdaptConfig(**ACFG, output_root=str(out / "adapters"))
+    acfg = AdaptConfig(**{**ACFG, **adapt}, output_root=str(out / "adapters"))
+    from rec.adaptation.prepare import prepare_model
+    from rec.adaptation.registry import AdaptContext
+    from rec.federated.adapter_state import adapter_arrays
+
+    initial = adapter_arrays(prepare_model(base.model, acfg, ctx=AdaptContext("test", None, tenant.num_items,
+                                                                             np.zeros(tenant.num_items, np.float32))))
     res = federated_adapt(base, tenant, acfg, fcfg, ray_cfg=RAY, faults=faults)
+    final = adapter_arrays(res.adapt.model)
+    moved = sorted(k for k in final if not np.array_equal(final[k], initial[k]))
     rec = {"history": res.history, "valid": res.adapt.valid, "adapter_bytes": res.adapter_bytes,
            "privacy": None if res.privacy is None else res.privacy.as_dict(), "clients": res.num_clients,
-           "clients_per_round": res.clients_per_round}
+           "clients_per_round": res.clients_per_round, "local_privacy": res.local_privacy, "moved": moved,
+           "tensors": sorted(final)}
     if publish:
         rec["adapter"] = str(publish_federated(res, base, acfg, fcfg))
         from rec.text import encode_items
@@ -83,8 +93,11 @@ SCENARIOS = {
                                                                   client_cpus=1.0, eval_every=0),
                                              faults=_faults(), publish=True),
     "fedadam": lambda base, out: _run(base, out, FedConfig(rounds=1, clients_per_round=3, strategy="fedadam", client_cpus=1.0, eval_every=0)),
+    # both kinds of DP in one run: client-level at the server, DP-SGD (Opacus) on every client's encoder LoRA
     "dp_fixed": lambda base, out: _run(base, out, FedConfig(rounds=2, clients_per_round=4, client_dp="fixed", noise_multiplier=1.0,
-                                                            clipping_norm=0.5, client_cpus=1.0, eval_every=0)),
+                                                            clipping_norm=0.5, client_cpus=1.0, eval_every=0, local_dp=True,
+                                                            local_noise_multiplier=0.8, local_max_grad_norm=1.0),
+                                       lora={"train_adaptor": False, "target_modules": list(ENCODER_TARGETS)}),
 }
 
 

@@ -74,10 +74,19 @@ def test_fedadam_runs(small_backbone_dir, tmp_path):
     assert res["history"][0]["clients"] == 3 and 0.0 <= res["valid"]["ndcg@10"] <= 1.0
 
 
-def test_client_level_dp_reports_the_recomputed_epsilon(small_backbone_dir, tmp_path):
-    privacy = pytest.importorskip("rec.federated.privacy", reason="rec/federated/privacy.py (Opacus accounting) not merged yet")
+def test_client_level_and_local_dp_report_the_recomputed_epsilons_and_lora_moves(small_backbone_dir, tmp_path):
+    from rec.federated import privacy
+
     res = _scenario("dp_fixed", small_backbone_dir, tmp_path)
     p = res["privacy"]
     assert p["delta"] == pytest.approx(1 / res["clients"]) and p["sample_rate"] == pytest.approx(4 / res["clients"])
     expected = privacy.client_level_epsilon(noise_multiplier=1.0, sample_rate=4 / res["clients"], rounds=2, delta=1 / res["clients"])
     assert p["epsilon"] == pytest.approx(expected, rel=1e-9) and 0 < p["epsilon"] < float("inf")
+    # DP-SGD on the clients (opacus#820: LoRA must move, and only LoRA travels)
+    assert res["tensors"] and all("lora_" in k for k in res["tensors"]), res["tensors"]
+    assert res["moved"], "no LoRA tensor moved under local DP-SGD + client-level DP"
+    lp = res["local_privacy"]
+    assert lp["delta"] == pytest.approx(1 / 12) and lp["rounds"] == 2 and lp["noise_multiplier"] == 0.8
+    steps = -(-lp["min_examples"] // 16)
+    assert lp["epsilon"] == pytest.approx(privacy.client_level_epsilon(noise_multiplier=0.8, sample_rate=1 / steps,
+                                                                       rounds=steps * lp["local_epochs"] * 2, delta=1 / 12), rel=1e-9)
