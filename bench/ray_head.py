@@ -11,6 +11,7 @@ group and temp folder, and ends exactly that group on exit (never a machine-wide
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -116,14 +117,16 @@ def _reload_ray_auth() -> None:
 
 
 @contextlib.contextmanager
-def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHead]:
-    """A head node with ``num_cpus`` CPUs that accepts jobs; jobs find this interpreter's ``rec`` first on PATH."""
+def local_head(num_cpus: int = 2, timeout_s: float = 300.0, resources: dict[str, float] | None = None) -> Iterator[LocalHead]:
+    """A head node with ``num_cpus`` CPUs (and custom ``resources``) that accepts jobs; jobs find this
+    interpreter's ``rec`` first on PATH."""
     tmp = tempfile.mkdtemp(prefix="rh")  # short: Ray's unix socket paths must stay short
     ports = {flag: free_port() for flag in PORT_FLAGS}
     log = Path(tmp) / "head.log"
     with token_auth():
+        extra = [f"--resources={json.dumps(resources)}"] if resources else []
         proc = start_ray(["--head", f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                          *[f"--{k}={v}" for k, v in ports.items()]], ray_env(), tmp, log)
+                          *[f"--{k}={v}" for k, v in ports.items()], *extra], ray_env(), tmp, log)
         head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
         # a SIGTERM to this process (kill, a CI timeout) must still end the head: raise so `finally` runs
         main = threading.current_thread() is threading.main_thread()
