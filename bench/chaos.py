@@ -56,6 +56,7 @@ import numpy as np
 
 from bench._results import log, write_results
 from bench.chaos_serve import SHARDED_CONFIG, config_session, live_tenants, load_row
+from bench.chaos_training import readapt_kill_row
 from bench.serve_coldstart import build_root
 from bench.steady_load import SteadyLoad
 
@@ -478,7 +479,7 @@ def noisy_neighbour_row(root: Path, repeats: int, seconds: float) -> dict[str, A
 
 
 FAULTS = ("fuzz", "events-disk-full", "replica-sigkill", "gcs-kill", "noisy-neighbour", "publish-rollback",
-          "corrupt-version", "replica-drain", "worker-node-kill")
+          "corrupt-version", "replica-drain", "worker-node-kill", "readapt-worker-kill")
 PROTOCOL = {
     "load": "closed-loop HTTP threads through a Serve proxy (--threads: 6 in replica-sigkill, 4 in the rows on the shipped "
             "config; gcs-kill uses 2), round-robin over the root's two tenants",
@@ -561,6 +562,7 @@ def main() -> None:
         "corrupt-version": lambda: corrupt_version_row(root, args.cycles, args.threads),
         "replica-drain": lambda: replica_drain_row(root, args.cycles, args.threads),
         "worker-node-kill": lambda: worker_node_kill_row(root, args.kills, args.threads),
+        "readapt-worker-kill": lambda: readapt_kill_row(args.kills),
     }
     rows = []
     for fault in FAULTS:

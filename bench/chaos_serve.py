@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.ray_head import free_port, local_head, ray_env, start_ray, stop_node
+from bench.ray_head import end_processes_naming, free_port, local_head, ray_env, start_ray, stop_node
 from bench.steady_load import SteadyLoad
 from serve_apps.recommender import SINGLE_HOP
 
@@ -61,12 +61,27 @@ class WorkerNode:
     """A second Ray node (``ray start --address``, its own process group and temp folder) joined to a head."""
 
     def __init__(self, gcs_address: str, num_cpus: float) -> None:
-        self.gcs_address, self.num_cpus, self.tmp = gcs_address, num_cpus, tempfile.mkdtemp(prefix="rw")
+        self.gcs_address, self.num_cpus, self.tmp = gcs_address, num_cpus, ""
         self.proc: subprocess.Popen | None = None
+        self.folders: list[str] = []
 
-    def start(self) -> None:
-        self.proc = start_ray([f"--address={self.gcs_address}", f"--num-cpus={self.num_cpus}"], ray_env(), self.tmp,
-                              Path(self.tmp) / "worker.log")
+    def start(self, timeout_s: float = 300.0) -> None:
+        """Start the node and wait until ``ray start`` says it runs; a start that fails (on an
+        overloaded machine the raylet can time out registering) is tried again, as a supervisor would."""
+        deadline = time.time() + timeout_s
+        while True:
+            # a fresh folder each start, as a replaced machine has: a raylet restarted in the killed
+            # node's folder waits forever for the old session's port files (Ray 2.60 raylet check fails)
+            self.tmp = tempfile.mkdtemp(prefix="rw")
+            self.folders.append(self.tmp)
+            log = Path(self.tmp) / "worker.log"
+            self.proc = start_ray([f"--address={self.gcs_address}", f"--num-cpus={self.num_cpus}"], ray_env(), self.tmp, log)
+            while self.proc.poll() is None and "Ray runtime started" not in log.read_text():
+                time.sleep(0.5)
+            if self.proc.poll() is None:
+                return
+            if time.time() > deadline:
+                raise RuntimeError(f"the worker node did not start in {timeout_s:g} s:\n{log.read_text()[-2000:]}")
 
     def kill(self) -> list[int]:
         """SIGKILL the node's processes by pid (``ray start``, raylet and everything under it):
@@ -84,7 +99,9 @@ class WorkerNode:
     def stop(self) -> None:
         if self.proc is not None:
             stop_node(self.proc, self.tmp)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        for folder in self.folders:
+            end_processes_naming(folder, grace_s=0)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
