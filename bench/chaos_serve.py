@@ -115,7 +115,20 @@ class ServeSession:
     cpus: float
     config: Path
     options: dict[str, dict[str, Any]]
+    gcs_address: str
     worker: WorkerNode | None = None
+
+    def ingress_stats(self) -> dict[str, Any]:
+        """``stats()`` of the (single) Ingress replica of the sharded layout, through a Serve handle
+        (connects this process to the head for the call)."""
+        import ray
+        from ray import serve
+
+        ray.init(address=self.gcs_address, log_to_driver=False)
+        try:
+            return serve.get_deployment_handle("Ingress", app_name=APP).stats.remote().result(timeout_s=120)
+        finally:
+            ray.shutdown()
 
     def deploy(self, replicas: int | dict[str, int], args: dict[str, Any] | None = None, timeout_s: float = 180.0) -> float:
         """``serve deploy`` the config with ``replicas`` per deployment (an int: the single-hop
@@ -171,7 +184,7 @@ def config_session(root: Path, replicas: int | dict[str, int], args: dict[str, A
     with local_head(num_cpus=2, resources=head_resources) as head:
         port = free_port()
         session = ServeSession(root, f"http://127.0.0.1:{port}", port, ServeSubmissionClient(head.dashboard), cpus,
-                               config, options or {})
+                               config, options or {}, head.gcs_address)
         try:
             if worker_cpus is not None:
                 session.worker = WorkerNode(head.gcs_address, worker_cpus)
