@@ -83,46 +83,31 @@ def fuzz_row(root: Path, examples: int) -> dict[str, Any]:
 
 
 def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
-    import ray
-    from ray import serve
-
-    from serve_apps.api import Ingress
-    from serve_apps.args import RecommenderArgs
-    from serve_apps.ranker import Ranker
-
-    tenants = live_tenants(root)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": 8765})
-        plain = RecommenderArgs.model_validate({"artifact_root": str(root), "max_batch_size": 32}).model_dump(mode="json")
-        ranker = Ranker.options(num_replicas=2, ray_actor_options={"num_cpus": 0.3})
-        serve.run(Ingress.options(ray_actor_options={"num_cpus": 0.3}).bind(plain, ranker.bind(plain)), name="chaos",
-                  route_prefix="/")
-        handle = serve.get_deployment_handle("Ranker", app_name="chaos")
-
-        def pids() -> set[int]:
-            seen: set[int] = set()
-            for _ in range(40):
-                seen.add(handle.stats.remote().result()["pid"])
-            return seen
-
-        recovery, windows = [], []
-        with SteadyLoad("http://127.0.0.1:8765", tenants, threads) as load:
-            time.sleep(3)
-            for k in range(kills):
-                victim = sorted(pids())[0]
-                t0 = time.time()
-                os.kill(victim, signal.SIGKILL)
-                while len(pids() - {victim}) < 2:
-                    time.sleep(0.2)
-                recovery.append(time.time() - t0)
-                windows.append((t0, time.time()))
-                log(f"kill {k + 1}/{kills}: pid {victim}, two replicas again after {recovery[-1]:.1f} s")
-                time.sleep(2)
-        return load_row("replica-sigkill", kills, load, windows, recovery)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    """SIGKILL of one of two Ranker replicas (``config.sharded.yaml`` as shipped: tenants
+    multiplexed over the Rankers) under load, ``kills`` times; recovery_s = kill -> two Ranker
+    replicas RUNNING again, the killed one replaced."""
+    layout = {"Ingress": 1, "Ranker": 2}
+    recovery, windows = [], []
+    with config_session(root, layout, config=SHARDED_CONFIG) as s, \
+            SteadyLoad(s.url, live_tenants(root), threads) as load:
+        time.sleep(3)
+        for k in range(kills):
+            victim = sorted(r["pid"] for r in s.replicas("Ranker"))[0]
+            t0 = time.time()
+            os.kill(victim, signal.SIGKILL)
+            while True:
+                running = [r["pid"] for r in s.replicas("Ranker") if r["state"] == "RUNNING"]
+                if len(running) == 2 and victim not in running:
+                    break
+                if time.time() - t0 > 300:
+                    raise TimeoutError(f"no second Ranker 300 s after the kill: {s.replica_states('Ranker')}")
+                time.sleep(0.2)
+            recovery.append(time.time() - t0)
+            windows.append((t0, time.time()))
+            log(f"kill {k + 1}/{kills}: pid {victim}, two replicas again after {recovery[-1]:.1f} s")
+            time.sleep(2)
+        retried = s.ingress_stats().get("ingress_retries")
+    return load_row("replica-sigkill", kills, load, windows, recovery, ingress_retries=retried)
 
 
 def disk_full_row(root: Path, injections: int) -> dict[str, Any]:
@@ -502,15 +487,17 @@ def noisy_neighbour_row(root: Path, repeats: int, seconds: float) -> dict[str, A
 FAULTS = ("fuzz", "events-disk-full", "replica-sigkill", "gcs-kill", "noisy-neighbour", "publish-rollback",
           "corrupt-version", "replica-drain", "worker-node-kill", "readapt-worker-kill")
 PROTOCOL = {
-    "load": "closed-loop HTTP threads through a Serve proxy (--threads: 6 in replica-sigkill, 4 in the rows on the shipped "
-            "config; gcs-kill uses 2), round-robin over the root's two tenants",
-    "layout": "replica-sigkill: Ingress -> 2 Ranker replicas (0.3 CPU each), local Ray with 2 CPUs, direct ingress off",
+    "load": "closed-loop HTTP threads through a Serve proxy (--threads: 6 in replica-sigkill, 4 in the other rows on the "
+            "shipped config; gcs-kill uses 2), round-robin over the root's two tenants, zero-shot asks (history [], k 5)",
+    "replica-sigkill": "config.sharded.yaml on the shipped-config harness below (tenants multiplexed over the Rankers "
+                       "as shipped), Ingress + 2 Rankers at 0.3 CPU; the Ranker with the lower pid SIGKILLed; "
+                       "recovery_s = kill -> 2 Rankers RUNNING, the killed one replaced; ingress_retries = calls retried",
     "events-disk-full": "events/ on a 128 KiB tmpfs; 503 counted in 5xx as the issue allows (Retry-After), not as client errors",
     "gcs-kill": "bench/gcs_kill.py: 2 HTTP threads; private redis-server, GCS-FT head (0 CPUs) + worker node with the single-hop "
                 "Recommender, load on the worker's proxy, gcs_server SIGKILLed, head restarted 5 s after it went "
                 "down; recovery_s = kill -> serve.status() RUNNING; window = kill -> a new deployment answered",
-    "shipped config": "noisy-neighbour, publish-rollback, corrupt-version, replica-drain, worker-node-kill: serve_apps/config.yaml "
-                      "(worker-node-kill: config.sharded.yaml) applied with the Serve REST API (serve deploy) on a private "
+    "shipped config": "replica-sigkill, noisy-neighbour, publish-rollback, corrupt-version, replica-drain, worker-node-kill: "
+                      "serve_apps/config.yaml (replica-sigkill, worker-node-kill: config.sharded.yaml) applied with the Serve REST API (serve deploy) on a private "
                       "2-CPU head (bench/ray_head.py), fixed replica counts instead of autoscaling, 0.3 CPU per replica, "
                       "the shipped graceful_shutdown_* and poll_interval_s (1 s); p99_ms_during = answers ending inside "
                       "a fault window (+1 s)",
