@@ -526,7 +526,7 @@ PROTOCOL = {
                            "workers in a round) SIGKILLed 12 s after it appeared; then checked: job status, live "
                            "version and complete versions unchanged, no staging folder, whether the next trigger_pass "
                            "submits the round again",
-    "machine": "2 cores shared with other jobs (load average 10-25 during the runs): absolute p99 values are noisy, "
+    "machine": "2 cores shared with other jobs (load average 10-64 during the runs): absolute p99 values are noisy, "
                "compare ratios and error counts",
     "not built": "Tune-driver kill; pretraining-worker kill (Ray Train FailureConfig, train.max_failures=2, is "
                  "configured in rec/training/scaffold.py but not injected here)",
