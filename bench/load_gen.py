@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -36,18 +37,24 @@ def _bodies(tenants: dict[str, list[str]], n: int, seed: int) -> list[tuple[str,
     return out
 
 
-async def _one(session, url: str, tenant: str, body: bytes, header: bool) -> bool:  # noqa: ANN001
+async def _one(session, url: str, tenant: str, body: bytes, header: bool, codes: Counter | None = None) -> bool:  # noqa: ANN001
+    """One request; True for a 200 with K items. ``codes`` (optional) counts HTTP statuses (-1: no answer)."""
     import aiohttp
 
     headers = {"content-type": "application/json"}
     if header:
         headers["serve_multiplexed_model_id"] = tenant
+    status = -1
     try:
         async with session.post(f"{url}/v1/tenants/{tenant}/recommendations", data=body, headers=headers) as r:
+            status = r.status
             data = await r.read()
             return r.status == 200 and len(json.loads(data)["items"]) == K
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
         return False
+    finally:
+        if codes is not None:
+            codes[status] += 1
 
 
 def _session(limit: int):  # noqa: ANN202
@@ -114,14 +121,14 @@ def _schedule(schedule: list[tuple[float, float]], seed: int) -> list[float]:
 
 
 async def _open_loop(session, url: str, tenants: dict, schedule: list[tuple[float, float]], header: bool,  # noqa: ANN001
-                     seed: int) -> list[tuple[float, float, bool]]:
+                     seed: int, codes: Counter | None = None) -> list[tuple[float, float, bool]]:
     times = _schedule(schedule, seed)
     bodies = _bodies(tenants, max(1, len(times)), seed + 1)
     out: list[tuple[float, float, bool]] = []
     start = time.perf_counter() + 0.05
 
     async def one(i: int) -> None:
-        ok = await _one(session, url, *bodies[i], header)
+        ok = await _one(session, url, *bodies[i], header, codes)
         out.append((times[i], time.perf_counter() - start - times[i], ok))
 
     tasks = []
@@ -135,15 +142,16 @@ async def _open_loop(session, url: str, tenants: dict, schedule: list[tuple[floa
 
 
 def drive_open(url: str, tenants: dict, schedule: list[tuple[float, float]], header: bool, seed: int = 0,
-               max_inflight: int = 512) -> list[tuple[float, float, bool]]:
+               max_inflight: int = 512, codes: Counter | None = None) -> list[tuple[float, float, bool]]:
     """Open loop: Poisson arrivals, ``schedule`` = [(rate rps, seconds), ...]. Returns one
     ``(scheduled time from start, latency from scheduled time, ok)`` per request: latency counts
     from the scheduled send time, so a late client or a full pool is not hidden. At most
-    ``max_inflight`` connections are open (more requests wait, and their wait counts)."""
+    ``max_inflight`` connections are open (more requests wait, and their wait counts). ``codes``
+    (optional) counts the HTTP statuses."""
 
     async def run() -> list[tuple[float, float, bool]]:
         async with _session(max_inflight) as s:
-            return await _open_loop(s, url, tenants, schedule, header, seed)
+            return await _open_loop(s, url, tenants, schedule, header, seed, codes)
 
     return asyncio.run(run())
 

@@ -11,6 +11,7 @@ group and temp folder, and ends exactly that group on exit (never a machine-wide
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -116,24 +117,41 @@ def _reload_ray_auth() -> None:
 
 
 @contextlib.contextmanager
-def local_head(num_cpus: int = 2, timeout_s: float = 300.0) -> Iterator[LocalHead]:
-    """A head node with ``num_cpus`` CPUs that accepts jobs; jobs find this interpreter's ``rec`` first on PATH."""
-    tmp = tempfile.mkdtemp(prefix="rh")  # short: Ray's unix socket paths must stay short
-    ports = {flag: free_port() for flag in PORT_FLAGS}
-    log = Path(tmp) / "head.log"
+def local_head(num_cpus: int = 2, timeout_s: float = 300.0, resources: dict[str, float] | None = None,
+               attempts: int = 3) -> Iterator[LocalHead]:
+    """A head node with ``num_cpus`` CPUs (and custom ``resources``) that accepts jobs; jobs find this
+    interpreter's ``rec`` first on PATH. A ``ray start`` that exits during startup is tried again
+    (``attempts`` in all, fresh ports and folder each time): on an overloaded machine the raylet can
+    miss Ray's fixed 30 s registration wait."""
+    extra = [f"--resources={json.dumps(resources)}"] if resources else []
     with token_auth():
-        proc = start_ray(["--head", f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                          *[f"--{k}={v}" for k, v in ports.items()]], ray_env(), tmp, log)
-        head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
         # a SIGTERM to this process (kill, a CI timeout) must still end the head: raise so `finally` runs
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
         try:
-            _wait_for_jobs(head.dashboard, proc, log, timeout_s)
-            yield head
+            for attempt in range(attempts):
+                tmp = tempfile.mkdtemp(prefix="rh")  # short: Ray's unix socket paths must stay short
+                ports = {flag: free_port() for flag in PORT_FLAGS}
+                log = Path(tmp) / "head.log"
+                proc = start_ray(["--head", f"--num-cpus={num_cpus}", "--include-dashboard=true",
+                                  "--dashboard-host=127.0.0.1", *[f"--{k}={v}" for k, v in ports.items()], *extra],
+                                 ray_env(), tmp, log)
+                head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
+                try:
+                    _wait_for_jobs(head.dashboard, proc, log, timeout_s)
+                    break
+                except RuntimeError:
+                    failed_start = proc.poll() is not None  # else the job agent never answered: not retried
+                    stop_node(proc, tmp)
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if not failed_start or attempt + 1 == attempts:
+                        raise
+            try:
+                yield head
+            finally:
+                stop_node(proc, tmp)
+                shutil.rmtree(tmp, ignore_errors=True)
         finally:
-            stop_node(proc, tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 

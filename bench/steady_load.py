@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["SteadyLoad"]
 
@@ -18,12 +20,16 @@ class SteadyLoad:
     """``with SteadyLoad(url, tenants, threads) as load: ...``; ``codes``: HTTP status -> count (-1: no answer).
 
     ``answers``: (end time as ``time.time()``, seconds, status) of every request, in completion order.
+    ``read``: optional ``response -> value`` applied to every 200; ``read_values`` then holds
+    (send time, end time, tenant, value) of each, so a fault row can check what was served when.
     """
 
-    def __init__(self, url: str, tenants: list[str], threads: int, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, tenants: list[str], threads: int, timeout_s: float = 60.0,
+                 read: Callable[[Any], Any] | None = None) -> None:
         self.url, self.tenants, self.timeout_s, self.stop = url, tenants, timeout_s, threading.Event()
         self.codes: Counter = Counter()
         self.answers: list[tuple[float, float, int]] = []
+        self.read, self.read_values = read, []
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _run(self, i: int) -> None:
@@ -33,10 +39,14 @@ class SteadyLoad:
             n = 0
             while not self.stop.is_set():
                 n += 1
-                t0 = time.perf_counter()
+                tenant = self.tenants[(i + n) % len(self.tenants)]
+                sent, t0 = time.time(), time.perf_counter()
                 try:
-                    code = s.post(f"{self.url}/v1/tenants/{self.tenants[(i + n) % len(self.tenants)]}/recommendations",
-                                  json={"history": [], "k": 5}, timeout=self.timeout_s).status_code
+                    r = s.post(f"{self.url}/v1/tenants/{tenant}/recommendations", json={"history": [], "k": 5},
+                               timeout=self.timeout_s)
+                    code = r.status_code
+                    if code == 200 and self.read is not None:
+                        self.read_values.append((sent, time.time(), tenant, self.read(r)))
                 except requests.RequestException:
                     code = -1
                 self.codes[code] += 1
