@@ -337,6 +337,9 @@ class ReadaptConfig(_Strict):
     min_train_users: int = Field(20, ge=2, description="users with >= 2 events needed besides the held-out ones")
     method: str | None = Field(None, description="adaptation method; null = the serving version's (its adapter's hyper-parameters too)")
     job_num_cpus: float = Field(1.0, gt=0.0, description="CPUs the trigger asks for each submitted readapt job")
+    resubmit_attempts: int = Field(1, ge=0, le=10, description="trigger: resubmissions of a round whose job ended without a round "
+                                                               "record (killed, node lost, or refused for too few users) before "
+                                                               "waiting for every_events new events again")
     guardrail: GuardrailConfig = Field(default_factory=GuardrailConfig)
 
     @field_validator("method")

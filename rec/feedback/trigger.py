@@ -4,7 +4,10 @@ A tenant is due when no readapt job of it is running and either
 
 - it never had a round and its log holds >= ``min_events`` click/purchase events, or
 - >= ``every_events`` new click/purchase events arrived since its last round (or last submission), or
-- ``every_minutes`` passed since then and at least one new event arrived.
+- ``every_minutes`` passed since then and at least one new event arrived, or
+- its last submitted job ended without writing a round record (killed mid-round, its node lost,
+  or refused for too few users): resubmitted at once, up to ``resubmit_attempts`` times, because
+  counting from that submission would lose the round until ``every_events`` more events arrive.
 
 A due tenant's round runs as a Ray job (``JobSubmissionClient.submit_job`` with the ``rec readapt``
 entrypoint :func:`readapt_entrypoint` builds); what was submitted is remembered in
@@ -46,6 +49,7 @@ class TriggerDecision:
     reason: str
     total_events: int
     new_events: int
+    resubmit: bool = False  # the last submission's job ended without a round record
 
 
 def interaction_count(records: list[dict[str, Any]]) -> int:
@@ -75,6 +79,11 @@ def decide(root: str | Path, tenant: str, total: int, cfg: ReadaptConfig, now: f
     if state.get("submission_id") and is_running(state["submission_id"]):
         return TriggerDecision(tenant, False, f"job {state['submission_id']} is still running", total, 0)
     last = last_record(root, tenant, "round") or {}
+    lost = _lost_submission(state, last)
+    if lost and int(state.get("attempt", 0)) < cfg.resubmit_attempts:
+        return TriggerDecision(tenant, True, f"job {state['submission_id']} ended without a round record (killed or refused): "
+                                             f"resubmitting ({int(state.get('attempt', 0)) + 1}/{cfg.resubmit_attempts})",
+                               total, max(total - int(state.get("events_at_submit", 0)), 0), resubmit=True)
     base_events = max(int(last.get("events_read", 0)), int(state.get("events_at_submit", 0)))
     base_time = max(float(last.get("finished_unix", 0.0)), float(state.get("submitted_unix", 0.0)))
     new = max(total - base_events, 0)
@@ -89,6 +98,11 @@ def decide(root: str | Path, tenant: str, total: int, cfg: ReadaptConfig, now: f
         return TriggerDecision(tenant, True, f"{minutes:.0f} min since the last round >= every_minutes {cfg.every_minutes:g}, "
                                              f"{new} new events", total, new)
     return TriggerDecision(tenant, False, f"{new} new events, {minutes:.0f} min since the last round", total, new)
+
+
+def _lost_submission(state: dict, last_round: dict) -> bool:
+    """The last submitted job is over (the caller checked it is not running) and left no round record after it."""
+    return bool(state.get("submission_id")) and float(last_round.get("finished_unix", 0.0)) < float(state.get("submitted_unix", 0.0))
 
 
 def readapt_entrypoint(tenant: str, root: str | Path, backbone: str | Path, config: str | None = None,
@@ -119,9 +133,12 @@ def trigger_pass(root: str | Path, cfg: ReadaptConfig, submit: Submit, is_runnin
         submission = None
         if decision.due:
             submission = submit(tenant)
-            atomic_write_json(_state_path(root, tenant), {"submission_id": submission, "submitted_unix": now,
-                                                          "events_at_submit": decision.total_events,
-                                                          "reason": decision.reason})
+            previous = _state(root, tenant)
+            atomic_write_json(_state_path(root, tenant), {
+                "submission_id": submission, "submitted_unix": now,
+                # a resubmission keeps the lost one's event count, so its events are not counted twice
+                "events_at_submit": int(previous.get("events_at_submit", 0)) if decision.resubmit else decision.total_events,
+                "attempt": int(previous.get("attempt", 0)) + 1 if decision.resubmit else 0, "reason": decision.reason})
         out.append((decision, submission, guard))
     return out
 

@@ -241,6 +241,14 @@ class TenantRegistry:
                 total -= self._cache[name].served.nbytes
                 self._drop(name)
 
+    def _describe(self, e: Exception) -> str:
+        """An error for a client's eyes: one line, the artifact root's path shown as ``<root>`` (a
+        tenant must not learn where the server keeps its files)."""
+        text = " ".join(str(e).split())
+        for root in {str(self.store.root), str(Path(self.store.root).resolve())}:
+            text = text.replace(root, "<root>")
+        return f"{type(e).__name__}: {text[:300]}"
+
     def _try_load(self, tenant: str, version: int) -> TenantBundle:
         bundle = self._load_bundle(self.store.version_dir(tenant, version))
         if bundle.tenant != tenant:
@@ -267,7 +275,7 @@ class TenantRegistry:
             try:
                 return _Entry(ServedTenant(tenant, target, self._try_load(tenant, target)), stamp, now, failed)
             except Exception as e:  # noqa: BLE001 - any load failure must fall back, never crash the replica
-                failed[target] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                failed[target] = self._describe(e)
         reason = pointer_error or f"v{target} does not load ({failed.get(target)})"
         if current is not None and current.version != target:
             return _Entry(ServedTenant(tenant, current.version, current.bundle, reason), stamp, now, failed)
@@ -278,7 +286,7 @@ class TenantRegistry:
             try:
                 bundle = self._try_load(tenant, version)
             except Exception as e:  # noqa: BLE001
-                failed[version] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                failed[version] = self._describe(e)
                 continue
             return _Entry(ServedTenant(tenant, version, bundle, reason), stamp, now, failed)
         raise TenantUnavailable(f"tenant {tenant!r}: no version loads ({reason}); publish a new version or roll back")

@@ -101,10 +101,24 @@ def test_trigger_decides_on_events_time_and_running_jobs(world_copy, serving_wor
     assert first["podcasts"][1] is None, "no new events since its last round"
     again = {d.tenant: (d, sid) for d, sid, _ in trigger_pass(root, cfg, submit, running.__contains__, now=finished + 3601)}
     assert again["books"][1] is None and "still running" in again["books"][0].reason
-    running.clear()  # the job ended (failed: no round recorded): its events are not counted again
+    # the job ended without a round record (killed mid-round): resubmitted once, then its events are not counted again
+    running.clear()
     later = {d.tenant: (d, sid) for d, sid, _ in trigger_pass(root, cfg, submit, running.__contains__, now=finished + 3602)}
-    assert later["books"][1] is None and submitted == ["books"]
+    assert later["books"][1] == "job-2" and later["books"][0].resubmit and "1/1" in later["books"][0].reason
+    running.clear()
+    last = {d.tenant: (d, sid) for d, sid, _ in trigger_pass(root, cfg, submit, running.__contains__, now=finished + 3603)}
+    assert last["books"][1] is None and submitted == ["books", "books"], "resubmit_attempts=1: one resubmission"
     assert interaction_count(EventLog(ArtifactRoot(root).events_dir).read("books")) == written
+    # a round that did record resets the attempts: the next lost job is resubmitted again
+    append_record(root, "books", {"kind": "round", "decision": "kept", "events_read": written})
+    replay_interactions(root, books, list(range(20, 24)), NOW + 10, version="v1")
+    nxt = {d.tenant: sid for d, sid, _ in trigger_pass(root, cfg, submit, running.__contains__, now=finished + 7200)}
+    running.clear()
+    assert nxt["books"] == "job-3"
+    again = {d.tenant: (d, sid) for d, sid, _ in trigger_pass(root, cfg, submit, running.__contains__, now=finished + 7201)}
+    assert again["books"][1] == "job-4" and again["books"][0].resubmit
+    off = ReadaptConfig(min_events=10, every_events=1, resubmit_attempts=0)
+    assert not decide(root, "books", written + 4, off, finished + 7202, running.__contains__).due
 
 
 def test_readapt_entrypoint_is_a_valid_rec_command():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 import threading
 import time
@@ -143,6 +145,8 @@ def test_corrupt_version_keeps_the_loaded_one(world_copy):
     assert served.version == 2 and "v3 does not load" in served.fallback_reason
     st = reg.status("podcasts")
     assert st["published_version"] == 3 and "checksum" in st["failed_versions"]["v3"]
+    root = str(store.root)  # what tenants see never tells them where the server keeps its files
+    assert root not in served.fallback_reason and root not in json.dumps(st) and "<root>" in st["failed_versions"]["v3"]
     store.set_current("podcasts", 2)
     assert reg.get("podcasts").fallback_reason is None
 
