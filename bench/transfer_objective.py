@@ -90,8 +90,9 @@ def eval_sets(folder: Path, index: dict, text_cfg: Any) -> list[tuple[str, str, 
 
 
 # --- one run ---------------------------------------------------------------------------------------
-def run(bc: Any, name: str, folder: Path, epochs: int, lr: float, temperature: float, threads: int, max_minutes: float) -> None:
-    """Pretrain one setting; append one JSON line per epoch (init included) to ``PROBE_DIR/rows-<name>.jsonl``."""
+def run(bc: Any, name: str, folder: Path, epochs: int, lr: float, temperature: float, threads: int, max_minutes: float,
+        tag: str = "") -> None:
+    """Pretrain one setting; append one JSON line per epoch (init included) to ``PROBE_DIR/rows-<name><tag>.jsonl``."""
     import torch
 
     from rec.models.backbone import build_backbone
@@ -111,7 +112,7 @@ def run(bc: Any, name: str, folder: Path, epochs: int, lr: float, temperature: f
     model = build_backbone(cfg.model)
     loss_model = CorpusLoss(model, cfg.model.loss, cfg.model.num_negatives, cfg.train.infonce_temperature)
     opt = make_optimizer(model.parameters(), cfg.train.lr, cfg.train.weight_decay)
-    out = PROBE_DIR / f"rows-{name}.jsonl"
+    out = PROBE_DIR / f"rows-{name}{tag}.jsonl"
     out.unlink(missing_ok=True)
     log(f"{name}: {[(t.name, len(t.train_inputs), t.num_items) for t in corpus.tenants]}")
     start = time.perf_counter()
@@ -121,7 +122,7 @@ def run(bc: Any, name: str, folder: Path, epochs: int, lr: float, temperature: f
         if epoch >= 0:
             rows = epoch_rows(corpus, cfg.train, epoch)
             loss = train_epoch(loss_model, opt, corpus, rows, embs, cfg.train.batch_size, cfg.train.grad_clip)
-        row = {"run": name, "objective": cfg.model.loss, "mixture": cfg.train.mixture, "text_format": cfg.text.item_format,
+        row = {"run": name + tag, "lr": cfg.train.lr, "objective": cfg.model.loss, "mixture": cfg.train.mixture, "text_format": cfg.text.item_format,
                "batch_size": cfg.train.batch_size, "epoch": epoch, "train_loss": loss, "epoch_s": round(time.perf_counter() - t0, 1)}
         for ds, _, tc, emb in evals:
             row[ds] = evaluate_tenant(model, tc, emb, "test", ks=[10])["ndcg@10"]
@@ -140,7 +141,7 @@ def with_ratios(rows: list[dict[str, Any]], index: dict) -> list[dict[str, Any]]
     ref = next(r for r in rows if r["epoch"] == -1 and r["text_format"] == "joined")
     out = []
     for r in rows:
-        r = dict(r)
+        r = {"lr": 1e-3, **r}  # rows recorded before the lr column existed ran at the default
         r["selection_mean"] = float(np.mean([r[s] for s in index["selection"]]))
         for t in index["targets"]:
             r[f"{t}_vs_init"] = r[t] / ref[t] if ref[t] else None
@@ -180,18 +181,19 @@ def report(folder: Path, results_dir: Path, name: str, args: argparse.Namespace)
     index = json.loads((folder / "index.json").read_text())
     raw = [json.loads(line) for p in sorted(PROBE_DIR.glob("rows-*.jsonl")) for line in p.read_text().splitlines() if line.strip()]
     rows = with_ratios(raw, index)
-    cols = ["run", "objective", "mixture", "text_format", "batch_size", "epoch", "selected", "train_loss", "epoch_s",
-            *index["selection"], "selection_mean", *index["targets"], *[f"{t}_vs_init" for t in AMAZON_TARGETS], "amazon4_vs_init"]
+    cols = ["run", "lr", "objective", "mixture", "text_format", "batch_size", "epoch", "selected", "train_loss", "epoch_s",
+            *index["selection"], "selection_mean", *index["targets"], *[f"{t}_vs_init" for t in index["targets"]], "amazon4_vs_init"]
     protocol = {
         "question": "which pretraining objective / mixture / item text transfers zero-shot to unseen catalogs (issue 17 item 3)?",
         "sources": index["sources"], "selection": index["selection"], "targets": index["targets"],
         "data": "bench/fewshot-2core.yaml sources, 3,000 users each (seeded sample, touched catalogs); health moved to selection",
         "model": "text-only backbone, d_model 64, 2 layers, dropout 0 (the few-shot pretrain overrides)",
-        "runs": {k: RUNS[k] for k in dict.fromkeys(r["run"] for r in rows)}, "lr": args.lr,
+        "runs": {k: RUNS[k] for k in dict.fromkeys(max((k for k in RUNS if r["run"].startswith(k)), key=len) for r in rows)},
         "infonce_temperature": args.temperature,
         "eval": f"zero-shot test NDCG@10, full ranking, {NUM_EVAL_USERS} held-out users per catalog (k_shot_split seed 0); "
                 "epoch -1 = the untrained init; *_vs_init = ndcg / the joined-text untrained init; selected = best selection_mean",
-        "machine_note": "shared 2-core CPU machine, other jobs running: epoch_s is noisy",
+        "machine_note": "shared 2-core CPU machine at load average 35-67 (other helpers' benchmarks): each process got "
+                        "~2 CPU-seconds per minute, so epoch_s is ~20x the idle machine's and only 1 epoch per run fit",
     }
     write_results(name, protocol, rows, cols, results_dir=results_dir)
     plot(rows, index, results_dir / f"{name}.png")
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--temperature", type=float, default=0.07)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="", help="suffix of the run's name (e.g. -lr1e-4 for a variant of --run)")
     ap.add_argument("--max-minutes", type=float, default=15.0, help="stop after the epoch that passes this")
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     ap.add_argument("--name", default="transfer_objective")
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.prepare:
         prepare(with_data_root(bc, os.environ.get(DATA_ROOT_ENV)), a.tenants)
     if a.run:
-        run(bc, a.run, a.tenants, a.epochs, a.lr, a.temperature, a.threads, a.max_minutes)
+        run(bc, a.run, a.tenants, a.epochs, a.lr, a.temperature, a.threads, a.max_minutes, a.tag)
     if a.report:
         report(a.tenants, a.results_dir, a.name, a)
     if not (a.prepare or a.run or a.report):
