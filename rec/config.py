@@ -109,6 +109,9 @@ class TextConfig(_Strict):
     )
     cache_dir: str = ".cache/rec-text"
     allow_download: bool = Field(False, description="allow fetching a hub model (never by default)")
+    item_format: Literal["joined", "kv"] = Field(
+        "joined", description='joined: the loaders\' "title | brand: x | categories: y"; kv: "title: t; brand: x; category: y" '
+        "(rec.text.item_format; a title without attributes stays the plain title)")
 
 
 class ModelConfig(_Strict):
@@ -124,7 +127,9 @@ class ModelConfig(_Strict):
     use_text: bool = True
     use_id_embedding: bool = False
     adaptor_hidden: int = Field(0, ge=0, description="0 = linear adaptor, else MLP hidden size")
-    loss: Literal["ce", "sampled"] = "ce"
+    loss: Literal["ce", "sampled", "infonce"] = Field(
+        "ce", description="ce: full softmax over the own catalog; sampled: uniform sampled softmax; infonce: in-batch "
+        "negatives across every tenant of the batch, cosine at train.infonce_temperature (rec.training.infonce)")
     num_negatives: int = Field(256, ge=1, description="sampled softmax negatives per batch")
     temperature: float | None = Field(
         None, gt=0.0,
@@ -171,6 +176,12 @@ class TrainConfig(_Strict):
         description="what picks the published checkpoint and drives early stopping: the sources' own "
         "validation NDCG@10, or zero-shot NDCG@10 on data.holdout (the untrained init is a candidate too)",
     )
+    infonce_temperature: float = Field(0.07, gt=0.0, description="model.loss=infonce: cosine similarities are divided by it (UniSRec: 0.07)")
+    mixture: Literal["natural", "balanced"] = Field(
+        "natural", description="natural: batches mix tenants by their row counts; balanced: every batch draws each tenant at "
+        "train.mixture_weights (default equal shares; rec.training.mixture)")
+    mixture_weights: dict[str, float] = Field(
+        default_factory=dict, description="train.mixture=balanced: relative share per tenant name (missing names: 1.0)")
 
 
 #: the metric that early-stops, selects checkpoints and is always reported (full ranking)

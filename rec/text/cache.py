@@ -155,7 +155,8 @@ def encode_items(texts: list[str], cfg: TextConfig, progress: bool = False) -> n
     """Embed item texts with the configured model, through the disk cache at ``cfg.cache_dir``.
 
     Args:
-        texts: N item texts (e.g. titles); empty strings are allowed.
+        texts: N item texts (e.g. titles); empty strings are allowed. Laid out per
+            ``cfg.item_format`` first (``rec.text.item_format``).
         cfg: Text encoder config.
         progress: Show a progress bar while encoding.
 
@@ -165,6 +166,8 @@ def encode_items(texts: list[str], cfg: TextConfig, progress: bool = False) -> n
     Raises:
         ValueError: The model cannot be loaded offline (the message says how to fix it).
     """
-    return encode_cached(get_encoder(cfg), texts, cfg.cache_dir, progress=progress)
+    from rec.text.item_format import format_item_texts
+
+    return encode_cached(get_encoder(cfg), format_item_texts(texts, cfg.item_format), cfg.cache_dir, progress=progress)
 
 

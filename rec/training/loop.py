@@ -22,6 +22,7 @@ from rec.metrics import metrics_from_ranks, rank_of_target
 from rec.models.backbone import Backbone
 from rec.training.batches import PAD
 from rec.training.corpus import Corpus, EvalRows, TenantCorpus
+from rec.training.infonce import corpus_infonce_loss
 
 __all__ = ["CorpusLoss", "make_optimizer", "catalog_representations", "iterate_batches", "trim_padding", "train_epoch",
            "evaluate_tenant", "evaluate_corpus"]
@@ -56,9 +57,10 @@ class CorpusLoss(nn.Module):
     loss (catalog representations for every tenant in the batch, encoding, softmax) lives here.
     """
 
-    def __init__(self, backbone: Backbone, loss: str = "ce", num_negatives: int = 256) -> None:
+    def __init__(self, backbone: Backbone, loss: str = "ce", num_negatives: int = 256, infonce_temperature: float = 0.07) -> None:
         super().__init__()
         self.backbone, self.loss, self.num_negatives = backbone, loss, num_negatives
+        self.infonce_temperature = infonce_temperature
 
     def forward(
         self,
@@ -72,6 +74,8 @@ class CorpusLoss(nn.Module):
         moved to the backbone's)."""
         device = next(self.backbone.parameters()).device
         tenant_idx, inputs, targets = (x.to(device, non_blocking=True) for x in (tenant_idx, inputs, targets))
+        if self.loss == "infonce":  # in-batch negatives across tenants: one softmax over the whole batch
+            return corpus_infonce_loss(self.backbone, tenant_idx, inputs, targets, text_embs, self.infonce_temperature)
         total, count = inputs.new_zeros((), dtype=torch.float32), 0
         for t in torch.unique(tenant_idx).tolist():
             sel = tenant_idx == t

@@ -111,6 +111,21 @@ def test_holdout_tenants_select_the_checkpoint(ray_local, tmp_path, text_cache, 
         assert all(torch.equal(a, b) for a, b in zip(init_model.state_dict().values(), loaded.model.state_dict().values()))
 
 
+def test_infonce_balanced_run_selects_on_the_mean_of_several_holdout_tenants(ray_local, tmp_path, text_cache, datasets_dir):
+    """model.loss=infonce with balanced batches trains through Ray Train, and two held-out tenants
+    (different sizes) choose the checkpoint by the mean of their NDCG@10, each counting once."""
+    ml = datasets_dir / "ml-100k"
+    cfg = load_config(None, _holdout_overrides(tmp_path, text_cache, datasets_dir, **{
+        "data.holdout": f'[{{format: movielens-100k, path: "{ml}", name: ml-a, max_users: 200}}, '
+                        f'{{format: movielens-100k, path: "{ml}", name: ml-b, max_users: 60, seed: 1}}]',
+        "model.loss": "infonce", "train.mixture": "balanced", "train.batch_size": 64}))
+    res = pretrain(cfg)
+    means = [(h["holdout_ml-a_ndcg@10"] + h["holdout_ml-b_ndcg@10"]) / 2 for h in res.history]
+    assert all(np.isfinite(h["train_loss"]) for h in res.history[1:])
+    assert res.best_epoch == int(np.argmax(means)) - 1
+    assert res.history[-1]["best_val_ndcg@10"] == pytest.approx(max(means), abs=1e-9)
+
+
 def test_holdout_bad_configs_say_what_to_do(tmp_path, text_cache, datasets_dir):
     from rec.config import ConfigError
     from rec.data.schema import DataError
