@@ -63,11 +63,14 @@ def _target(name: str, bench_config: str, backbone):  # noqa: ANN001, ANN202 - (
     return tenant, encode_items(list(tenant.items.text), backbone.cfg.text)
 
 
-def _adapt_config(a: argparse.Namespace, k: int | None, seed: int):  # noqa: ANN202
+def _adapt_config(a: argparse.Namespace, k: int | None, seed: int, setting: str = "fedavg"):  # noqa: ANN202
+    from rec.adaptation.methods.lora import ENCODER_TARGETS
     from rec.config import AdaptConfig
 
+    # DP-SGD has per-example gradients for the encoder's LoRA only (the catalog-side adaptor runs once over the catalog)
+    lora = {"train_adaptor": False, "target_modules": list(ENCODER_TARGETS)} if setting == "local-dp" else {}
     return AdaptConfig(method="lora", k_users=k, seed=seed, num_eval_users=a.eval_users, lr=a.lr, batch_size=a.batch_size,
-                       epochs=a.central_epochs, torch_threads=1)
+                       epochs=a.central_epochs, torch_threads=1, lora=lora)
 
 
 def _fed_config(a: argparse.Namespace, setting: str, epsilon: float | None):  # noqa: ANN202
@@ -83,11 +86,12 @@ def _fed_config(a: argparse.Namespace, setting: str, epsilon: float | None):  # 
 
 
 def _local_noise(a: argparse.Namespace, fcfg, num_clients: int, epsilon: float) -> float:  # noqa: ANN001
-    """DP-SGD noise for ``epsilon`` per user: each user's sequence is one example, seen once per local epoch
-    of each round it is sampled in (sample rate ~ fraction; steps = rounds * local epochs)."""
+    """DP-SGD noise for ``epsilon`` per user: each client is one user, i.e. one example in every step of its
+    DP-SGD (sample rate 1), and the client may be sampled in every round: rounds * local epochs steps. No credit
+    is taken for the server's client sampling (a client cannot verify it), as rec.federated.accounting.local_dp_report."""
     from rec.federated import privacy
 
-    return float(privacy.noise_multiplier_for(target_epsilon=epsilon, delta=1.0 / num_clients, sample_rate=fcfg.fraction,
+    return float(privacy.noise_multiplier_for(target_epsilon=epsilon, delta=1.0 / num_clients, sample_rate=1.0,
                                               rounds=fcfg.rounds * fcfg.local_epochs))
 
 
@@ -101,7 +105,7 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
     a, name, setting, seed, k, eps = job["args"], job["dataset"], job["setting"], job["seed"], job["k"], job["epsilon"]
     base = load_backbone(job["backbone"])
     tenant, emb = _target(name, a.bench_config, base)
-    acfg = _adapt_config(a, k, seed)
+    acfg = _adapt_config(a, k, seed, setting)
     fcfg = _fed_config(a, setting, eps)
     row: dict[str, Any] = {"dataset": name, "setting": setting, "seed": seed, "k": "all" if k is None else k, "epsilon": eps,
                            "rounds": fcfg.rounds}
@@ -114,7 +118,8 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
     except (PrivacyModuleMissing, ImportError) as e:
         return {**row, "note": f"skipped: privacy module missing ({str(e)[:80]})"}
     hist = res.history
-    row.update({"epsilon": res.privacy.epsilon if res.privacy else eps, "delta": res.privacy.delta if res.privacy else None,
+    spent = res.privacy.as_dict() if res.privacy else res.local_privacy  # client-level, else example-level (local DP)
+    row.update({"epsilon": spent["epsilon"] if spent else eps, "delta": spent["delta"] if spent else None,
                 "clients_per_round": res.clients_per_round, "ndcg@10": res.adapt.test["ndcg@10"], "hr@10": res.adapt.test["hr@10"],
                 "bytes_up_per_round": float(np.mean([h["bytes_up"] for h in hist])), "wall_s": time.perf_counter() - t0,
                 "failed": sum(h["failed"] for h in hist), "rejected": sum(h["rejected"] for h in hist),
