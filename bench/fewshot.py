@@ -50,7 +50,7 @@ from bench.fewshot_config import (  # noqa: E402
     ADAPTED, BACKBONE_OPTIONS, METHODS, ROW_KEYS, SCRATCH, TEXT_PRIOR, ZERO_SHOT, BenchConfig, KValue, ScratchSettings, k_users, load_bench_config, rec_config, with_data_root,
 )
 from bench.fewshot_progress import append_progress, final_rows, read_progress, row_key, settings_hash  # noqa: E402
-from bench.fewshot_report import cost_table, k_order, pivot_tables, plot, target_checks, transfer_checks  # noqa: E402
+from bench.fewshot_report import FIXED_INIT_REFERENCE, cost_table, k_order, pivot_tables, plot, target_checks, transfer_checks  # noqa: E402
 from rec.config import DATA_ROOT_ENV, AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
 from rec.metrics import popularity_metrics, uniform_metrics  # noqa: E402
@@ -486,6 +486,8 @@ def run(ctx: Context, sel: Selection, progress: Path, report) -> None:  # noqa: 
         src = next(t for t in ctx.bc.targets if t.name == name)
         h = settings_hash(ctx, src, method)
         key = (name, method, str(k), seed)
+        if done.get(key) != h:  # another run on the same progress file may have finished it meanwhile
+            done = {row_key(r): r.get("settings") for r in read_progress(progress) if r.get("status") == "ok"}
         if done.get(key) == h:
             continue
         if last_block is not None and (last_block != (seed, k) or time.monotonic() - last_report > 1800):
@@ -588,6 +590,13 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
         "lora_tuned": {**bc.tune.model_dump(), "note": "one Optuna-TPE + ASHA sweep (tuning.sweep.run_sweep) per (target, seed) at "
                        "K=k on the held-out users' validation item; its best config is used for every K; adapt_s excludes "
                        "the sweep (tune_s below)", "sweeps": tune_done},
+        "issue_17": {"default": {"method": ADAPTED["default"][0], "overrides": ADAPTED["default"][1]},
+                     "zero_shot_init": "the untrained init rebuilt with torch.manual_seed(train.seed) + build_backbone, as the Ray "
+                                       "Train worker builds it; scored zero-shot at K=0",
+                     "backbone_options": BACKBONE_OPTIONS, "text_prior_weights": list(TEXT_PRIOR_WEIGHTS),
+                     "fixed_init_reference": FIXED_INIT_REFERENCE,
+                     "note": "option rows (+center, +whiten, +cosine, +text-prior) and the item-terms variants are side-by-side "
+                             "measurements on a few (target, seed) cells; adapt_s of the 2026-12-04 rows ran at load average 40-50"},
         "targets_met": summary,
     }
 

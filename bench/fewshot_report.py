@@ -140,12 +140,17 @@ def transfer_checks(rows: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), summary
 
 
+#: side-by-side measurements on a few (target, seed) cells: in the tables, left out of the plot
+PLOT_EXCLUDES = ("+", "item-terms")
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if not any(x in r["method"] for x in PLOT_EXCLUDES)]
     mean = means(rows)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     ks_all = k_order({g[2] for g in mean})
@@ -168,7 +173,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xticks(range(len(ks_all)), [f"K={k}" for k in ks_all])
         ax.set(title=ds, ylabel="test NDCG@10 (full ranking)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, ncol=2)
+        ax.legend(fontsize=6.5, ncol=2, loc="upper left")
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
     fig.tight_layout()
