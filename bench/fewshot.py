@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench`, `rec` and `tunin
 
 from bench._results import RESULTS, log, write_results  # noqa: E402
 from bench.fewshot_config import (  # noqa: E402
-    METHODS, ROW_KEYS, SCRATCH, BenchConfig, KValue, ScratchSettings, k_users, load_bench_config, rec_config, with_data_root,
+    ADAPTED, BACKBONE_OPTIONS, METHODS, ROW_KEYS, SCRATCH, TEXT_PRIOR, ZERO_SHOT, BenchConfig, KValue, ScratchSettings, k_users, load_bench_config, rec_config, with_data_root,
 )
 from bench.fewshot_progress import append_progress, final_rows, read_progress, row_key, settings_hash  # noqa: E402
-from bench.fewshot_report import cost_table, k_order, pivot_tables, plot, target_checks  # noqa: E402
+from bench.fewshot_report import FIXED_INIT_REFERENCE, cost_table, k_order, pivot_tables, plot, target_checks, transfer_checks  # noqa: E402
 from rec.config import DATA_ROOT_ENV, AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
 from rec.metrics import popularity_metrics, uniform_metrics  # noqa: E402
@@ -75,9 +75,14 @@ class TargetData:
 
 
 #: AdaptConfig fields added after rows were recorded -> the value that behaves as before they existed
-ADDED_NEUTRAL = {("lora", "train_adaptor"): False}
+ADDED_NEUTRAL = {("lora", "train_adaptor"): False, ("lora", "kind"): "lora", ("lora", "adalora_init_rank"): 12,
+                 ("lora", "adalora_warmup"): 0.1, ("lora", "adalora_final"): 0.3, ("lora", "adalora_orth_reg"): 0.5}
 #: AdaptConfig fields that only LoRA methods read: left out of the other methods' settings
 LORA_ONLY = (("lora", "train_adaptor"),)
+#: method sections added after rows were recorded: in the settings of their own method's rows only
+SECTION_OF = {"item_terms": "item-terms"}
+#: rows recorded before a bench variant's overrides were part of its settings hash (they still are not)
+UNHASHED_VARIANTS = ("lora-lowrank-adaptor",)
 
 
 class Context:
@@ -88,7 +93,8 @@ class Context:
         # backbone/, meta/ and tune/ depend on the pretraining settings: a changed setting gets a
         # fresh folder instead of silently reusing a backbone trained another way
         self.stage = runs / f"pretrain-{self.pretrain_key()}"
-        self._base = self._meta = None
+        self._base = self._meta = self._init = None
+        self._options: dict[str, Any] = {}
         self._targets: dict[str, TargetData] = {}
         self._tenants: list[Tenant] | None = None
         self.tune_info: dict[str, dict] = {}
@@ -101,13 +107,51 @@ class Context:
         other methods' settings (LORA_ONLY), so rows a change cannot affect stay current.
         """
         out = rec_config(self.bc.adapt).adapt.model_dump(mode="json")
+        out["method"] = "lora"  # every row sets adapt.method itself; the value the rows were recorded with
         for (section, key), neutral in ADDED_NEUTRAL.items():
             if out[section].get(key) == neutral:
                 del out[section][key]
         if not method.startswith("lora"):
             for section, key in LORA_ONLY:
                 out[section].pop(key, None)
+        registered = ADAPTED.get(method, (method, {}))[0]
+        for section, owner in SECTION_OF.items():
+            if registered != owner:
+                out.pop(section, None)
         return out
+
+    def variant(self, method: str) -> dict[str, Any]:
+        """What a bench method's rows hash beyond adapt_defaults: its method, overrides, backbone options."""
+        out: dict[str, Any] = {}
+        if method in ADAPTED and method not in UNHASHED_VARIANTS and ADAPTED[method][1]:
+            out = {"method": ADAPTED[method][0], "overrides": ADAPTED[method][1]}
+        if method in BACKBONE_OPTIONS:
+            out["backbone_options"] = BACKBONE_OPTIONS[method]
+        return out
+
+    def backbone_for(self, method: str):  # noqa: ANN201 - LoadedBackbone
+        """The backbone a method's rows start from: the published one, the meta-init, the untrained
+        init, or the published weights with other ``model.*`` options (BACKBONE_OPTIONS)."""
+        from rec.models.backbone import build_backbone
+        from rec.training.checkpoint import LoadedBackbone
+
+        if method == "lora-meta":
+            return self.meta()
+        if method == "zero-shot-init":
+            return self.init_backbone()
+        base = self.backbone()
+        over = BACKBONE_OPTIONS.get(method)
+        if not over:
+            return base
+        key = json.dumps(over, sort_keys=True)
+        if key not in self._options:
+            cfg = rec_config(over, base.cfg.model_dump(mode="json"))
+            model = build_backbone(cfg.model, num_item_ids=base.model.id_emb.num_embeddings if base.model.id_emb is not None else 0)
+            missing, unexpected = model.load_state_dict(base.model.state_dict(), strict=False)
+            if unexpected or set(missing) - {"logit_scale"}:
+                raise ValueError(f"backbone options {over}: weights do not fit (missing {missing}, unexpected {unexpected})")
+            self._options[key] = LoadedBackbone(model.eval(), cfg, base.tenants, base.manifest, f"{base.checksum}+{key}")
+        return self._options[key]
 
     def adapt_key(self) -> str:
         """Hash of the LoRA defaults a sweep's trials start from."""
@@ -172,6 +216,29 @@ class Context:
         (self.stage / "backbone" / "sources.json").write_text(json.dumps({t.name: t.stats() for t in tenants}, indent=2))
         return corpus
 
+    def init_backbone(self):  # noqa: ANN201 - LoadedBackbone
+        """The untrained init pretraining started from (``zero-shot-init``): same config, same seed.
+
+        Built as the Ray Train worker builds it (``torch.manual_seed(train.seed)``, then
+        ``build_backbone``), so ``zero-shot / zero-shot-init`` measures what pretraining added.
+        """
+        import torch
+
+        from rec.models.backbone import build_backbone
+        from rec.training.checkpoint import LoadedBackbone
+
+        if self._init is None:
+            base = self.backbone()
+            torch.manual_seed(base.cfg.train.seed)
+            n_ids = base.model.id_emb.num_embeddings if base.model.id_emb is not None else 0
+            model = build_backbone(base.cfg.model, num_item_ids=n_ids).eval()
+            theirs = base.model.state_dict()
+            same = all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+            log("untrained init rebuilt: " + ("identical to the published backbone (pretraining published its init)"
+                                              if same else "differs from the published backbone"))
+            self._init = LoadedBackbone(model, base.cfg, base.tenants, base.manifest, f"init-of-{base.checksum}")
+        return self._init
+
     def meta(self):  # noqa: ANN201 - LoadedBackbone
         """The Reptile meta-init (started from the pretrained backbone), trained unless cached."""
         from rec.training.checkpoint import load_backbone
@@ -208,9 +275,8 @@ class Context:
 
     # configs
     def adapt_config(self, td: TargetData, method: str, k: KValue, seed: int, extra: dict | None = None) -> AdaptConfig:
-        if method == "lora-lowrank-adaptor":
-            extra = {**(extra or {}), "adapt.lora.train_adaptor": False}
-        over = {**self.bc.adapt, **(extra or {}), "adapt.method": "lora" if method.startswith("lora") else method,
+        registered, variant = ADAPTED[method]
+        over = {**self.bc.adapt, **variant, **(extra or {}), "adapt.method": registered,
                 "adapt.tenant": td.name, "adapt.k_users": 1 if k == 0 else k_users(k), "adapt.seed": seed,
                 "adapt.num_eval_users": self.bc.num_eval_users, "adapt.torch_threads": 1}
         if self.quick:
@@ -277,6 +343,44 @@ def train_from_scratch(model, tc, emb, s: ScratchSettings, seed: int) -> tuple[d
     return fit.valid, evaluate_tenant(model, tc, emb, "test", [10]), fit.epochs
 
 
+#: weights of the text-prior term tried on the validation users (0 = the model alone)
+TEXT_PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def text_prior_fusion(model, tc, text_emb: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]:  # noqa: ANN001
+    """Test metrics of ``model``'s scores plus ``w * mean(t_h) . t_i`` (raw MiniLM vectors of the
+    history ``h`` and item ``i``), with ``w`` the best of TEXT_PRIOR_WEIGHTS on the validation users.
+
+    Issue 17 item 2, score fusion: a fixed-weight title-similarity term any trained model can fall
+    back to. Measured here, at scoring time, before it is built into serving.
+    """
+    import torch
+
+    from rec.adaptation.prepare import scoring_backbone
+    from rec.metrics import metrics_from_ranks, rank_of_target
+    from rec.training.loop import tenant_scores
+
+    bb = scoring_backbone(model).eval()
+    raw = torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))
+
+    def ranks(rows) -> dict[float, np.ndarray]:  # noqa: ANN001 - EvalRows
+        out: dict[float, list[np.ndarray]] = {w: [] for w in TEXT_PRIOR_WEIGHTS}
+        with torch.no_grad():
+            for sl, scores in tenant_scores(bb, tc, raw, rows.histories, 256):
+                hist = torch.from_numpy(np.array(rows.histories[sl]))
+                keep = (hist >= 0).float()[..., None]  # (b, T, 1)
+                mean = (raw[hist.clamp(min=0)] * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (b, text_dim)
+                prior = mean @ raw.T  # (b, N)
+                for w in TEXT_PRIOR_WEIGHTS:
+                    out[w].append(rank_of_target((scores + w * prior).numpy(), rows.targets[sl]))
+        return {w: np.concatenate(v) for w, v in out.items()}
+
+    valid = {w: metrics_from_ranks(r, ks=[10], num_items=tc.num_items) for w, r in ranks(tc.valid).items()}
+    best = max(TEXT_PRIOR_WEIGHTS, key=lambda w: (valid[w]["ndcg@10"], -w))
+    test = metrics_from_ranks(ranks(tc.test)[best], ks=[10], num_items=tc.num_items)
+    return test, {"text_prior_weight": best, "text_prior_valid": {str(w): round(m["ndcg@10"], 5) for w, m in valid.items()}}
+
+
 def state_bytes(model) -> int:  # noqa: ANN001
     """Size of the model's weights as one safetensors file (a from-scratch model is its own adapter)."""
     from safetensors.torch import save_file
@@ -325,14 +429,23 @@ def run_row(ctx: Context, td: TargetData, method: str, k: KValue, seed: int) -> 
     from rec.adaptation.adapt import adapt_tenant, publish_adapter
     from rec.config import EvalConfig
 
-    base = ctx.meta() if method == "lora-meta" else ctx.backbone()
+    base = ctx.backbone_for(method)
     tuned = ctx.tuned(td, seed) if method == "lora-tuned" else None
     acfg = ctx.adapt_config(td, method, k, seed, tuned)
     res = adapt_tenant(base, td.tenant, acfg, EvalConfig(ks=[10]), text_emb=td.text_emb, split=split)
     with tempfile.TemporaryDirectory() as tmp:
         weights = publish_adapter(res, base, acfg, root=tmp) / "adapter_model.safetensors"
         nbytes = weights.stat().st_size if weights.is_file() else 0
-    extra.update(val_ndcg=res.valid["ndcg@10"], epochs=res.epochs, trainable_params=res.trainable_params, backbone=base.checksum[:12])
+    extra.update(val_ndcg=res.valid["ndcg@10"], epochs=res.epochs, trainable_params=res.trainable_params, backbone=base.checksum[:20])
+    if method in TEXT_PRIOR:
+        from rec.adaptation.adapt import fewshot_corpus
+
+        test, fused = text_prior_fusion(res.model, fewshot_corpus(split, td.text_emb, base.cfg.data.max_seq_len), td.text_emb)
+        extra.update(fused, model_alone_ndcg=res.test["ndcg@10"])
+        res.test = {**res.test, **test}
+    if res.method_report.get("popularity_floor"):
+        floor = res.method_report["popularity_floor"]
+        extra.update(floor_chosen=floor["chosen"], floor_candidates=floor["candidates"])
     if tuned is not None:
         extra["tuned"] = tuned
     return {**res.test, "adapt_s": res.adapt_s, "adapter_bytes": nbytes}, extra
@@ -354,13 +467,13 @@ def plan(sel: Selection) -> list[tuple[int, str, KValue, str]]:
     """
     out = []
     for seed in sel.seeds:
-        ks = ([0] if "zero-shot" in sel.methods and 0 not in sel.ks else []) + list(sel.ks)
+        ks = ([0] if set(ZERO_SHOT) & set(sel.methods) and 0 not in sel.ks else []) + list(sel.ks)
         for k in sorted(ks, key=lambda k: (k == "all", k if k != "all" else 0)):
             for t in sel.targets:
                 if k == 0:
-                    out += [(seed, t, 0, m) for m in sel.methods if m == "zero-shot" or (m == "popularity" and 0 in sel.ks)]
+                    out += [(seed, t, 0, m) for m in sel.methods if m in ZERO_SHOT or (m == "popularity" and 0 in sel.ks)]
                 else:
-                    out += [(seed, t, k, m) for m in sel.methods if m != "zero-shot"]
+                    out += [(seed, t, k, m) for m in sel.methods if m not in ZERO_SHOT]
     return out
 
 
@@ -373,6 +486,8 @@ def run(ctx: Context, sel: Selection, progress: Path, report) -> None:  # noqa: 
         src = next(t for t in ctx.bc.targets if t.name == name)
         h = settings_hash(ctx, src, method)
         key = (name, method, str(k), seed)
+        if done.get(key) != h:  # another run on the same progress file may have finished it meanwhile
+            done = {row_key(r): r.get("settings") for r in read_progress(progress) if r.get("status") == "ok"}
         if done.get(key) == h:
             continue
         if last_block is not None and (last_block != (seed, k) or time.monotonic() - last_report > 1800):
@@ -409,8 +524,19 @@ PROTOCOL = (
 )
 
 
-def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], failed: list[str], summary: dict) -> dict[str, Any]:
+def _previous_protocol(path: Path) -> dict[str, Any]:
+    """The protocol of the results file being replaced ({} if none): what a runs folder without the
+    meta-init or sweeps (e.g. a fresh machine with only the backbone) cannot say again."""
+    try:
+        return json.loads(path.read_text()).get("protocol", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], failed: list[str], summary: dict,
+                  previous: dict[str, Any] | None = None) -> dict[str, Any]:
     bc = ctx.bc
+    previous = previous or {}
     ran: dict[str, Any] = {}
     for r in rows:
         d = ran.setdefault(r["dataset"], {"seeds": set(), "ks": set(), "methods": set(), "rows": 0})
@@ -424,12 +550,14 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
     bb = ctx.stage / "backbone" / "checkpoint" / "manifest.json"
     bbm = json.loads(bb.read_text()) if bb.is_file() else {}
     mm = ctx.stage / "meta" / "checkpoint" / "manifest.json"
-    mmeta = json.loads(mm.read_text()) if mm.is_file() else {}
+    mmeta = json.loads(mm.read_text()) if mm.is_file() else previous.get("meta_init", {})
     sources_json = ctx.stage / "backbone" / "sources.json"
     tune_done = {p.parent.name: json.loads(p.read_text()) for p in sorted((ctx.stage / "tune").glob(f"*-a{ctx.adapt_key()}/fewshot_best.json"))}
+    tune_done = tune_done or previous.get("lora_tuned", {}).get("sweeps", {})
+    configured = sum(1 for r in rows if r["method"] in bc.methods)
     return {
         "protocol": PROTOCOL,
-        "status": f"{'complete' if len(rows) >= expected else 'PARTIAL'}: {len(rows)} of {expected} configured rows "
+        "status": f"{'complete' if configured >= expected else 'PARTIAL'}: {configured} of {expected} configured rows "
                   f"({len(bc.targets)} targets x seeds {list(bc.seeds)} x Ks {list(bc.ks)} x {len(bc.methods)} methods)",
         "ran": ran,
         "last_invocation": {"targets": sel.targets, "ks": sel.ks, "seeds": sel.seeds, "methods": sel.methods},
@@ -462,6 +590,13 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
         "lora_tuned": {**bc.tune.model_dump(), "note": "one Optuna-TPE + ASHA sweep (tuning.sweep.run_sweep) per (target, seed) at "
                        "K=k on the held-out users' validation item; its best config is used for every K; adapt_s excludes "
                        "the sweep (tune_s below)", "sweeps": tune_done},
+        "issue_17": {"default": {"method": ADAPTED["default"][0], "overrides": ADAPTED["default"][1]},
+                     "zero_shot_init": "the untrained init rebuilt with torch.manual_seed(train.seed) + build_backbone, as the Ray "
+                                       "Train worker builds it; scored zero-shot at K=0",
+                     "backbone_options": BACKBONE_OPTIONS, "text_prior_weights": list(TEXT_PRIOR_WEIGHTS),
+                     "fixed_init_reference": FIXED_INIT_REFERENCE,
+                     "note": "option rows (+center, +whiten, +cosine, +text-prior) and the item-terms variants are side-by-side "
+                             "measurements on a few (target, seed) cells; adapt_s of the 2026-12-04 rows ran at load average 40-50"},
         "targets_met": summary,
     }
 
@@ -476,13 +611,17 @@ def report(ctx: Context, sel: Selection, progress: Path, name: str, results_dir:
     failed = sorted({f"{r['dataset']}/{r['method']}/K={r['k']}/seed={r['seed']}: {r.get('error', '')[:120]}"
                      for r in prog if r.get("status") == "failed" and row_key(r) not in ok})
     checks, summary = target_checks(rows)
+    transfer, transfer_summary = transfer_checks(rows)
+    summary = {"issue_3": summary, "issue_17": transfer_summary}
     notes = "\n\n".join([
         "## Mean NDCG@10 over seeds (method × K)", pivot_tables(rows),
-        "## Targets (ratios of mean NDCG@10)", checks,
+        "## Targets of issue 17: never below popularity, pretraining that transfers, adaptation that learns", transfer,
+        "## Targets of issue 3 (ratios of mean NDCG@10)", checks,
         "## Cost per method (mean over datasets and seeds)", cost_table(rows),
     ])
     results_dir.mkdir(parents=True, exist_ok=True)
-    path = write_results(name, protocol_dict(ctx, sel, rows, failed, summary), rows, columns=ROW_KEYS, notes=notes,
+    previous = _previous_protocol(results_dir / f"{name}.json")
+    path = write_results(name, protocol_dict(ctx, sel, rows, failed, summary, previous), rows, columns=ROW_KEYS, notes=notes,
                          results_dir=results_dir)
     plot(rows, results_dir / f"{name}_ndcg_vs_k.png")
     log(f"wrote {path} ({len(rows)} rows) and {name}_ndcg_vs_k.png")

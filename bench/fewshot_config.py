@@ -14,9 +14,53 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rec.config import ConfigError, RecConfig, TenantSource, apply_overrides, config_from_dict, read_yaml_mapping
 
-METHODS = ("popularity", "zero-shot", "scratch-sasrec-id", "scratch-backbone", "head", "prompt", "lora", "lora-lowrank-adaptor", "full",
+METHODS = ("popularity", "zero-shot", "zero-shot-init", "zero-shot+center", "zero-shot+whiten", "scratch-sasrec-id",
+           "zero-shot+text-prior", "scratch-backbone", "default", "default+center", "default+whiten", "default+cosine", "default+text-prior", "item-terms",
+           "item-terms-id", "item-terms-adaptor", "item-terms-id-adaptor", "head", "prompt", "lora", "lora-lowrank-adaptor", "full",
            "lora-meta", "lora-tuned")
 SCRATCH = ("scratch-sasrec-id", "scratch-backbone")
+#: reported once, at K=0: nothing trains (the published backbone / the untrained init it came from)
+ZERO_SHOT = ("zero-shot", "zero-shot-init", "zero-shot+center", "zero-shot+whiten", "zero-shot+text-prior")
+#: rows scored with a fixed-weight history-to-item text-similarity term added to the model's scores
+#: (bench.fewshot.text_prior_fusion; the weight is chosen on the validation users)
+TEXT_PRIOR = ("zero-shot+text-prior", "default+text-prior")
+#: bench method -> model.* overrides of the published backbone it runs on (issue 17, "keep the title
+#: prior reachable"): the same weights, another catalog normalisation or score
+BACKBONE_OPTIONS: dict[str, dict[str, Any]] = {
+    "zero-shot+center": {"model.catalog_norm": "center"},
+    "zero-shot+whiten": {"model.catalog_norm": "whiten"},
+    "default+center": {"model.catalog_norm": "center"},
+    "default+whiten": {"model.catalog_norm": "whiten"},
+    "default+cosine": {"model.score": "cosine"},
+}
+#: the method a new tenant gets unless it asks for another, with its settings: item-terms (per-item
+#: bias from the K users' log-popularity + the popularity floor on the tenant's validation users) with
+#: the item-text adaptor trained; chosen side by side with its variants (bench/README.md, few-shot)
+DEFAULT_METHOD = ("item-terms", {"adapt.item_terms.train_adaptor": True})
+#: bench method -> (registered adaptation method, adapt.* overrides) for the rows run by adapt_tenant
+ADAPTED: dict[str, tuple[str, dict[str, Any]]] = {
+    "zero-shot": ("zero-shot", {}),
+    "zero-shot-init": ("zero-shot", {}),
+    "zero-shot+center": ("zero-shot", {}),
+    "zero-shot+whiten": ("zero-shot", {}),
+    "zero-shot+text-prior": ("zero-shot", {}),
+    "default": DEFAULT_METHOD,
+    "default+text-prior": DEFAULT_METHOD,
+    "default+center": DEFAULT_METHOD,
+    "default+whiten": DEFAULT_METHOD,
+    "default+cosine": DEFAULT_METHOD,
+    "item-terms": ("item-terms", {}),
+    "item-terms-id": ("item-terms", {"adapt.item_terms.id_residual": True}),
+    "item-terms-adaptor": ("item-terms", {"adapt.item_terms.train_adaptor": True}),
+    "item-terms-id-adaptor": ("item-terms", {"adapt.item_terms.id_residual": True, "adapt.item_terms.train_adaptor": True}),
+    "head": ("head", {}),
+    "prompt": ("prompt", {}),
+    "lora": ("lora", {}),
+    "lora-lowrank-adaptor": ("lora", {"adapt.lora.train_adaptor": False}),
+    "full": ("full", {}),
+    "lora-meta": ("lora", {}),
+    "lora-tuned": ("lora", {}),
+}
 KValue = int | Literal["all"]
 ROW_KEYS = ["dataset", "method", "k", "seed", "hr@10", "ndcg@10", "adapt_s", "adapter_bytes"]
 

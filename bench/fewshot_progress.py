@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._results import log
-from bench.fewshot_config import METHODS, ROW_KEYS, SCRATCH
+from bench.fewshot_config import METHODS, ROW_KEYS, SCRATCH, ZERO_SHOT
 from rec.config import TenantSource
 
 __all__ = ["row_key", "settings_hash", "read_progress", "append_progress", "final_rows"]
@@ -31,8 +31,10 @@ def settings_hash(ctx: Any, td_src: TenantSource, method: str) -> str:  # ctx: b
         part["scratch"] = ctx.bc.scratch.model_dump()
     elif method != "popularity":
         part["backbone"] = ctx.pretrain_key()
-        if method != "zero-shot":
+        if method not in ZERO_SHOT:
             part["adapt"] = ctx.adapt_defaults(method)
+        if ctx.variant(method):
+            part["variant"] = ctx.variant(method)
     if method == "lora-tuned":
         part["tune"] = ctx.bc.tune.model_dump()
     if method == "lora-meta":

@@ -140,6 +140,11 @@ class ModelConfig(_Strict):
         description="item vectors entering the encoder are multiplied by it; null = sqrt(d_model) for ID-only "
                     "models (SASRec's embedding scaling), 1 for text models",
     )
+    catalog_norm: Literal["none", "center", "whiten"] = Field(
+        "none", description="per-catalog normalisation of the item text vectors before the adaptor, from the "
+                            "catalog's own statistics (rec.models.catalog_norm): none, center, whiten (centred + ZCA)")
+    score: Literal["dot", "cosine"] = Field(
+        "dot", description="dot: h.c/temperature; cosine: exp(logit_scale) * cos(h, c) with a learned logit_scale")
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

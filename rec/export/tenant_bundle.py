@@ -145,6 +145,11 @@ def _build_bundle(loaded: LoadedBackbone, tenant: Tenant, text_emb: np.ndarray, 
     from rec.adaptation.registry import ExportKind
     from rec.export.serving_graph import adapted_projections
 
+    if getattr(loaded.model, "score_kind", "dot") != "dot":
+        raise ExportError(
+            f"backbone scores by {loaded.model.score_kind} (model.score): the serving graph and catalog serve dot-product "
+            "scores only; it was measured as an option (bench/README.md, few-shot) and is not served: use model.score=dot"
+        )
     if method.export is ExportKind.MERGED_ONLY:
         raise ExportError(
             f"{adapter_dir}: a {method.name!r} adapter changes every weight and cannot be served by the shared graph; "

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rec.models.catalog_norm import CATALOG_NORMS, normalize_catalog_text
 from rec.models.layers import Dropout, TransformerBlock, attention_bias, attention_mask, positions
 
 __all__ = ["Backbone", "TextAdaptor", "build_backbone"]
@@ -75,6 +76,11 @@ class Backbone(nn.Module):
             unscaled the item identity is a faint signal in the residual stream: on Scientific
             validation NDCG@10 after 3 epochs went 0.034 -> 0.054 with the scaling (bench/README.md,
             "Training speed"). Text item vectors leave the adaptor's LayerNorm at O(1) already.
+        catalog_norm: Per-catalog normalisation of the text vectors before the adaptor, from the
+            catalog's own statistics (``rec.models.catalog_norm``): ``none``, ``center``, ``whiten``.
+        score: ``dot`` (``h . c / temperature``) or ``cosine``: ``exp(logit_scale) * cos(h, c)`` with a
+            learned ``logit_scale`` that starts at ``log(sqrt(d_model))``, where it equals the dot
+            score of LayerNorm-ed vectors (norm ``sqrt(d_model)``) at the default temperature.
     """
 
     def __init__(
@@ -91,6 +97,8 @@ class Backbone(nn.Module):
         adaptor_hidden: int = 0,
         temperature: float | None = None,
         input_scale: float | None = None,
+        catalog_norm: str = "none",
+        score: str = "dot",
     ) -> None:
         super().__init__()
         if not use_text and num_item_ids <= 0:
@@ -101,6 +109,10 @@ class Backbone(nn.Module):
             input_scale = 1.0 if use_text else math.sqrt(d_model)
         self.d_model, self.max_len, self.temperature = d_model, max_len, float(temperature)
         self.input_scale = float(input_scale)
+        if catalog_norm not in CATALOG_NORMS or score not in ("dot", "cosine"):
+            raise ValueError(f"catalog_norm {catalog_norm!r} / score {score!r}: use one of {list(CATALOG_NORMS)} / dot, cosine")
+        self.catalog_norm, self.score_kind = catalog_norm, score
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(math.sqrt(d_model)))) if score == "cosine" else None
         self.adaptor = TextAdaptor(text_dim, d_model, adaptor_hidden, dropout) if use_text else None
         self.id_emb = nn.Embedding(num_item_ids, d_model) if num_item_ids > 0 else None
         if self.id_emb is not None:
@@ -125,12 +137,15 @@ class Backbone(nn.Module):
         self, text_emb: torch.Tensor | None = None, item_ids: torch.Tensor | slice | None = None
     ) -> torch.Tensor:
         """Item vectors ``(N, D)`` from text embeddings ``(N, text_dim)`` and/or global ids ``(N,)``
-        (or a ``slice`` of the ID table: a tenant's contiguous range, read without a gather)."""
+        (or a ``slice`` of the ID table: a tenant's contiguous range, read without a gather).
+
+        ``text_emb`` is one tenant's whole catalog: ``catalog_norm`` takes its statistics from it.
+        """
         rep = None
         if self.adaptor is not None:
             if text_emb is None:
                 raise ValueError("this backbone uses item text: pass text_emb")
-            rep = self.adaptor(text_emb)
+            rep = self.adaptor(normalize_catalog_text(text_emb, self.catalog_norm))
         if self.id_emb is not None and item_ids is not None:
             ide = self.id_emb.weight[item_ids] if isinstance(item_ids, slice) else self.id_emb(item_ids)
             rep = ide if rep is None else rep + ide
@@ -194,6 +209,8 @@ class Backbone(nn.Module):
     def scores(self, hidden: torch.Tensor, catalog: torch.Tensor) -> torch.Tensor:
         """Dot-product scores ``(..., N)`` of hidden ``(..., D)`` against catalog ``(N, D)``."""
         # Scale the (…, D) side, not the (…, N) logits: same value, N/D times less work.
+        if self.logit_scale is not None:
+            return (F.normalize(hidden, dim=-1) * self.logit_scale.exp()) @ F.normalize(catalog, dim=-1).T
         return (hidden / self.temperature) @ catalog.T
 
     # --- losses --------------------------------------------------------------------------------
@@ -225,7 +242,10 @@ class Backbone(nn.Module):
         h, t = hidden[keep], targets[keep]  # (M, D), (M,)
         n = catalog.shape[0]
         neg = torch.randint(0, n, (min(num_negatives, n),), device=h.device, generator=generator)
-        pos_logit = ((h / self.temperature) * catalog[t]).sum(-1, keepdim=True)  # (M, 1)
+        if self.logit_scale is not None:
+            pos_logit = (F.normalize(h, dim=-1) * self.logit_scale.exp() * F.normalize(catalog[t], dim=-1)).sum(-1, keepdim=True)
+        else:
+            pos_logit = ((h / self.temperature) * catalog[t]).sum(-1, keepdim=True)  # (M, 1)
         neg_logit = self.scores(h, catalog[neg])  # (M, S)
         neg_logit = neg_logit.masked_fill(neg[None, :] == t[:, None], float("-inf"))
         logits = torch.cat([pos_logit, neg_logit], dim=1)
@@ -247,4 +267,6 @@ def build_backbone(model_cfg, num_item_ids: int = 0) -> Backbone:  # noqa: ANN00
         adaptor_hidden=model_cfg.adaptor_hidden,
         temperature=model_cfg.temperature,
         input_scale=model_cfg.input_scale,
+        catalog_norm=model_cfg.catalog_norm,
+        score=model_cfg.score,
     )

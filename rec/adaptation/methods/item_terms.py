@@ -144,6 +144,8 @@ class ItemTerms(AdaptationMethod):
         counts = torch.from_numpy(ctx.item_popularity.astype("float32"))
         residual = torch.zeros(ctx.num_items, model.d_model) if acfg.item_terms.id_residual else None
         model = _attach(model, torch.from_numpy(log_popularity(ctx.item_popularity)), residual, counts > 0)
+        if model.logit_scale is not None:  # a cosine-score backbone: its temperature is the tenant's to learn
+            model.logit_scale.requires_grad_(True)
         if acfg.item_terms.train_adaptor:
             if model.adaptor is None:
                 raise ValueError("adapt.item_terms.train_adaptor trains the item-text adaptor, but this backbone has none")
@@ -194,15 +196,23 @@ class ItemTerms(AdaptationMethod):
             out["item_residual"] = model.item_residual
         if model.adaptor is not None:  # small, and exact whether or not it trained (train_adaptor)
             out.update({f"adaptor.{k}": v for k, v in model.adaptor.state_dict().items()})
+        if model.logit_scale is not None:
+            out["logit_scale"] = model.logit_scale.reshape(1)
         return out
 
     def load(self, folder: Path, model: Backbone) -> Backbone:
+        import torch
         from safetensors.torch import load_file
 
         t = load_file(str(folder / WEIGHTS_FILE))
         adaptor = {k.removeprefix("adaptor."): v for k, v in t.items() if k.startswith("adaptor.")}
         if adaptor:
             model.adaptor.load_state_dict(adaptor)
+        if "logit_scale" in t:
+            if model.logit_scale is None:
+                raise ValueError(f"{folder}: the adapter learned a cosine-score temperature, the backbone scores by dot product")
+            with torch.no_grad():
+                model.logit_scale.copy_(t["logit_scale"][0])
         return _attach(model, t["item_bias"], t.get("item_residual"), t["seen"], float(t["catalog_gate"][0]))
 
 

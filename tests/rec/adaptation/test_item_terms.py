@@ -84,11 +84,12 @@ def movielens(datasets_dir, small_backbone):
     return tenant, encode_items(list(tenant.items.text), small_backbone.cfg.text)
 
 
-def test_popularity_floor_on_movielens(small_backbone, movielens, tmp_path):
+@pytest.mark.parametrize("terms", [{}, {"train_adaptor": True}], ids=["bias", "bias+adaptor (the few-shot bench's default)"])
+def test_popularity_floor_on_movielens(small_backbone, movielens, tmp_path, terms):
     """The shipped model is never below the K users' popularity on the tenant's validation users."""
     tenant, text_emb = movielens
     eval_cfg = EvalConfig()
-    acfg = AdaptConfig(method="item-terms", k_users=64, epochs=4, lr=5e-3, torch_threads=1, num_eval_users=300)
+    acfg = AdaptConfig(method="item-terms", k_users=64, epochs=4, lr=5e-3, torch_threads=1, num_eval_users=300, item_terms=terms)
     res = adapt_tenant(small_backbone, tenant, acfg, eval_cfg, text_emb=text_emb)
     floor = res.method_report["popularity_floor"]
     cands = floor["candidates"]
