@@ -79,7 +79,7 @@ def test_no_cli_command_touches_another_tenants_files(root, capsys, tenant, vers
     argv = {"rollback": ["rollback", "--root", str(root), "--tenant", tenant] + ([] if version is None else ["--to", str(version)]),
             "apikey": ["apikey", "--root", str(root), "--tenant", tenant],
             "apikey-revoke": ["apikey", "--root", str(root), "--tenant", tenant, "--revoke"],
-            "ope": ["ope", "--root", str(root), "--tenant", tenant]}[command]
+            "ope": ["ope", "--root", str(root), "--tenant", tenant, "--target", "epsilon:0.1"]}[command]
     if tenant.startswith("-"):
         argv[argv.index("--tenant")] = f"--tenant={tenant}"
         argv.remove(tenant)
@@ -91,3 +91,13 @@ def test_no_cli_command_touches_another_tenants_files(root, capsys, tenant, vers
         assert len(lines) == 1 or lines[0].startswith("usage:"), (argv, err)  # argparse prints usage + one error line
     bad = [p for p in touched if not _allowed(root, tenant, p)]
     assert not bad, (argv, bad)
+
+
+def test_the_audit_hook_sees_a_real_commands_files(root, capsys):
+    """The property above would pass vacuously if nothing were recorded: a real tenant's command is."""
+    rc, touched, err = _run(["apikey", "--root", str(root), "--tenant", "books"], capsys)
+    assert rc == 0, err
+    inside = [p for p in touched if Path(os.path.normpath(p)).is_relative_to(root / "tenants" / "books")]
+    assert inside, touched
+    rc, _, err = _run(["ope", "--root", str(root), "--tenant", "books", "--target", "greedy"], capsys)
+    assert rc in (0, 2) and "Traceback" not in err
