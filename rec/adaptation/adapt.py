@@ -29,7 +29,7 @@ from rec.training.corpus import TenantCorpus, eval_rows
 from rec.training.loop import evaluate_tenant
 from rec.training.tenant_fit import FitSettings, TenantFit, fit_tenant
 
-__all__ = ["AdaptResult", "adapt_tenant", "check_tenant_text", "fewshot_corpus", "publish_adapter"]
+__all__ = ["AdaptResult", "adapt_tenant", "check_tenant_text", "fewshot_corpus", "publish_adapter", "tenant_split_and_text"]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -125,6 +125,25 @@ def _train(run: _Run, acfg: AdaptConfig, on_epoch: EpochCallback | None) -> tupl
     return fit, hooks
 
 
+def tenant_split_and_text(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, split: KShotSplit | None = None,
+                           text_emb: np.ndarray | None = None) -> tuple[KShotSplit, np.ndarray]:
+    """What every adaptation recipe starts from (``adapt_tenant``, ``rec fed``): the tenant's text checked
+    against the backbone's encoder, torch threads and seed set, the K-shot split and the item text.
+
+    Raises:
+        ValueError, DataError: As :func:`check_tenant_text`; K larger than the tenant's users.
+    """
+    check_tenant_text(base, tenant, text_emb)
+    torch.set_num_threads(acfg.torch_threads)
+    torch.manual_seed(acfg.seed)
+    split = split or k_shot_split(tenant, acfg.k_users, acfg.n_first, acfg.seed, acfg.num_eval_users, acfg.eval_fraction)
+    if text_emb is None:
+        from rec.text import encode_items
+
+        text_emb = encode_items(list(tenant.items.text), base.cfg.text)
+    return split, text_emb
+
+
 def adapt_tenant(
     base: LoadedBackbone,
     tenant: Tenant,
@@ -154,15 +173,8 @@ def adapt_tenant(
         DataError: The tenant has no items or no item text.
     """
     eval_cfg = eval_cfg or EvalConfig()
-    check_tenant_text(base, tenant, text_emb)
-    torch.set_num_threads(acfg.torch_threads)
-    torch.manual_seed(acfg.seed)
     t0 = time.perf_counter()
-    split = split or k_shot_split(tenant, acfg.k_users, acfg.n_first, acfg.seed, acfg.num_eval_users, acfg.eval_fraction)
-    if text_emb is None:
-        from rec.text import encode_items
-
-        text_emb = encode_items(list(tenant.items.text), base.cfg.text)
+    split, text_emb = tenant_split_and_text(base, tenant, acfg, split, text_emb)
     run = _setup(base, tenant, acfg, eval_cfg, split, text_emb, init_adapter)
     fit, hooks = _train(run, acfg, on_epoch)
     valid = fit.valid

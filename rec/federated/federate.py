@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rec.adaptation.adapt import AdaptResult, check_tenant_text, fewshot_corpus, publish_adapter
+from rec.adaptation.adapt import AdaptResult, fewshot_corpus, publish_adapter, tenant_split_and_text
 from rec.adaptation.prepare import prepare_model, scoring_backbone
 from rec.adaptation.methods.lora import ENCODER_TARGETS
 from rec.adaptation.registry import AdaptContext
 from rec.config import AdaptConfig, EvalConfig, FedConfig, RayConfig
 from rec.data.schema import Tenant
-from rec.data.splits import KShotSplit, k_shot_split
+from rec.data.splits import KShotSplit
 from rec.federated.accounting import PrivacyReport, default_delta, local_dp_report, privacy_report, resolve_noise
 from rec.federated.adapter_state import adapter_arrays, adapter_spec, load_adapter_arrays
 from rec.federated.client_app import ClientFaults, ClientPayload
@@ -115,15 +115,8 @@ def federated_adapt(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, fcf
     """
     check_fed_config(acfg, fcfg)
     eval_cfg, ray_cfg = eval_cfg or EvalConfig(), ray_cfg or RayConfig()
-    check_tenant_text(base, tenant, text_emb)
-    torch.set_num_threads(acfg.torch_threads)
-    torch.manual_seed(acfg.seed)
     t0 = time.perf_counter()
-    split = split or k_shot_split(tenant, acfg.k_users, acfg.n_first, acfg.seed, acfg.num_eval_users, acfg.eval_fraction)
-    if text_emb is None:
-        from rec.text import encode_items
-
-        text_emb = encode_items(list(tenant.items.text), base.cfg.text)
+    split, text_emb = tenant_split_and_text(base, tenant, acfg, split, text_emb)
     max_len = base.cfg.data.max_seq_len
     server = fewshot_corpus(split, text_emb, max_len)  # only its held-out users' rows are used here
     # The server never sees the clients' data: item-terms starts from a zero bias, not the pooled popularity.
