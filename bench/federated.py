@@ -124,7 +124,7 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
                 "bytes_up_per_round": float(np.mean([h["bytes_up"] for h in hist])), "wall_s": time.perf_counter() - t0,
                 "failed": sum(h["failed"] for h in hist), "rejected": sum(h["rejected"] for h in hist),
                 "adapter_bytes": res.adapter_bytes, "clients": res.num_clients,
-                "curve": {str(r): m["ndcg@10"] for r, m in sorted(res.evaluations.items())}})
+                "curve": {str(r): m["ndcg@10"] for r, m in sorted(res.evaluations.items())}, "kept_round": res.kept_round})
     return row
 
 
@@ -234,7 +234,11 @@ def protocol(a: argparse.Namespace, backbone: Path) -> dict[str, Any]:
             "clients": "one per training user (K users), fraction sampled per round; held-out users evaluate (test NDCG@10/HR@10)",
             "rounds": a.rounds, "fraction": a.fraction, "local_epochs": a.local_epochs, "lr": a.lr, "batch_size": a.batch_size,
             "clipping_norm": a.clipping_norm, "delta": "1/N clients", "accountant": "Opacus RDP (rec.federated.privacy)",
-            "centralized": f"adapt_tenant LoRA, {a.central_epochs} epochs, early stopping", "quick": a.quick}
+            "centralized": f"adapt_tenant LoRA, {a.central_epochs} epochs, early stopping", "quick": a.quick,
+            "kept_round": f"federated rows publish the round with the best server-side validation NDCG@10, evaluated every "
+                          f"{a.eval_every} rounds (fed.keep=best: early stopping on held-out users, as centralized; no privacy cost)",
+            "local_dp": "encoder LoRA only; noise for the target epsilon per user with no credit for the server's sampling "
+                        "(one example per client, every round)", "eval_every": a.eval_every}
 
 
 def summary(rows: list[dict[str, Any]]) -> str:

@@ -403,6 +403,9 @@ class FedConfig(_Strict):
     drop_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="tests/bench: share of sampled clients that crash each round")
     client_cpus: float = Field(0.5, gt=0.0, description="CPUs each client actor reserves (Ray)")
     eval_every: int = Field(1, ge=0, description="server-side validation NDCG@10 every N rounds (0 = only at the end)")
+    keep: Literal["best", "last"] = Field(
+        "best", description="publish the global adapter of the round with the best server-side validation NDCG@10 (early "
+                            "stopping, as rec adapt; post-processing on held-out users, so no privacy cost) or of the last round")
     round_timeout_s: float = Field(600.0, gt=0.0, description="a round aggregates the replies received by then")
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ class ClientFaults:
     """Failures to inject (tests, benchmark). Decisions are seeded by (seed, round, partition).
 
     Attributes:
-        drop_fraction: Share of the sampled clients that fail each round.
+        drop_fraction: Share of all clients that fail each round (those of them sampled fail).
         drop_kind: ``raise`` (the ClientApp raises) or ``exit`` (the actor process exits).
         corrupt: ``{partition: kind}``: kind ``nan``, ``shape`` or ``keys`` malforms that client's update.
     """
@@ -39,10 +39,13 @@ class ClientFaults:
     corrupt: dict[int, str] = field(default_factory=dict)
     seed: int = 0
 
-    def drops(self, server_round: int, partition: int) -> bool:
-        if self.drop_fraction <= 0:
+    def drops(self, server_round: int, partition: int, num_partitions: int) -> bool:
+        """Exactly ``round(drop_fraction * num_partitions)`` partitions fail per round (a seeded
+        choice per round), so a round where every client is sampled loses that share for certain."""
+        n_drop = int(round(self.drop_fraction * num_partitions))
+        if n_drop <= 0:
             return False
-        return bool(np.random.default_rng([self.seed, server_round, partition]).random() < self.drop_fraction)
+        return partition in np.random.default_rng([self.seed, server_round]).permutation(num_partitions)[:n_drop]
 
 
 @dataclass
@@ -124,7 +127,7 @@ def local_round(state: ClientState, arrays: dict[str, np.ndarray], partition: in
 
     payload = state.payload
     faults = payload.faults
-    if faults is not None and faults.drops(server_round, partition):
+    if faults is not None and faults.drops(server_round, partition, len(payload.client_seqs)):
         if faults.drop_kind == "exit":
             os._exit(1)  # the actor process dies mid-round, as a crashed device would
         raise RuntimeError(f"client {partition} dropped out of round {server_round} (injected fault)")

@@ -23,7 +23,7 @@ from rec.adaptation.adapt import AdaptResult, fewshot_corpus, publish_adapter, t
 from rec.adaptation.prepare import prepare_model, scoring_backbone
 from rec.adaptation.methods.lora import ENCODER_TARGETS
 from rec.adaptation.registry import AdaptContext
-from rec.config import AdaptConfig, EvalConfig, FedConfig, RayConfig
+from rec.config import PRIMARY_METRIC, AdaptConfig, EvalConfig, FedConfig, RayConfig
 from rec.data.schema import Tenant
 from rec.data.splits import KShotSplit
 from rec.federated.accounting import PrivacyReport, default_delta, local_dp_report, privacy_report, resolve_noise
@@ -54,12 +54,13 @@ class FedResult:
     privacy: PrivacyReport | None = None
     evaluations: dict[int, dict[str, float]] = field(default_factory=dict)
     local_privacy: dict[str, Any] | None = None  # example-level (epsilon, delta) of local DP-SGD, worst client
+    kept_round: int | None = None  # the round whose global adapter this is (fed.keep)
 
     def manifest_block(self, fcfg: FedConfig) -> dict[str, Any]:
         return {"federated": {"config": fcfg.model_dump(mode="json"), "clients": self.num_clients,
                               "clients_per_round": self.clients_per_round, "adapter_bytes": self.adapter_bytes,
                               "history": self.history, "privacy": None if self.privacy is None else self.privacy.as_dict(),
-                              "local_privacy": self.local_privacy}}
+                              "local_privacy": self.local_privacy, "kept_round": self.kept_round}}
 
 
 def check_fed_config(acfg: AdaptConfig, fcfg: FedConfig) -> None:
@@ -141,18 +142,23 @@ def federated_adapt(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, fcf
     def measure(which: str) -> dict[str, float]:
         return evaluate_tenant(scoring_backbone(model), server, emb, which, ks, eval_cfg.batch_size, eval_cfg.exclude_history)
 
+    best: dict[str, Any] = {"round": None, "ndcg": -1.0, "arrays": initial}
+
     def evaluate(server_round: int, arrays: dict[str, np.ndarray]) -> dict[str, float] | None:
         due = server_round in (0, fcfg.rounds) or (fcfg.eval_every and server_round % fcfg.eval_every == 0)
         metrics = None
         if due:
             load_adapter_arrays(model, arrays)
             metrics = measure("valid")
+            if metrics[PRIMARY_METRIC] > best["ndcg"]:
+                best.update(round=server_round, ndcg=metrics[PRIMARY_METRIC], arrays={k: v.copy() for k, v in arrays.items()})
         if on_round is not None:
             on_round(server_round, metrics, strategy.rounds[-1] if server_round and strategy.rounds else None)
         return metrics
 
     outcome = run_rounds(payload, initial, strategy, fcfg, ray_cfg, evaluate, verbose)
-    load_adapter_arrays(model, outcome.arrays)
+    kept_round = best["round"] if fcfg.keep == "best" and best["round"] is not None else fcfg.rounds
+    load_adapter_arrays(model, best["arrays"] if kept_round != fcfg.rounds else outcome.arrays)
     valid, test = measure("valid"), measure("test")
     privacy = None if noise is None else privacy_report(fcfg, noise, len(parts), sampled, [r.replies for r in outcome.rounds])
     if fcfg.local_dp:
@@ -162,10 +168,11 @@ def federated_adapt(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, fcf
         local_privacy = None
     result = AdaptResult(model=model, tenant=tenant.name, method=acfg.method, split=split, valid=valid, test=test,
                          adapt_s=time.perf_counter() - t0, epochs=fcfg.rounds, trainable_params=sum(int(np.prod(s)) for s in spec.values()),
-                         data_hash=server.data_hash, history=[], best_epoch=fcfg.rounds - 1,
+                         data_hash=server.data_hash, history=[], best_epoch=kept_round - 1,
                          method_report={"popularity_floor": None} if acfg.method == "item-terms" else {})
     return FedResult(result, _history(outcome.rounds, outcome.evaluations, outcome.train_loss), len(parts), sampled,
-                     sum(int(np.prod(s)) * 4 for s in spec.values()), privacy, outcome.evaluations, local_privacy)
+                     sum(int(np.prod(s)) * 4 for s in spec.values()), privacy, outcome.evaluations, local_privacy,
+                     kept_round)
 
 
 def publish_federated(res: FedResult, base: LoadedBackbone, acfg: AdaptConfig, fcfg: FedConfig, root: str | Path | None = None) -> Path:

@@ -89,13 +89,13 @@ def _run(base, out: Path, fcfg: FedConfig, faults=None, publish: bool = False, *
 
 SCENARIOS = {
     "identical": identical_clients,
-    "fedprox_faults": lambda base, out: _run(base, out, FedConfig(rounds=2, clients_per_round=5, strategy="fedprox", proximal_mu=0.1,
+    "fedprox_faults": lambda base, out: _run(base, out, FedConfig(rounds=2, clients_per_round=12, strategy="fedprox", proximal_mu=0.1,
                                                                   client_cpus=1.0, eval_every=0),
                                              faults=_faults(), publish=True),
     "fedadam": lambda base, out: _run(base, out, FedConfig(rounds=1, clients_per_round=3, strategy="fedadam", client_cpus=1.0, eval_every=0)),
     # both kinds of DP in one run: client-level at the server, DP-SGD (Opacus) on every client's encoder LoRA
     "dp_fixed": lambda base, out: _run(base, out, FedConfig(rounds=2, clients_per_round=4, client_dp="fixed", noise_multiplier=1.0,
-                                                            clipping_norm=0.5, client_cpus=1.0, eval_every=0, local_dp=True,
+                                                            clipping_norm=0.5, client_cpus=1.0, eval_every=0, local_dp=True, keep="last",
                                                             local_noise_multiplier=0.8, local_max_grad_norm=1.0),
                                        lora={"train_adaptor": False, "target_modules": list(ENCODER_TARGETS)}),
 }
@@ -104,7 +104,8 @@ SCENARIOS = {
 def _faults():  # noqa: ANN202
     from rec.federated.client_app import ClientFaults
 
-    # 20 % of the sampled clients raise; partitions 0 and 1 (when sampled) send a NaN and a wrong-shape update
+    # every client is sampled; 20 % of them (2 of 12, a seeded choice per round) raise; partitions 0-2 (unless dropped)
+    # send a NaN, a wrong-shape and a wrong-keys update
     return ClientFaults(drop_fraction=0.2, corrupt={0: "nan", 1: "shape", 2: "keys"}, seed=3)
 
 

@@ -56,6 +56,10 @@ def test_fedprox_survives_dropped_clients_and_rejects_bad_updates(small_backbone
     # The result is an ordinary adapter: it loads through the adapter loader and scores as the trained model did.
     model, manifest = load_adapter(res["adapter"], small_backbone.model, small_backbone.checksum)
     assert manifest["method"] == "lora" and manifest["federated"]["history"] == hist
+    # fed.keep=best: the published adapter is the round with the best server-side validation NDCG@10
+    evaluated = {h["round"]: h["val_ndcg@10"] for h in hist if h.get("val_ndcg@10") is not None}
+    kept = manifest["federated"]["kept_round"]
+    assert kept == 0 or evaluated[kept] == max(evaluated.values()), (kept, evaluated)
     read_manifest(res["adapter"], kind="adapter")  # checksums verify
     from rec.data.padding import PAD, left_pad
     from rec.data.synthetic import generate_tenants
