@@ -47,13 +47,14 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench`, `rec` and `tunin
 
 from bench._results import RESULTS, log, write_results  # noqa: E402
 from bench.fewshot_config import (  # noqa: E402
-    ADAPTED, BACKBONE_OPTIONS, METHODS, ROW_KEYS, SCRATCH, TEXT_PRIOR, ZERO_SHOT, BenchConfig, KValue, ScratchSettings, k_users, load_bench_config, rec_config, with_data_root,
+    ADAPTED, BACKBONE_OPTIONS, METHODS, ROW_KEYS, SCRATCH, TEXT_PRIOR, ZERO_SHOT, BenchConfig, KValue, k_users, load_bench_config, rec_config, with_data_root,
 )
 from bench.fewshot_progress import append_progress, final_rows, read_progress, row_key, settings_hash  # noqa: E402
-from bench.fewshot_report import FIXED_INIT_REFERENCE, cost_table, k_order, pivot_tables, plot, target_checks, transfer_checks  # noqa: E402
+from bench.fewshot_methods import TEXT_PRIOR_WEIGHTS, popularity, state_bytes, text_prior_fusion, train_from_scratch  # noqa: E402
+from bench.fewshot_report import FIXED_INIT_REFERENCE, PROTOCOL, cost_table, previous_protocol, k_order, pivot_tables, plot, target_checks, transfer_checks  # noqa: E402
 from rec.config import DATA_ROOT_ENV, AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
-from rec.metrics import popularity_metrics, uniform_metrics  # noqa: E402
+from rec.metrics import uniform_metrics  # noqa: E402
 
 # --- data ----------------------------------------------------------------------------------------
 def compact_catalog(t: Tenant) -> Tenant:
@@ -324,72 +325,6 @@ class Context:
         return info["overrides"]
 
 
-# --- methods -------------------------------------------------------------------------------------
-def popularity(split, n_items: int, seed: int) -> dict[str, float]:  # noqa: ANN001 - KShotSplit
-    """Counts over the K users' sequences; ties broken by a seeded random order (not optimistically)."""
-    counts = np.bincount(np.concatenate(split.train.sequences()), minlength=n_items)
-    _, _, targets = split.eval_examples("test")
-    return popularity_metrics(counts, targets, ks=[10], tie_seed=seed)
-
-
-def train_from_scratch(model, tc, emb, s: ScratchSettings, seed: int) -> tuple[dict, dict, int]:  # noqa: ANN001
-    """The library's tenant loop (AdamW, early stopping on validation NDCG@10) for a fresh model."""
-    from rec.training.loop import evaluate_tenant
-    from rec.training.tenant_fit import FitSettings, fit_tenant
-
-    settings = FitSettings(epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, patience=s.patience, seed=seed,
-                           weight_decay=s.weight_decay)
-    fit = fit_tenant(model, model, tc, emb, list(model.parameters()), settings)
-    return fit.valid, evaluate_tenant(model, tc, emb, "test", [10]), fit.epochs
-
-
-#: weights of the text-prior term tried on the validation users (0 = the model alone)
-TEXT_PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
-
-
-def text_prior_fusion(model, tc, text_emb: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]:  # noqa: ANN001
-    """Test metrics of ``model``'s scores plus ``w * mean(t_h) . t_i`` (raw MiniLM vectors of the
-    history ``h`` and item ``i``), with ``w`` the best of TEXT_PRIOR_WEIGHTS on the validation users.
-
-    Issue 17 item 2, score fusion: a fixed-weight title-similarity term any trained model can fall
-    back to. Measured here, at scoring time, before it is built into serving.
-    """
-    import torch
-
-    from rec.adaptation.prepare import scoring_backbone
-    from rec.metrics import metrics_from_ranks, rank_of_target
-    from rec.training.loop import tenant_scores
-
-    bb = scoring_backbone(model).eval()
-    raw = torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))
-
-    def ranks(rows) -> dict[float, np.ndarray]:  # noqa: ANN001 - EvalRows
-        out: dict[float, list[np.ndarray]] = {w: [] for w in TEXT_PRIOR_WEIGHTS}
-        with torch.no_grad():
-            for sl, scores in tenant_scores(bb, tc, raw, rows.histories, 256):
-                hist = torch.from_numpy(np.array(rows.histories[sl]))
-                keep = (hist >= 0).float()[..., None]  # (b, T, 1)
-                mean = (raw[hist.clamp(min=0)] * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (b, text_dim)
-                prior = mean @ raw.T  # (b, N)
-                for w in TEXT_PRIOR_WEIGHTS:
-                    out[w].append(rank_of_target((scores + w * prior).numpy(), rows.targets[sl]))
-        return {w: np.concatenate(v) for w, v in out.items()}
-
-    valid = {w: metrics_from_ranks(r, ks=[10], num_items=tc.num_items) for w, r in ranks(tc.valid).items()}
-    best = max(TEXT_PRIOR_WEIGHTS, key=lambda w: (valid[w]["ndcg@10"], -w))
-    test = metrics_from_ranks(ranks(tc.test)[best], ks=[10], num_items=tc.num_items)
-    return test, {"text_prior_weight": best, "text_prior_valid": {str(w): round(m["ndcg@10"], 5) for w, m in valid.items()}}
-
-
-def state_bytes(model) -> int:  # noqa: ANN001
-    """Size of the model's weights as one safetensors file (a from-scratch model is its own adapter)."""
-    from safetensors.torch import save_file
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, f"{tmp}/m.safetensors")
-        return os.path.getsize(f"{tmp}/m.safetensors")
-
-
 def run_row(ctx: Context, td: TargetData, method: str, k: KValue, seed: int) -> tuple[dict[str, float], dict[str, Any]]:
     """One (dataset, method, k, seed): returns (row metrics, extra diagnostics)."""
     import torch
@@ -514,25 +449,6 @@ def run(ctx: Context, sel: Selection, progress: Path, report) -> None:  # noqa: 
 
 
 # --- report --------------------------------------------------------------------------------------
-PROTOCOL = (
-    "Targets never seen in pretraining. Per (target, seed): k_shot_split holds out num_eval_users users "
-    "(seeded permutation; identical for every K and method), and the first K of the remaining users "
-    "(nested over K) are the only target data a method trains on. Test = each held-out user's last item "
-    "given all earlier ones (leave-one-out), full ranking over the target's whole catalog, history not "
-    "excluded, ties optimistic (popularity breaks count ties randomly); validation (early stopping, Tune "
-    "objective) = the same users' second-last item. K='all' = every non-held-out user of the (subsampled) target."
-)
-
-
-def _previous_protocol(path: Path) -> dict[str, Any]:
-    """The protocol of the results file being replaced ({} if none): what a runs folder without the
-    meta-init or sweeps (e.g. a fresh machine with only the backbone) cannot say again."""
-    try:
-        return json.loads(path.read_text()).get("protocol", {})
-    except (OSError, ValueError):
-        return {}
-
-
 def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], failed: list[str], summary: dict,
                   previous: dict[str, Any] | None = None) -> dict[str, Any]:
     bc = ctx.bc
@@ -620,7 +536,7 @@ def report(ctx: Context, sel: Selection, progress: Path, name: str, results_dir:
         "## Cost per method (mean over datasets and seeds)", cost_table(rows),
     ])
     results_dir.mkdir(parents=True, exist_ok=True)
-    previous = _previous_protocol(results_dir / f"{name}.json")
+    previous = previous_protocol(results_dir / f"{name}.json")
     path = write_results(name, protocol_dict(ctx, sel, rows, failed, summary, previous), rows, columns=ROW_KEYS, notes=notes,
                          results_dir=results_dir)
     plot(rows, results_dir / f"{name}_ndcg_vs_k.png")

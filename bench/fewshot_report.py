@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
     plt.close(fig)
+
+
+PROTOCOL = (
+    "Targets never seen in pretraining. Per (target, seed): k_shot_split holds out num_eval_users users "
+    "(seeded permutation; identical for every K and method), and the first K of the remaining users "
+    "(nested over K) are the only target data a method trains on. Test = each held-out user's last item "
+    "given all earlier ones (leave-one-out), full ranking over the target's whole catalog, history not "
+    "excluded, ties optimistic (popularity breaks count ties randomly); validation (early stopping, Tune "
+    "objective) = the same users' second-last item. K='all' = every non-held-out user of the (subsampled) target."
+)
+
+
+def previous_protocol(path: Path) -> dict[str, Any]:
+    """The protocol of the results file being replaced ({} if none): what a runs folder without the
+    meta-init or sweeps (e.g. a fresh machine with only the backbone) cannot say again."""
+    try:
+        return json.loads(path.read_text()).get("protocol", {})
+    except (OSError, ValueError):
+        return {}
