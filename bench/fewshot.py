@@ -51,7 +51,7 @@ from bench.fewshot_config import (  # noqa: E402
 )
 from bench.fewshot_progress import append_progress, final_rows, read_progress, row_key, settings_hash  # noqa: E402
 from bench.fewshot_methods import TEXT_PRIOR_WEIGHTS, popularity, state_bytes, text_prior_fusion, train_from_scratch  # noqa: E402
-from bench.fewshot_report import FIXED_INIT_REFERENCE, PROTOCOL, cost_table, previous_protocol, k_order, pivot_tables, plot, target_checks, transfer_checks  # noqa: E402
+from bench.fewshot_report import FIXED_INIT_REFERENCE, PROTOCOL, cost_table, previous_protocol, without_data_root, k_order, pivot_tables, plot, target_checks, transfer_checks  # noqa: E402
 from rec.config import DATA_ROOT_ENV, AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
 from rec.metrics import uniform_metrics  # noqa: E402
@@ -537,7 +537,8 @@ def report(ctx: Context, sel: Selection, progress: Path, name: str, results_dir:
     ])
     results_dir.mkdir(parents=True, exist_ok=True)
     previous = previous_protocol(results_dir / f"{name}.json")
-    path = write_results(name, protocol_dict(ctx, sel, rows, failed, summary, previous), rows, columns=ROW_KEYS, notes=notes,
+    proto = without_data_root(protocol_dict(ctx, sel, rows, failed, summary, previous))
+    path = write_results(name, proto, rows, columns=ROW_KEYS, notes=notes,
                          results_dir=results_dir)
     plot(rows, results_dir / f"{name}_ndcg_vs_k.png")
     log(f"wrote {path} ({len(rows)} rows) and {name}_ndcg_vs_k.png")

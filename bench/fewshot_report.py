@@ -201,3 +201,13 @@ def previous_protocol(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text()).get("protocol", {})
     except (OSError, ValueError):
         return {}
+
+
+def without_data_root(protocol: dict[str, Any]) -> dict[str, Any]:
+    """``protocol`` with the data root's path written ``<data_root>``: results name datasets by their
+    place under the data root, never by a machine's path."""
+    from rec.config import DATA_ROOT_ENV
+    from rec.data.paths import data_root
+
+    root = str(data_root(None, os.environ.get(DATA_ROOT_ENV)))
+    return json.loads(json.dumps(protocol, default=str).replace(root, "<data_root>"))
