@@ -537,9 +537,8 @@ def report(ctx: Context, sel: Selection, progress: Path, name: str, results_dir:
     ])
     results_dir.mkdir(parents=True, exist_ok=True)
     previous = previous_protocol(results_dir / f"{name}.json")
-    proto = without_data_root(protocol_dict(ctx, sel, rows, failed, summary, previous))
-    path = write_results(name, proto, rows, columns=ROW_KEYS, notes=notes,
-                         results_dir=results_dir)
+    path = write_results(name, without_data_root(protocol_dict(ctx, sel, rows, failed, summary, previous)), rows,
+                         columns=ROW_KEYS, notes=notes, results_dir=results_dir)
     plot(rows, results_dir / f"{name}_ndcg_vs_k.png")
     log(f"wrote {path} ({len(rows)} rows) and {name}_ndcg_vs_k.png")
     return path

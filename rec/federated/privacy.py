@@ -311,32 +311,59 @@ def private_local_train(
         RuntimeError: The first private step left every trainable weight unchanged (opacus#820).
     """
     import torch
-    from opacus import PrivacyEngine
-    from opacus.data_loader import DPDataLoader
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from rec.training.batches import next_item_examples
-    from rec.training.loop import make_optimizer
 
     params = _check_dp_trainable(model)
     if (noise_multiplier is None) == (target_epsilon is None):
         raise ValueError("pass exactly one of noise_multiplier and target_epsilon")
-    if not (lr > 0 and max_grad_norm > 0 and epochs >= 1 and batch_size >= 1 and max_len >= 2):
-        raise ValueError(f"need lr > 0, max_grad_norm > 0, epochs >= 1, batch_size >= 1, max_len >= 2; got lr={lr}, "
-                         f"max_grad_norm={max_grad_norm}, epochs={epochs}, batch_size={batch_size}, max_len={max_len}")
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer={optimizer!r}: choose 'adamw' or 'sgd'")
-    inputs, targets = next_item_examples(list(sequences), max_len)
-    if not len(inputs):
-        raise ValueError("no sequence has 2 or more items: a client needs at least one user with a next-item example")
-    if inputs.max() >= len(text_emb) or targets.max() >= len(text_emb):
-        raise ValueError(f"sequences name item index {max(inputs.max(), targets.max())} but text_emb has {len(text_emb)} "
-                         "rows: pass dense item indices of this tenant's catalog and its full text_emb")
-    device = params[0].device
+    inputs, targets = _dp_examples(sequences, len(text_emb), max_len, lr, max_grad_norm, epochs, batch_size)
     steps_per_epoch = -(-len(inputs) // batch_size)
     if target_epsilon is not None:
         noise_multiplier = noise_multiplier_for(target_epsilon, delta, 1 / steps_per_epoch, steps_per_epoch * epochs, accountant)
     _check_accounting(noise_multiplier, 1 / steps_per_epoch, epochs, delta, accountant)
+    engine, hooks, dp_opt, loader = _make_private(model, params, inputs, targets, batch_size, lr, optimizer, noise_multiplier,
+                                                  max_grad_norm, accountant, seed)
+    device = params[0].device
+    # np.require copies read-only arrays (memory-mapped caches): torch.from_numpy would warn on them.
+    emb = torch.as_tensor(np.require(text_emb, np.float32, ["C", "W"]) if isinstance(text_emb, np.ndarray) else text_emb,
+                          dtype=torch.float32)
+    was_training = model.training
+    try:
+        _dp_epochs(model, params, emb.to(device), loader, dp_opt, epochs)
+    finally:
+        hooks.cleanup()
+        model.train(was_training)
+    return model, _epsilon(engine.accountant.history, delta, accountant)
+
+
+def _dp_examples(sequences: Sequence[np.ndarray], num_items: int, max_len: int, lr: float, max_grad_norm: float,
+                 epochs: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The client's next-item examples (one per user), after checking the step settings and item indices."""
+    from rec.training.batches import next_item_examples
+
+    if not (lr > 0 and max_grad_norm > 0 and epochs >= 1 and batch_size >= 1 and max_len >= 2):
+        raise ValueError(f"need lr > 0, max_grad_norm > 0, epochs >= 1, batch_size >= 1, max_len >= 2; got lr={lr}, "
+                         f"max_grad_norm={max_grad_norm}, epochs={epochs}, batch_size={batch_size}, max_len={max_len}")
+    inputs, targets = next_item_examples(list(sequences), max_len)
+    if not len(inputs):
+        raise ValueError("no sequence has 2 or more items: a client needs at least one user with a next-item example")
+    if inputs.max() >= num_items or targets.max() >= num_items:
+        raise ValueError(f"sequences name item index {max(inputs.max(), targets.max())} but text_emb has {num_items} "
+                         "rows: pass dense item indices of this tenant's catalog and its full text_emb")
+    return inputs, targets
+
+
+def _make_private(model: nn.Module, params: list[nn.Parameter], inputs: np.ndarray, targets: np.ndarray, batch_size: int,
+                  lr: float, optimizer: str, noise_multiplier: float, max_grad_norm: float, accountant: str,
+                  seed: int) -> tuple[Any, Any, Any, Any]:
+    """Opacus's engine, hooks, private optimizer and seeded Poisson loader over the examples."""
+    import torch
+    from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from rec.training.loop import make_optimizer
 
     gen = torch.Generator().manual_seed(seed)
     loader = DPDataLoader.from_data_loader(
@@ -352,17 +379,8 @@ def private_local_train(
     hooks, dp_opt, loader = engine.make_private(
         module=model, optimizer=opt, data_loader=loader, noise_multiplier=float(noise_multiplier),
         max_grad_norm=float(max_grad_norm), poisson_sampling=False, wrap_model=False,
-        noise_generator=torch.Generator(device=device).manual_seed(seed + 1))
-    # np.require copies read-only arrays (memory-mapped caches): torch.from_numpy would warn on them.
-    emb = torch.as_tensor(np.require(text_emb, np.float32, ["C", "W"]) if isinstance(text_emb, np.ndarray) else text_emb,
-                          dtype=torch.float32)
-    was_training = model.training
-    try:
-        _dp_epochs(model, params, emb.to(device), loader, dp_opt, epochs)
-    finally:
-        hooks.cleanup()
-        model.train(was_training)
-    return model, _epsilon(engine.accountant.history, delta, accountant)
+        noise_generator=torch.Generator(device=params[0].device).manual_seed(seed + 1))
+    return engine, hooks, dp_opt, loader
 
 
 def _dp_epochs(model: nn.Module, params: list[nn.Parameter], text_emb: torch.Tensor, loader: Any, dp_opt: Any,
