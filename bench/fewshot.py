@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `bench`, `rec` and `tunin
 
 from bench._results import RESULTS, log, write_results  # noqa: E402
 from bench.fewshot_config import (  # noqa: E402
-    ADAPTED, BACKBONE_OPTIONS, METHODS, ROW_KEYS, SCRATCH, TEXT_PRIOR, ZERO_SHOT, BenchConfig, KValue, k_users, load_bench_config, rec_config, with_data_root,
+    ADAPTED, BACKBONE_OPTIONS, METHODS, ROW_KEYS, SCRATCH, TEXT_PRIOR, ZERO_SHOT, BenchConfig, KValue, k_users, load_bench_config, portable_source, rec_config, with_data_root,
 )
 from bench.fewshot_progress import append_progress, final_rows, read_progress, row_key, settings_hash  # noqa: E402
 from bench.fewshot_methods import TEXT_PRIOR_WEIGHTS, popularity, state_bytes, text_prior_fusion, train_from_scratch  # noqa: E402
@@ -160,8 +160,9 @@ class Context:
 
     def pretrain_key(self) -> str:
         """Hash of what the backbone depends on: sources, held-out tenants, pretraining overrides."""
-        part = {"sources": [s.model_dump(mode="json") for s in self.source_specs()],
-                "holdout": [s.model_dump(mode="json") for s in self.holdout_specs()], "pretrain": self.bc.pretrain, "quick": self.quick}
+        root = self.bc.data_root
+        part = {"sources": [portable_source(s, root) for s in self.source_specs()],
+                "holdout": [portable_source(s, root) for s in self.holdout_specs()], "pretrain": self.bc.pretrain, "quick": self.quick}
         return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     # sources

@@ -169,7 +169,19 @@ def with_data_root(bc: BenchConfig, env_value: str | None) -> BenchConfig:
     from rec.data.paths import data_root, resolve_source
 
     root = data_root(bc.data_root, env_value)
-    return bc.model_copy(update={k: [resolve_source(s, root) for s in getattr(bc, k)] for k in ("sources", "holdout", "targets")})
+    update: dict[str, Any] = {k: [resolve_source(s, root) for s in getattr(bc, k)] for k in ("sources", "holdout", "targets")}
+    return bc.model_copy(update={**update, "data_root": str(root)})
+
+
+def portable_source(src: TenantSource, root: str | None) -> dict[str, Any]:
+    """``src`` as JSON with paths under ``root`` written relative to it: what settings hashes take, so a
+    row's hash names the dataset, never the machine's path to it (a clean clone elsewhere finds the
+    committed rows current)."""
+    out = src.model_dump(mode="json")
+    for k in ("path", "items_path"):
+        if root and out.get(k) and Path(out[k]).is_relative_to(root):
+            out[k] = Path(out[k]).relative_to(root).as_posix()
+    return out
 
 
 def k_users(k: KValue) -> int | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._results import log
-from bench.fewshot_config import METHODS, ROW_KEYS, SCRATCH, ZERO_SHOT
+from bench.fewshot_config import METHODS, ROW_KEYS, SCRATCH, ZERO_SHOT, portable_source
 from rec.config import TenantSource
 
 __all__ = ["row_key", "settings_hash", "read_progress", "append_progress", "final_rows"]
@@ -26,7 +26,7 @@ def row_key(r: dict[str, Any]) -> tuple:
 
 def settings_hash(ctx: Any, td_src: TenantSource, method: str) -> str:  # ctx: bench.fewshot.Context
     """What a row depends on besides (dataset, method, k, seed); a changed config re-runs the row."""
-    part: dict[str, Any] = {"target": td_src.model_dump(mode="json"), "num_eval_users": ctx.bc.num_eval_users, "quick": ctx.quick}
+    part: dict[str, Any] = {"target": portable_source(td_src, ctx.bc.data_root), "num_eval_users": ctx.bc.num_eval_users, "quick": ctx.quick}
     if method in SCRATCH:
         part["scratch"] = ctx.bc.scratch.model_dump()
     elif method != "popularity":

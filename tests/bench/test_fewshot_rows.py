@@ -43,9 +43,23 @@ def test_the_committed_rows_stay_current(datasets_dir):
     old = {m: 72 for m in ("scratch-sasrec-id", "scratch-backbone", "head", "prompt", "lora", "lora-lowrank-adaptor", "full",
                            "lora-meta", "lora-tuned")} | {"popularity": 90, "zero-shot": 18}
     got = {m: sum(r["method"] == m for r in rows) for m in old}
-    if Path(ctx.stage).parent.name != "bench-fewshot-2core" or ctx.pretrain_key() != "c73aee0682":
+    if Path(ctx.stage).parent.name != "bench-fewshot-2core" or ctx.pretrain_key() != "27f3a86e1d":
         pytest.fail(f"the 2-core protocol's pretraining key moved to {ctx.pretrain_key()}: every committed row would re-run")
     assert got == old
+
+
+def test_settings_hashes_name_datasets_never_the_machine_path(tmp_path):
+    """A clean clone with the data root elsewhere (CI) must find the committed rows current."""
+    from bench.fewshot_progress import settings_hash
+
+    keys = []
+    for where in ("one", "two"):
+        (tmp_path / where).mkdir()
+        bc = with_data_root(load_bench_config(BENCH / "fewshot-2core.yaml"), str(tmp_path / where))
+        assert all(Path(t.path).is_relative_to(tmp_path / where) for t in bc.targets)
+        ctx = Context(bc, tmp_path / "runs", quick=False)
+        keys.append([ctx.pretrain_key()] + [settings_hash(ctx, t, m) for t in bc.targets for m in ("lora", "popularity")])
+    assert keys[0] == keys[1]
 
 
 def test_zero_shot_init_is_the_seeded_untrained_init(small_backbone, tmp_path):
