@@ -42,7 +42,6 @@ Not built (absent rows, not faked): Tune-driver kill, pretraining-worker kill.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -55,9 +54,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench._results import log, write_results
+from bench.chaos_noisy import NOISY_PROTOCOL, noisy_neighbour_row
 from bench.chaos_serve import SHARDED_CONFIG, config_session, live_tenants, load_row
 from bench.chaos_training import readapt_kill_row
 from bench.serve_coldstart import build_root
@@ -403,87 +401,6 @@ def worker_node_kill_row(root: Path, kills: int, threads: int, down_s: float = 5
     return load_row("worker-node-kill", len(windows), load, windows, recovery, down_s=down_s, noticed_s=noticed,
                     node_restart_failures=restart_failures, ingress_retries=retried)
 
-def _flood(url: str, tenants: dict[str, Any], rate: float, seconds: float, ready: Any, out: Any) -> None:
-    """The flooding tenant, in its own process (spawned): an open loop at ``rate`` that ignores
-    ``Retry-After``. Niced: a real flooder runs on its own machines, not on the server's 2 cores."""
-    from bench.load_gen import drive_open
-
-    os.nice(10)
-    codes: Counter = Counter()
-    ready.set()
-    cpu0, t0 = time.process_time(), time.time()
-    drive_open(url, tenants, [(rate, seconds)], header=False, seed=7, max_inflight=256, codes=codes)
-    out.put({"offered_rps": round(rate, 1), "answered": sum(codes.values()), "wall_s": round(time.time() - t0, 1),
-             "client_cpu_s": round(time.process_time() - cpu0, 1), "codes": {str(c): n for c, n in sorted(codes.items())}})
-
-
-def _quiet_phase(url: str, quiet: dict[str, Any], rate: float, seconds: float,
-                 flood: tuple[dict[str, Any], float] | None) -> dict[str, Any]:
-    """The quiet tenant's open loop at ``rate`` for ``seconds``, alone or while ``flood`` = (tenants,
-    rate) floods from another process; p99 (from the scheduled send time), errors and statuses."""
-    import multiprocessing as mp
-
-    from bench.load_gen import drive_open, open_summary
-
-    flooder, got = None, None
-    if flood is not None:
-        ctx = mp.get_context("spawn")
-        ready, out = ctx.Event(), ctx.Queue()
-        flooder = ctx.Process(target=_flood, args=(url, flood[0], flood[1], seconds + 2, ready, out), daemon=True)
-        flooder.start()
-        if not ready.wait(60):
-            raise RuntimeError("the flooding process did not start in 60 s")
-        time.sleep(1.0)  # the flood is on before the quiet tenant is measured
-    codes: Counter = Counter()
-    recs = drive_open(url, quiet, [(rate, seconds)], header=False, seed=int(time.time()), codes=codes)
-    if flooder is not None:
-        with contextlib.suppress(Exception):
-            got = out.get(timeout=60)
-        flooder.join(5)
-        if flooder.is_alive():
-            flooder.kill()
-    summary = open_summary(recs, seconds)
-    return {"p99_ms": round(summary["p99_ms"], 1), "requests": sum(codes.values()),
-            "errors": sum(n for c, n in codes.items() if c != 200), "5xx": sum(n for c, n in codes.items() if c >= 500),
-            "codes": {str(c): n for c, n in sorted(codes.items())}, "flood": got}
-
-
-def noisy_neighbour_row(root: Path, repeats: int, seconds: float) -> dict[str, Any]:
-    """A quiet tenant at 20 % of the measured capacity, measured alone and while another tenant
-    floods at 10x the capacity, ``repeats`` times alternately, on 2 replicas of the shipped config
-    with a per-tenant quota (15 % of capacity per replica, burst 20). Capacity = closed-loop
-    throughput (16 clients, 6 s) before the quota is set. p99_ratio = median over the repeats of
-    (quiet p99 under the flood / quiet p99 alone); the flooder's 429s are expected, not errors."""
-    from bench.load_gen import drive_closed
-    from rec.serving.store import ArtifactRoot
-
-    tenants = live_tenants(root)
-    ids = {t: json.loads((root / "tenants" / t / f"v{ArtifactRoot(root).current_version(t)}" / "item_ids.json").read_text())
-           for t in tenants}
-    quiet_t, flood_t = tenants[0], tenants[1]
-    quiet, flooder = {"__names__": [quiet_t], quiet_t: ids[quiet_t]}, {"__names__": [flood_t], flood_t: ids[flood_t]}
-    with config_session(root, replicas=2) as s:
-        both = {"__names__": tenants, **ids}
-        drive_closed(s.url, both, clients=8, duration=2, header=False, max_requests=10**6)  # warm
-        capacity = drive_closed(s.url, both, clients=16, duration=6, header=False, max_requests=10**6)["rps"]
-        quota = {"requests_per_s": round(0.15 * capacity, 1), "burst": 20}
-        s.deploy(2, {"quota": quota})
-        s.wait_ready()
-        phases = []
-        for k in range(repeats):
-            for name, flood in (("solo", None), ("flood", (flooder, 10 * capacity))):
-                phases.append({"phase": name, **_quiet_phase(s.url, quiet, 0.2 * capacity, seconds, flood)})
-                log(f"noisy neighbour {k + 1}/{repeats} {name}: {phases[-1]}")
-    solo, under = [p for p in phases if p["phase"] == "solo"], [p for p in phases if p["phase"] == "flood"]
-    ratios = [f["p99_ms"] / a["p99_ms"] for a, f in zip(solo, under, strict=True)]
-    return {"fault": "noisy-neighbour", "injections": repeats, "requests": sum(p["requests"] for p in phases),
-            "client_errors": sum(p["errors"] for p in phases), "5xx": sum(p["5xx"] for p in phases),
-            "lost_events": None, "duplicated_events": None, "recovery_s": None,
-            "p99_ms_during": max(p["p99_ms"] for p in under), "p99_ratio": round(float(np.median(ratios)), 2),
-            "p99_ratios": [round(r, 2) for r in ratios], "capacity_rps": round(capacity, 1), "quota": quota,
-            "quiet_rps": round(0.2 * capacity, 1), "flood_offered_rps": round(10 * capacity, 1), "phases": phases}
-
-
 FAULTS = ("fuzz", "events-disk-full", "replica-sigkill", "gcs-kill", "noisy-neighbour", "publish-rollback",
           "corrupt-version", "replica-drain", "worker-node-kill", "readapt-worker-kill")
 PROTOCOL = {
@@ -501,11 +418,7 @@ PROTOCOL = {
                       "2-CPU head (bench/ray_head.py), fixed replica counts instead of autoscaling, 0.3 CPU per replica, "
                       "the shipped graceful_shutdown_* and poll_interval_s (1 s); p99_ms_during = answers ending inside "
                       "a fault window (+1 s)",
-    "noisy-neighbour": "capacity = closed-loop rps (16 clients, 6 s, both tenants) before the quota; then quota 15 % of "
-                       "capacity per tenant and replica (burst 20); the quiet tenant: open loop at 20 % of capacity, "
-                       "10 s per phase, latency from the scheduled send; the flooder: another process (niced: a real "
-                       "one runs elsewhere), open loop at 10x capacity ignoring Retry-After; phases solo/flood "
-                       "alternate 3 times, p99_ratio = median of the 3 flood/solo ratios",
+    "noisy-neighbour": NOISY_PROTOCOL,
     "publish-rollback": "a new version = the live bundle claimed as v<N>, verified, pointer moved (rec publish's last "
                         "steps; the bench root has no backbone to export a new one), then rec.export.publish.rollback_tenant; "
                         "stale_answers = answers whose version was not live from poll_interval_s + 0.5 s before the "

@@ -175,13 +175,13 @@ class ServeSession:
 def config_session(root: Path, replicas: int | dict[str, int], args: dict[str, Any] | None = None,
                    cpus: float = 0.3, config: Path = SHIPPED_CONFIG, options: dict[str, dict[str, Any]] | None = None,
                    head_resources: dict[str, float] | None = None,
-                   worker_cpus: float | None = None) -> Iterator[ServeSession]:
+                   worker_cpus: float | None = None, env: dict[str, str] | None = None) -> Iterator[ServeSession]:
     """``config`` deployed on a private 2-CPU head (see module doc), with a worker node of
-    ``worker_cpus`` CPUs joined first when given; ``options``: extra Serve options per deployment.
-    Everything ends on exit."""
+    ``worker_cpus`` CPUs joined first when given; ``options``: extra Serve options per deployment;
+    ``env``: added to the head's environment. Everything ends on exit."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    with local_head(num_cpus=2, resources=head_resources) as head:
+    with local_head(num_cpus=2, resources=head_resources, env=env) as head:
         port = free_port()
         session = ServeSession(root, f"http://127.0.0.1:{port}", port, ServeSubmissionClient(head.dashboard), cpus,
                                config, options or {}, head.gcs_address)

@@ -118,9 +118,10 @@ def _reload_ray_auth() -> None:
 
 @contextlib.contextmanager
 def local_head(num_cpus: int = 2, timeout_s: float = 300.0, resources: dict[str, float] | None = None,
-               attempts: int = 3) -> Iterator[LocalHead]:
+               attempts: int = 3, env: dict[str, str] | None = None) -> Iterator[LocalHead]:
     """A head node with ``num_cpus`` CPUs (and custom ``resources``) that accepts jobs; jobs find this
-    interpreter's ``rec`` first on PATH. A ``ray start`` that exits during startup is tried again
+    interpreter's ``rec`` first on PATH; ``env`` is added to the node's environment (what Ray and
+    Serve read when their processes start). A ``ray start`` that exits during startup is tried again
     (``attempts`` in all, fresh ports and folder each time): on an overloaded machine the raylet can
     miss Ray's fixed 30 s registration wait."""
     extra = [f"--resources={json.dumps(resources)}"] if resources else []
@@ -135,7 +136,7 @@ def local_head(num_cpus: int = 2, timeout_s: float = 300.0, resources: dict[str,
                 log = Path(tmp) / "head.log"
                 proc = start_ray(["--head", f"--num-cpus={num_cpus}", "--include-dashboard=true",
                                   "--dashboard-host=127.0.0.1", *[f"--{k}={v}" for k, v in ports.items()], *extra],
-                                 ray_env(), tmp, log)
+                                 ray_env(env), tmp, log)
                 head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
                 try:
                     _wait_for_jobs(head.dashboard, proc, log, timeout_s)

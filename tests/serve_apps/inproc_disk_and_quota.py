@@ -103,3 +103,36 @@ def test_a_flooding_tenant_gets_429_and_the_others_are_served(serving_world, tmp
         assert int(limited.headers["Retry-After"]) >= 1 and "quota" in limited.json()["detail"]
         assert c.post("/v1/tenants/books/recommendations", json=body).status_code == 200
         assert c.get("/v1/tenants/courses").status_code == 200
+
+
+def test_the_proxy_quota_answers_the_flood_before_the_app_sees_it(serving_world, tmp_path):
+    """serve_apps.proxy_quota in front of the real ingress app, as Serve's proxy installs it: the
+    flood's 429s (the app's own body and Retry-After) never reach the app; other tenants, other
+    paths and invalid ids (the app's 422) pass."""
+    from serve_apps.api import serve_in_process
+    from serve_apps.proxy_quota import ProxyQuota
+
+    root = tmp_path / "root"
+    shutil.copytree(serving_world.root, root)
+    with serve_in_process({"artifact_root": str(root)}) as (app, _):
+        reached: list[str] = []
+
+        async def seen(scope, receive, send):  # records what got past the proxy quota, then the real app
+            if scope["type"] == "http":
+                reached.append(scope["path"])
+            await app(scope, receive, send)
+
+        with TestClient(ProxyQuota(seen, requests_per_s=5, burst=10)) as c:
+            body = {"history": [], "k": 2}
+            flood = [c.post("/v1/tenants/podcasts/recommendations", json=body) for _ in range(40)]
+            codes = [r.status_code for r in flood]
+            assert codes[:10] == [200] * 10 and codes.count(429) >= 25, codes
+            limited = next(r for r in flood if r.status_code == 429)
+            assert int(limited.headers["Retry-After"]) >= 1 and limited.headers["content-type"] == "application/json"
+            assert "quota" in limited.json()["detail"] and "podcasts" in limited.json()["detail"]
+            assert reached.count("/v1/tenants/podcasts/recommendations") == codes.count(200)
+            assert c.post("/v1/tenants/books/recommendations", json=body).status_code == 200
+            assert c.get("/v1/tenants/courses").status_code == 200
+            assert all(c.get("/readyz").status_code == 200 for _ in range(15))  # not a tenant path: never limited
+            bad = [c.post("/v1/tenants/Not-Valid/recommendations", json=body).status_code for _ in range(15)]
+            assert bad == [422] * 15  # the app's validation answers invalid ids, the bucket never holds them

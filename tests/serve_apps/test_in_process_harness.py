@@ -22,6 +22,7 @@ NODES = [
     "inproc_disk_and_quota.py::test_a_full_events_disk_is_503_acknowledges_nothing_lost_and_recovers",
     "inproc_disk_and_quota.py::test_token_bucket_refills_at_its_rate",
     "inproc_disk_and_quota.py::test_a_flooding_tenant_gets_429_and_the_others_are_served",
+    "inproc_disk_and_quota.py::test_the_proxy_quota_answers_the_flood_before_the_app_sees_it",
     "inproc_isolation.py",  # one module-scoped app shared by its tests
 ]
 
