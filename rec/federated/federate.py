@@ -2,7 +2,8 @@
 
 setup (K-shot split: the training users become clients, the held-out users are the server's
 validation/test; the frozen backbone with the method's fresh adapter) -> rounds on Flower's Ray
-simulation (:mod:`rec.federated.simulation`) -> the final global adapter evaluated and written
+simulation (:mod:`rec.federated.simulation`, or under SecAgg+ with ``fed.secagg``:
+:mod:`rec.federated.secagg`) -> the final global adapter evaluated and written
 by ``rec.adaptation.adapt.publish_adapter``: an ordinary versioned adapter folder (same files,
 manifest and checksums as ``rec adapt``), with the round history and the privacy spent under the
 manifest's ``federated`` key.

@@ -2,7 +2,10 @@
 
 The ``ServerApp`` runs in this process (a thread of ``run_simulation``): it starts the strategy
 from the initial adapter, evaluates the global adapter with ``evaluate`` after the rounds it is
-asked to, and leaves the final arrays in a :class:`SimulationOutcome`. Flower's Ray backend ends
+asked to, and leaves the final arrays in a :class:`SimulationOutcome`; the Grid it is handed is
+wrapped in a :class:`rec.federated.wire.CountingGrid` (bytes and seconds per round).
+:func:`simulate` (Ray session, payload, ``run_simulation``) is shared with the SecAgg+ path
+(:mod:`rec.federated.secagg`). Flower's Ray backend ends
 with ``ray.shutdown()``, so run this in a process of its own: the ``rec fed`` CLI (a Ray job
 entrypoint), a benchmark row, or a test's child process.
 """
