@@ -5,10 +5,12 @@ saw; the K training users are the clients (one client per user, ``--fraction`` o
 per round), the held-out users measure NDCG@10/HR@10 (test) and the validation curve over rounds.
 
 Rows: ``dataset, setting, seed, k, epsilon, delta, rounds, clients_per_round, ndcg@10, hr@10,
-bytes_up_per_round, wall_s`` (+ failed/rejected clients). Settings: ``centralized`` (``rec adapt``'s
-LoRA, same K and split), ``fedavg``, ``fedavg-dp`` at epsilon in ``--epsilons`` (fixed clipping,
-noise solved by the Opacus accountant, delta = 1/N), ``local-dp`` (DP-SGD on each client) at
-epsilon 8. DP rows need ``rec/federated/privacy.py``; without it they are recorded as skipped.
+bytes_up_per_round, wire_up/down_per_round, round_s_median, wall_s`` (+ failed/rejected clients).
+Settings: ``centralized`` (``rec adapt``'s LoRA, same K and split), ``fedavg``, ``fedavg-dp`` at
+epsilon in ``--epsilons`` (fixed clipping, noise solved by the Opacus accountant, delta = 1/N),
+``local-dp`` (DP-SGD on each client) at epsilon 8, and on request ``fedavg-secagg`` (FedAvg under
+SecAgg+, ``fed.secagg``: its cost in wire bytes and round time next to ``fedavg``). DP rows need
+``rec/federated/privacy.py``; without it they are recorded as skipped.
 Every federated row runs in a child process of its own (Flower's Ray backend ends with
 ``ray.shutdown()``).
 
@@ -36,9 +38,10 @@ from bench._results import RESULTS, log, write_results  # noqa: E402
 from rec.config import DATA_ROOT_ENV  # noqa: E402
 
 COLUMNS = ["dataset", "setting", "seed", "k", "epsilon", "delta", "rounds", "clients_per_round", "ndcg@10", "hr@10",
-           "bytes_up_per_round", "wall_s", "failed", "rejected", "note"]
+           "bytes_up_per_round", "wire_up_per_round", "wire_down_per_round", "round_s_median", "wall_s", "failed", "rejected", "note"]
 DATASETS = ("scientific", "office", "ml-100k")
-SETTINGS = ("centralized", "fedavg", "fedavg-dp", "local-dp")
+SETTINGS = ("centralized", "fedavg", "fedavg-dp", "local-dp", "fedavg-secagg")
+DEFAULT_SETTINGS = ("centralized", "fedavg", "fedavg-dp", "local-dp")  # fedavg-secagg: on request (--settings fedavg fedavg-secagg)
 
 
 def _backbone_dir(arg: str | None) -> Path:
@@ -82,6 +85,8 @@ def _fed_config(a: argparse.Namespace, setting: str, epsilon: float | None):  # 
         over.update(client_dp="fixed", target_epsilon=epsilon, clipping_norm=a.clipping_norm)
     if setting == "local-dp":
         over.update(local_dp=True)
+    if setting == "fedavg-secagg":
+        over.update(secagg=True)
     return FedConfig(**over)
 
 
@@ -121,7 +126,10 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
     spent = res.privacy.as_dict() if res.privacy else res.local_privacy  # client-level, else example-level (local DP)
     row.update({"epsilon": spent["epsilon"] if spent else eps, "delta": spent["delta"] if spent else None,
                 "clients_per_round": res.clients_per_round, "ndcg@10": res.adapt.test["ndcg@10"], "hr@10": res.adapt.test["hr@10"],
-                "bytes_up_per_round": float(np.mean([h["bytes_up"] for h in hist])), "wall_s": time.perf_counter() - t0,
+                "bytes_up_per_round": None if hist[0]["bytes_up"] is None else float(np.mean([h["bytes_up"] for h in hist])),
+                "wire_up_per_round": float(np.mean([h["wire_up"] for h in hist])),
+                "wire_down_per_round": float(np.mean([h["wire_down"] for h in hist])),
+                "round_s_median": float(np.median([h["round_s"] for h in hist])), "wall_s": time.perf_counter() - t0,
                 "failed": sum(h["failed"] for h in hist), "rejected": sum(h["rejected"] for h in hist),
                 "adapter_bytes": res.adapter_bytes, "clients": res.num_clients,
                 "curve": {str(r): m["ndcg@10"] for r, m in sorted(res.evaluations.items())}, "kept_round": res.kept_round})
@@ -179,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", help="backbone checkpoint (default: bench/fewshot.py's under runs/bench-fewshot-2core)")
     p.add_argument("--bench-config", default=str(ROOT / "bench" / "fewshot-2core.yaml"), help="where the target datasets are defined")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    p.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=SETTINGS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--ks", nargs="+", type=lambda v: None if v == "all" else int(v), default=[256, None], help="clients (users); 'all'")
     p.add_argument("--epsilons", nargs="+", type=float, default=[8.0, 4.0, 1.0])

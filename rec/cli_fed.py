@@ -55,7 +55,7 @@ def cmd_fed(args: argparse.Namespace) -> int:
     check_fed_config(cfg.adapt, cfg.fed)  # refuse before any data loads
     tenant = _pick_tenant(cfg, cfg.adapt.tenant)
     print(f"federated {cfg.adapt.method} for {tenant.name!r}: {cfg.fed.client_mode} clients from K={cfg.adapt.k_users}, "
-          f"{cfg.fed.strategy}, {cfg.fed.rounds} rounds, client DP {cfg.fed.client_dp}")
+          f"{cfg.fed.strategy}, {cfg.fed.rounds} rounds, client DP {cfg.fed.client_dp}" + (", SecAgg+" if cfg.fed.secagg else ""))
     bar, on_round = _progress(cfg.fed.rounds)
     with bar:
         res = federated_adapt(base, tenant, cfg.adapt, cfg.fed, cfg.eval, cfg.ray, on_round=on_round, verbose=args.verbose)

@@ -399,7 +399,17 @@ class FedConfig(_Strict):
     local_dp: bool = Field(False, description="example-level DP-SGD on each client (Opacus)")
     local_noise_multiplier: float = Field(1.0, ge=0.0, description="local_dp: DP-SGD noise multiplier")
     local_max_grad_norm: float = Field(1.0, gt=0.0, description="local_dp: per-example gradient clipping bound")
-    secagg: bool = Field(False, description="secure aggregation (Flower SecAgg+); not available with the Message-API strategies yet")
+    secagg: bool = Field(False, description="secure aggregation (Flower SecAgg+, legacy workflow): the server only learns the weighted "
+                                            "sum of the sampled clients' quantized adapters, never one client's (docs/federated.md)")
+    secagg_num_shares: int | float = Field(1.0, gt=0, description="secagg: neighbours each client's secrets are shared with; int = a "
+                                                                  "count > 2, float = that share of the sampled clients (1.0 = all)")
+    secagg_reconstruction_threshold: int | float = Field(0.6, gt=0, description="secagg: shares needed to unmask (int count < num_shares, "
+                                                                                "or float share of it): survivors each neighbourhood needs; keep > half")
+    secagg_clipping_range: float = Field(8.0, gt=0.0, description="secagg: adapter values must lie in [-range, range] (a client refuses "
+                                                                  "to send one outside); quantization step = 2 range / quantization_range")
+    secagg_quantization_range: int = Field(2**22, ge=2, lt=2**32, description="secagg: quantization levels; clients per round x this < 2^32")
+    secagg_max_weight: float | None = Field(None, ge=1.0, description="secagg: cap on a client's weight (rows); null = the largest client's "
+                                                                       "(the error bound scales with it: a deployment sets it)")
     drop_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="tests/bench: share of sampled clients that crash each round")
     client_cpus: float = Field(0.5, gt=0.0, description="CPUs each client actor reserves (Ray)")
     eval_every: int = Field(1, ge=0, description="server-side validation NDCG@10 every N rounds (0 = only at the end)")
@@ -419,9 +429,21 @@ class FedConfig(_Strict):
             errors.append("fed.client_dp bounds the averaged update: use fed.strategy=fedavg or fedprox with it")
         if self.secagg and self.client_dp != "none":
             errors.append("fed.secagg hides single updates, but server-side DP clips them: use one of the two")
+        if self.secagg:
+            errors += self._secagg_errors()
         if errors:
             raise ValueError("; ".join(errors))
         return self
+
+    def _secagg_errors(self) -> list[str]:
+        """SecAgg+'s own parameter rules (flwr.server.workflow.SecAggPlusWorkflow), in fed.* names."""
+        shares, threshold = self.secagg_num_shares, self.secagg_reconstruction_threshold
+        return [msg for bad, msg in [
+            (isinstance(shares, int) and shares <= 2, f"fed.secagg_num_shares={shares}: a count must be > 2 (or a share, e.g. 1.0)"),
+            (isinstance(shares, float) and shares > 1.0, f"fed.secagg_num_shares={shares}: a float share is at most 1.0 (or an int count)"),
+            (isinstance(threshold, float) and threshold > 1.0, f"fed.secagg_reconstruction_threshold={threshold}: a float share is at most 1.0"),
+            (isinstance(threshold, int) and (threshold < 2 or isinstance(shares, int) and threshold >= shares),
+             f"fed.secagg_reconstruction_threshold={threshold}: a count must be >= 2 and < fed.secagg_num_shares")] if bad]
 
 
 class RecConfig(_Strict):

@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["ClientFaults", "ClientPayload", "ClientState", "build_client_app", "client_state", "local_round", "PARTITION_KEY"]
+__all__ = ["ClientFaults", "ClientPayload", "ClientState", "build_client_app", "cached_client_state", "client_state", "local_round",
+           "PARTITION_KEY"]
 
 PARTITION_KEY = "partition-id"  # what Flower's simulation puts in every node's node_config
 
@@ -87,7 +88,8 @@ def client_state(payload: ClientPayload) -> ClientState:
 _CACHE: dict[str, ClientState] = {}  # payload ref -> state: one per actor process
 
 
-def _cached_state(ref) -> ClientState:  # noqa: ANN001 - a ray.ObjectRef
+def cached_client_state(ref) -> ClientState:  # noqa: ANN001 - a ray.ObjectRef
+    """This actor process's client state for the payload behind ``ref`` (built on first use)."""
     import ray
 
     key = ref.hex()
@@ -154,7 +156,7 @@ def build_client_app(payload_ref):  # noqa: ANN001, ANN201 - ray.ObjectRef -> fl
     def train(msg: Message, context: Context) -> Message:
         config = msg.content["config"]
         arrays = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-        out, metrics = local_round(_cached_state(payload_ref), arrays, int(context.node_config[PARTITION_KEY]),
+        out, metrics = local_round(cached_client_state(payload_ref), arrays, int(context.node_config[PARTITION_KEY]),
                                     int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
         content = RecordDict({"arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.items()}),
                               "metrics": MetricRecord(metrics)})

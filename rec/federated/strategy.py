@@ -44,7 +44,10 @@ class RoundLog:
     replies: int = 0  # aggregated
     failed: int = 0  # error replies (crashed or raising clients)
     rejected: int = 0  # malformed updates dropped by validation
-    bytes_up: int = 0  # tensor bytes of the aggregated replies
+    bytes_up: int | None = 0  # tensor bytes of the aggregated replies (None with SecAgg+: the server never receives them)
+    wire_up: int = 0  # serialized bytes of every reply of the round (rec.federated.wire.CountingGrid)
+    wire_down: int = 0  # serialized bytes of every message sent to clients in the round
+    round_s: float | None = None  # seconds from the round's first message to its last reply
     rejections: list[str] = field(default_factory=list)
 
 
@@ -66,6 +69,8 @@ class ValidatingStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        for msg in messages:  # tag the round, as Flower's legacy workflows do (rec.federated.wire counts bytes per round)
+            msg.metadata.group_id = str(server_round)
         self.rounds.append(RoundLog(server_round, sampled=len(messages)))
         return messages
 

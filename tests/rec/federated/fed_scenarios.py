@@ -52,6 +52,51 @@ def identical_clients(base, out: Path) -> dict:  # noqa: ANN001
     return {"rounds": [r.__dict__ for r in outcome.rounds]}
 
 
+def secagg_vs_plain(base, out: Path) -> dict:  # noqa: ANN001
+    """rec fed's recipe, one FedAvg round of the same 4 clients (4 users), plain and under SecAgg+ (published)."""
+    fcfg = FedConfig(rounds=1, clients_per_round=4, client_cpus=0.5, eval_every=0, keep="last", secagg=True)
+    secure = _run(base, out / "secagg", fcfg, publish=True, k_users=4)
+    plain = _run(base, out / "plain", fcfg.model_copy(update={"secagg": False}), k_users=4)
+    return {"secagg": secure, "plain": plain}
+
+
+def secagg_dropout(base, out: Path) -> dict:  # noqa: ANN001
+    """2 SecAgg+ rounds of 4 clients (4 users), one of them crashing each round while it trains (after the key
+    exchange); the global adapter of every round, and what the survivors' plain average would be from the same start."""
+    from rec.adaptation.prepare import prepare_model
+    from rec.adaptation.registry import AdaptContext
+    from rec.federated.adapter_state import adapter_arrays
+    from rec.federated.client_app import ClientFaults, ClientPayload, client_state, local_round
+    from rec.federated.federate import _local_settings
+    from rec.federated.secagg import run_secagg_rounds, secagg_plan
+    from rec.text import encode_items
+
+    tenant = _tenant(base)
+    acfg = AdaptConfig(**ACFG)
+    fcfg = FedConfig(rounds=2, clients_per_round=4, client_cpus=0.5, eval_every=1, secagg=True, drop_fraction=0.25)
+    text = encode_items(list(tenant.items.text), base.cfg.text)
+    ctx = AdaptContext("test", None, tenant.num_items, np.zeros(tenant.num_items, np.float32))
+    faults = ClientFaults(drop_fraction=0.25, seed=5)
+    payload = ClientPayload(base.model, acfg, ctx, text, [[tenant.sequence(u)] for u in range(4)], base.cfg.data.max_seq_len,
+                            _local_settings(acfg, fcfg), faults)
+    plan = secagg_plan(fcfg, 4, 4, [1] * 4)  # one training row (one user) per client
+    seen: dict[int, dict] = {}
+
+    def evaluate(server_round: int, arrays: dict) -> None:
+        seen[server_round] = {k: v.copy() for k, v in arrays.items()}
+
+    outcome = run_secagg_rounds(payload, adapter_arrays(prepare_model(base.model, acfg, ctx=ctx)), fcfg, plan, 4, RAY, evaluate)
+    state, saved, survivors = client_state(payload), {}, {}
+    for r in (1, 2):
+        survivors[r] = [p for p in range(4) if not faults.drops(r, p, 4)]
+        updates = [local_round(state, seen[r - 1], p, r)[0] for p in survivors[r]]
+        saved.update({f"secagg{r}/{k}": v for k, v in seen[r].items()})
+        saved.update({f"expected{r}/{k}": np.mean([u[k] for u in updates], axis=0) for k in updates[0]})
+    saved.update({f"init/{k}": v for k, v in seen[0].items()})
+    np.savez(out / "arrays.npz", **saved)
+    return {"rounds": [r.__dict__ for r in outcome.rounds], "survivors": survivors, "tolerance": plan.tolerance(1.0)}
+
+
 def _run(base, out: Path, fcfg: FedConfig, faults=None, publish: bool = False, **adapt) -> dict:  # noqa: ANN001
     import torch
 
@@ -69,6 +114,8 @@ def _run(base, out: Path, fcfg: FedConfig, faults=None, publish: bool = False, *
                                                                              np.zeros(tenant.num_items, np.float32))))
     res = federated_adapt(base, tenant, acfg, fcfg, ray_cfg=RAY, faults=faults)
     final = adapter_arrays(res.adapt.model)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "final.npz", **final)
     moved = sorted(k for k in final if not np.array_equal(final[k], initial[k]))
     rec = {"history": res.history, "valid": res.adapt.valid, "adapter_bytes": res.adapter_bytes,
            "privacy": None if res.privacy is None else res.privacy.as_dict(), "clients": res.num_clients,
@@ -89,6 +136,8 @@ def _run(base, out: Path, fcfg: FedConfig, faults=None, publish: bool = False, *
 
 SCENARIOS = {
     "identical": identical_clients,
+    "secagg_vs_plain": secagg_vs_plain,
+    "secagg_dropout": secagg_dropout,
     "fedprox_faults": lambda base, out: _run(base, out, FedConfig(rounds=2, clients_per_round=12, strategy="fedprox", proximal_mu=0.1,
                                                                   client_cpus=1.0, eval_every=0),
                                              faults=_faults(), publish=True),
