@@ -30,10 +30,14 @@ On the shipped Serve config, deployed on a private Ray head (bench/chaos_serve.p
 - ``worker-node-kill``: every process of a second Ray node (one Ranker replica of the sharded
   config) SIGKILLed under load, the node restarted.
 
-- ``readapt-worker-kill`` (bench/chaos_training.py): the process of a ``rec readapt`` Ray job
-  SIGKILLed mid-run; the live version must be untouched; whether the trigger submits it again.
+Training faults, each on a private Ray head (their modules' docs say what is counted):
 
-Not built (absent rows, not faked): Tune-driver kill, pretraining-worker kill.
+- ``readapt-worker-kill`` (bench/chaos_training.py): the process of a ``rec readapt`` Ray job
+  SIGKILLed mid-round; the trigger's next pass resubmits the round, which must publish once.
+- ``pretrain-worker-kill`` (bench/chaos_pretrain.py): Ray Train workers SIGKILLed during one
+  ``rec pretrain`` on ml-100k; the run resumes from its last checkpoint (``FailureConfig``).
+- ``tune-driver-kill`` (bench/chaos_tune.py): the ``rec tune`` driver SIGKILLed mid-sweep and
+  started again; the sweep resumes (``Tuner.restore``) with every trial once.
 
     python -m bench.chaos [--fuzz-examples 560] [--kills 3]     # ~40 min on 2 busy cores
     python -m bench.chaos --faults gcs-kill                      # one row; the saved others are kept
@@ -57,9 +61,9 @@ from typing import Any
 
 import numpy as np
 
+from bench import chaos_pretrain, chaos_training, chaos_tune
 from bench._results import log, write_results
 from bench.chaos_serve import SHARDED_CONFIG, config_session, live_tenants, load_row
-from bench.chaos_training import readapt_kill_row
 from bench.serve_coldstart import build_root
 from bench.steady_load import SteadyLoad
 
@@ -485,7 +489,8 @@ def noisy_neighbour_row(root: Path, repeats: int, seconds: float) -> dict[str, A
 
 
 FAULTS = ("fuzz", "events-disk-full", "replica-sigkill", "gcs-kill", "noisy-neighbour", "publish-rollback",
-          "corrupt-version", "replica-drain", "worker-node-kill", "readapt-worker-kill")
+          "corrupt-version", "replica-drain", "worker-node-kill", "readapt-worker-kill",
+          "pretrain-worker-kill", "tune-driver-kill")
 PROTOCOL = {
     "load": "closed-loop HTTP threads through a Serve proxy (--threads: 6 in replica-sigkill, 4 in the other rows on the "
             "shipped config; gcs-kill uses 2), round-robin over the root's two tenants, zero-shot asks (history [], k 5)",
@@ -521,15 +526,11 @@ PROTOCOL = {
                         "and every process under them SIGKILLed by pid; the node started again 5 s later in a fresh "
                         "folder; noticed_s = kill -> Serve lists one Ranker RUNNING; recovery_s = kill -> 2 Ranker "
                         "replicas RUNNING, the killed one replaced; ingress_retries = calls the Ingress retried",
-    "readapt-worker-kill": "bench/chaos_training.py: the world of bench/readapt.py on a private head; trigger_pass "
-                           "submits rec readapt as a Ray job; its process (where adapt_tenant trains: no Ray Train "
-                           "workers in a round) SIGKILLed 12 s after it appeared; then checked: job status, live "
-                           "version and complete versions unchanged, no staging folder, whether the next trigger_pass "
-                           "submits the round again",
+    "readapt-worker-kill": chaos_training.PROTOCOL,
+    "pretrain-worker-kill": chaos_pretrain.PROTOCOL,
+    "tune-driver-kill": chaos_tune.PROTOCOL,
     "machine": "2 cores shared with other jobs (load average 10-64 during the runs): absolute p99 values are noisy, "
                "compare ratios and error counts",
-    "not built": "Tune-driver kill; pretraining-worker kill (Ray Train FailureConfig, train.max_failures=2, is "
-                 "configured in rec/training/scaffold.py but not injected here)",
 }
 
 
@@ -577,7 +578,9 @@ def main() -> None:
         "corrupt-version": lambda: corrupt_version_row(root, args.cycles, args.threads),
         "replica-drain": lambda: replica_drain_row(root, args.cycles, args.threads),
         "worker-node-kill": lambda: worker_node_kill_row(root, args.kills, args.threads),
-        "readapt-worker-kill": lambda: readapt_kill_row(args.kills),
+        "readapt-worker-kill": lambda: chaos_training.readapt_kill_row(args.kills),
+        "pretrain-worker-kill": lambda: chaos_pretrain.pretrain_kill_row(args.kills),
+        "tune-driver-kill": lambda: chaos_tune.tune_kill_row(args.kills),
     }
     rows = []
     for fault in FAULTS:
