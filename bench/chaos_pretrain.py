@@ -5,8 +5,11 @@
 workers of 1 CPU, ``train.epochs`` epochs with no early stop, ``train.max_failures`` = kills + 1.
 Each time the controller has registered a checkpoint newer than at the previous kill (read from
 ``checkpoint_manager_snapshot.json``, as tests/rec/training/test_fault_tolerance.py does), the bench
-waits half an epoch and SIGKILLs one ``ray::RayTrainWorker`` process of the current worker group.
-``FailureConfig`` restarts the group, which resumes from the latest registered checkpoint.
+waits half the shortest gap seen between two epochs' registrations (about half an epoch) and
+SIGKILLs one ``ray::RayTrainWorker`` process of the current worker group. ``FailureConfig``
+restarts the group, which resumes from the latest registered checkpoint. The controller registers
+a checkpoint when it polls the workers (~2 s), so epochs must be longer than that for the
+one-epoch bound to hold: with 2-s epochs each kill lost 2 whole epochs (docs/distributed.md).
 
 Per kill: the newest complete checkpoint on disk at the kill, the epoch the restart resumed after
 (``resumed_from`` of the final history), epochs lost = the first minus the second (the epoch in

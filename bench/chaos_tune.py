@@ -1,8 +1,8 @@
 """Chaos row ``tune-driver-kill``: the ``rec tune`` driver SIGKILLed mid-sweep, then started again.
 
 ``rec tune --address <private 2-CPU head>`` (a driver process) sweeps ``TRIALS`` trials of one
-synthetic tenant the backbone never saw (LoRA adaptation, 40 epochs, K=64, default model size, FIFO, one trial at a time,
-Optuna TPE, the best trial published at the end), storage in a temp folder. Each time ``EVERY``
+synthetic tenant the backbone never saw (LoRA adaptation, 40 epochs, K=64, default model size,
+FIFO, one trial at a time, Optuna TPE, the best trial published at the end) into a temp folder. Each time ``EVERY``
 more trials have finished since the last start, the driver process (only it: the trials' workers
 belong to the head and Ray ends them with their job) is SIGKILLed, and the same command is started
 again ``RESTART_AFTER_S`` later, as a supervisor would; it resumes the experiment
