@@ -30,12 +30,16 @@ On the shipped Serve config, deployed on a private Ray head (bench/chaos_serve.p
 - ``worker-node-kill``: every process of a second Ray node (one Ranker replica of the sharded
   config) SIGKILLed under load, the node restarted.
 
+Training faults, each on a private Ray head (their modules' docs say what is counted):
+
 - ``readapt-worker-kill`` (bench/chaos_training.py): the process of a ``rec readapt`` Ray job
-  SIGKILLed mid-run; the live version must be untouched; whether the trigger submits it again.
+  SIGKILLed mid-round; the trigger's next pass resubmits the round, which must publish once.
+- ``pretrain-worker-kill`` (bench/chaos_pretrain.py): Ray Train workers SIGKILLed during one
+  ``rec pretrain`` on ml-100k; the run resumes from its last checkpoint (``FailureConfig``).
+- ``tune-driver-kill`` (bench/chaos_tune.py): the ``rec tune`` driver SIGKILLed mid-sweep and
+  started again; the sweep resumes (``Tuner.restore``) with every trial once.
 
-Not built (absent rows, not faked): Tune-driver kill, pretraining-worker kill.
-
-    python -m bench.chaos [--fuzz-examples 560] [--kills 3]     # ~40 min on 2 busy cores
+    python -m bench.chaos [--fuzz-examples 560] [--kills 3]     # ~60 min on 2 busy cores
     python -m bench.chaos --faults gcs-kill                      # one row; the saved others are kept
 """
 
@@ -54,10 +58,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import chaos_pretrain, chaos_training, chaos_tune
 from bench._results import log, write_results
 from bench.chaos_noisy import NOISY_PROTOCOL, noisy_neighbour_row
 from bench.chaos_serve import SHARDED_CONFIG, config_session, live_tenants, load_row
-from bench.chaos_training import readapt_kill_row
 from bench.serve_coldstart import build_root
 from bench.steady_load import SteadyLoad
 
@@ -65,7 +69,6 @@ COLUMNS = ["fault", "injections", "requests", "client_errors", "5xx", "lost_even
            "recovery_s", "p99_ms_during"]
 # per-row extras shown in the markdown too (the JSON has every field)
 SHOWN = [*COLUMNS, "p99_ratio", "stale_answers", "corrupt_answers", "failed_cleanly", "retried"]
-
 
 def fuzz_row(root: Path, examples: int) -> dict[str, Any]:
     from bench.contract_fuzz import fuzz_contract
@@ -78,7 +81,6 @@ def fuzz_row(root: Path, examples: int) -> dict[str, Any]:
     return {"fault": "fuzz", "injections": 0, "requests": r.cases + r.stateful_steps, "client_errors": len(r.failures),
             "5xx": five, "lost_events": None, "duplicated_events": None, "recovery_s": None, "p99_ms_during": None,
             "failures": r.failures[:5]}
-
 
 def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
     """SIGKILL of one of two Ranker replicas (``config.sharded.yaml`` as shipped: tenants
@@ -106,7 +108,6 @@ def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
             time.sleep(2)
         retried = s.ingress_stats().get("ingress_retries")
     return load_row("replica-sigkill", kills, load, windows, recovery, ingress_retries=retried)
-
 
 def disk_full_row(root: Path, injections: int) -> dict[str, Any]:
     from starlette.testclient import TestClient
@@ -158,7 +159,6 @@ def disk_full_row(root: Path, injections: int) -> dict[str, Any]:
             "lost_events": lost, "duplicated_events": dup, "recovery_s": round(max(recovery), 3), "p99_ms_during": None,
             "statuses": dict(codes)}
 
-
 def gcs_kill_row(root: Path, injections: int, threads: int) -> dict[str, Any]:
     """SIGKILL of the GCS under load on a GCS-FT cluster (bench/gcs_kill.py), ``injections`` times.
 
@@ -182,7 +182,6 @@ def gcs_kill_row(root: Path, injections: int, threads: int) -> dict[str, Any]:
             "state_survived": all(r["replica_pid_unchanged"] and r["counter_after"] == 2 and r["worker_node_alive"]
                                   for r in runs)}
 
-
 # --- rows on the shipped config (bench/chaos_serve.py) ------------------------------------------
 def _private_root(root: Path) -> Path:
     """A copy of ``root``'s model and tenants for a row that publishes, corrupts or rolls back."""
@@ -191,12 +190,10 @@ def _private_root(root: Path) -> Path:
         shutil.copytree(root / part, work / part)
     return work
 
-
 def _claim_copy(store: Any, tenant: str, of: int) -> int:
     """A new version ``v<N>`` of ``tenant`` holding ``v<of>``'s files (the pointer is not moved)."""
     src = store.version_dir(tenant, of)
     return store.claim_version(tenant, lambda out: shutil.copytree(src, out, dirs_exist_ok=True))
-
 
 def _republish(store: Any, tenant: str, of: int | None = None) -> int:
     """A new version of ``tenant`` made live: ``v<of>``'s bundle (default: the live one) published
@@ -209,7 +206,6 @@ def _republish(store: Any, tenant: str, of: int | None = None) -> int:
     load_tenant_bundle(store.version_dir(tenant, version))
     store.set_current(tenant, version)
     return version
-
 
 def _until_served(load: SteadyLoad, tenant: str, version: str, since: float, timeout_s: float = 60.0,
                   run: int = 10) -> float:
@@ -226,7 +222,6 @@ def _until_served(load: SteadyLoad, tenant: str, version: str, since: float, tim
         time.sleep(0.2)
     raise TimeoutError(f"{tenant} not answered by {version} within {timeout_s:g} s")
 
-
 def _stale_answers(load: SteadyLoad, tenant: str, live: list[tuple[float, float, int]], poll_s: float) -> int:
     """Answers of ``tenant`` whose version was not live at any moment from ``poll_s`` (+0.5 s)
     before the request was sent until it ended. ``live``: (first moment, last moment, version),
@@ -236,7 +231,6 @@ def _stale_answers(load: SteadyLoad, tenant: str, live: list[tuple[float, float,
         if t == tenant and not any(f"v{ver}" == v and a <= end and b >= sent - poll_s - 0.5 for a, b, ver in live):
             bad += 1
     return bad
-
 
 class _Pointer:
     """The history of a tenant's version pointer as this process moves it: (from, until, version)."""
@@ -253,7 +247,6 @@ class _Pointer:
         self.live[-1] = (a, time.time(), old)
         self.live.append((t0, float("inf"), version))
         return version, t0
-
 
 def publish_rollback_row(root: Path, cycles: int, threads: int) -> dict[str, Any]:
     """Publish a new version of a served tenant, then roll it back, ``cycles`` times under load
@@ -283,7 +276,6 @@ def publish_rollback_row(root: Path, cycles: int, threads: int) -> dict[str, Any
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-
 def _corrupt(folder: Path, how: str) -> None:
     """Damage a bundle after its manifest was written: ``truncate`` cuts the catalog's safetensors in
     half (a partial copy), ``flip`` changes one byte of it (the checksum no longer matches)."""
@@ -294,7 +286,6 @@ def _corrupt(folder: Path, how: str) -> None:
     else:
         data[-1] ^= 0xFF
         path.write_bytes(bytes(data))
-
 
 def corrupt_version_row(root: Path, injections: int, threads: int) -> dict[str, Any]:
     """A version whose files are damaged after publishing (truncated or one byte flipped, alternately)
@@ -334,7 +325,6 @@ def corrupt_version_row(root: Path, injections: int, threads: int) -> dict[str, 
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-
 def replica_drain_row(root: Path, downscales: int, threads: int) -> dict[str, Any]:
     """Redeploy the shipped config from 2 replicas to 1 (``serve deploy`` with a new num_replicas),
     ``downscales`` times under load, back to 2 between; the stopped replica drains with the config's
@@ -351,8 +341,6 @@ def replica_drain_row(root: Path, downscales: int, threads: int) -> dict[str, An
             log(f"downscale {k + 1}/{downscales}: 2 -> 1 in {recovery[-1]:.1f} s, back to 2 in {up:.1f} s")
             time.sleep(2)
     return load_row("replica-drain", downscales, load, windows, recovery)
-
-
 
 def worker_node_kill_row(root: Path, kills: int, threads: int, down_s: float = 5.0) -> dict[str, Any]:
     """SIGKILL of a whole Ray worker node under load, ``kills`` times: the sharded config
@@ -402,7 +390,8 @@ def worker_node_kill_row(root: Path, kills: int, threads: int, down_s: float = 5
                     node_restart_failures=restart_failures, ingress_retries=retried)
 
 FAULTS = ("fuzz", "events-disk-full", "replica-sigkill", "gcs-kill", "noisy-neighbour", "publish-rollback",
-          "corrupt-version", "replica-drain", "worker-node-kill", "readapt-worker-kill")
+          "corrupt-version", "replica-drain", "worker-node-kill", "readapt-worker-kill",
+          "pretrain-worker-kill", "tune-driver-kill")
 PROTOCOL = {
     "load": "closed-loop HTTP threads through a Serve proxy (--threads: 6 in replica-sigkill, 4 in the other rows on the "
             "shipped config; gcs-kill uses 2), round-robin over the root's two tenants, zero-shot asks (history [], k 5)",
@@ -434,17 +423,15 @@ PROTOCOL = {
                         "and every process under them SIGKILLed by pid; the node started again 5 s later in a fresh "
                         "folder; noticed_s = kill -> Serve lists one Ranker RUNNING; recovery_s = kill -> 2 Ranker "
                         "replicas RUNNING, the killed one replaced; ingress_retries = calls the Ingress retried",
-    "readapt-worker-kill": "bench/chaos_training.py: the world of bench/readapt.py on a private head; trigger_pass "
-                           "submits rec readapt as a Ray job; its process (where adapt_tenant trains: no Ray Train "
-                           "workers in a round) SIGKILLed 12 s after it appeared; then checked: job status, live "
-                           "version and complete versions unchanged, no staging folder, whether the next trigger_pass "
-                           "submits the round again",
+    "readapt-worker-kill": chaos_training.PROTOCOL,
+    "pretrain-worker-kill": chaos_pretrain.PROTOCOL,
+    "tune-driver-kill": chaos_tune.PROTOCOL,
     "machine": "2 cores shared with other jobs (load average 10-64 during the runs): absolute p99 values are noisy, "
                "compare ratios and error counts",
-    "not built": "Tune-driver kill; pretraining-worker kill (Ray Train FailureConfig, train.max_failures=2, is "
-                 "configured in rec/training/scaffold.py but not injected here)",
+    "worker-node-kill runs": "two runs pooled: 21:43 (2 kills, node back both times; ingress_retries not yet recorded) and "
+                             "21:49 (1 kill, ingress_retries 1; the node could not start again within 240 s on the loaded "
+                             "machine, so recovery_s is the first run's and the window ended 20 s after Serve noticed)",
 }
-
 
 def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The saved rows with ``rows`` in place of (or after) those of the same faults."""
@@ -457,7 +444,6 @@ def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     new = {r["fault"]: r for r in rows}
     merged = [new.pop(r["fault"], r) for r in old]
     return merged + list(new.values())
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -490,7 +476,9 @@ def main() -> None:
         "corrupt-version": lambda: corrupt_version_row(root, args.cycles, args.threads),
         "replica-drain": lambda: replica_drain_row(root, args.cycles, args.threads),
         "worker-node-kill": lambda: worker_node_kill_row(root, args.kills, args.threads),
-        "readapt-worker-kill": lambda: readapt_kill_row(args.kills),
+        "readapt-worker-kill": lambda: chaos_training.readapt_kill_row(args.kills),
+        "pretrain-worker-kill": lambda: chaos_pretrain.pretrain_kill_row(args.kills),
+        "tune-driver-kill": lambda: chaos_tune.tune_kill_row(args.kills),
     }
     rows = []
     for fault in FAULTS:
@@ -499,7 +487,6 @@ def main() -> None:
             rows.append(runs[fault]())
             log(str(rows[-1]))
             write_results("chaos", PROTOCOL, _merge(rows), columns=SHOWN)  # each row saved as soon as it is measured
-
 
 if __name__ == "__main__":
     main()

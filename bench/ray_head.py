@@ -37,6 +37,7 @@ PORT_FLAGS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboar
 class LocalHead:
     gcs_address: str  # for ray.init(address=...)
     dashboard: str  # for the Jobs SDK
+    pid: int = 0  # the `ray start --block` supervisor: every process of the node descends from it
 
 
 def free_port() -> int:
@@ -137,7 +138,7 @@ def local_head(num_cpus: int = 2, timeout_s: float = 300.0, resources: dict[str,
                 proc = start_ray(["--head", f"--num-cpus={num_cpus}", "--include-dashboard=true",
                                   "--dashboard-host=127.0.0.1", *[f"--{k}={v}" for k, v in ports.items()], *extra],
                                  ray_env(env), tmp, log)
-                head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}")
+                head = LocalHead(f"127.0.0.1:{ports['port']}", f"http://127.0.0.1:{ports['dashboard-port']}", proc.pid)
                 try:
                     _wait_for_jobs(head.dashboard, proc, log, timeout_s)
                     break

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +25,7 @@ from rec.serving.store import ArtifactRoot
 from rec.training.checkpoint import export_backbone
 
 NOW = 1_767_225_600.0
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _impressions(root, tenant: str, version: str, n: int, ctr: float, seed: int, start: float) -> None:
@@ -184,3 +191,59 @@ def test_every_decision_counts_in_the_readapt_metric(ray_local, tmp_path):
         seen = series()
         time.sleep(1)
     assert seen == {"kept", "rolled_back"}
+
+
+def _readapt_process(cmd: str, address: str, log) -> subprocess.Popen:  # noqa: ANN001
+    """What a submitted job runs (``readapt_entrypoint``'s command), as a process on this session's Ray."""
+    argv = [sys.executable, "-m", "rec.cli", *shlex.split(cmd)[1:]]
+    argv[argv.index("--address") + 1] = address
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+@pytest.mark.integration  # it SIGKILLs a real `rec readapt` process mid-round
+def test_a_killed_round_is_resubmitted_and_publishes_exactly_once(ray_local, world_copy, serving_world, backbone_ckpt, tmp_path):
+    tenant = serving_world.tenants["podcasts"]
+    replay_interactions(world_copy, tenant, list(range(tenant.num_users)), NOW, version="v2")
+    store = ArtifactRoot(world_copy)
+    versions, live = store.versions("podcasts"), store.current_version("podcasts")
+    address = ray_local.get_runtime_context().gcs_address
+    overrides = ["data.synthetic.tenants=3", "feedback.readapt.holdout_users=20", "adapt.epochs=2", "feedback.readapt.min_gain=-1.0"]
+    procs: list[subprocess.Popen] = []
+    log = open(tmp_path / "readapt.log", "w")
+
+    def submit(t: str) -> str:
+        procs.append(_readapt_process(readapt_entrypoint(t, world_copy, backbone_ckpt, None, overrides), address, log))
+        return str(len(procs) - 1)
+
+    def is_running(sid: str) -> bool:
+        return procs[int(sid)].poll() is None
+
+    cfg = ReadaptConfig(min_events=10, every_events=10**6, min_gain=-1.0, holdout_users=20)
+    try:
+        due = {d.tenant: sid for d, sid, _ in trigger_pass(world_copy, cfg, submit, is_running)}
+        assert due["podcasts"] == "0" and len(procs) == 1, due  # podcasts only: the others have no new events
+        time.sleep(4.0)  # past the start: the process is loading or training, long before its record
+        assert procs[0].poll() is None, (tmp_path / "readapt.log").read_text()[-2000:]
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(30)
+        assert read_records(world_copy, "podcasts", "round") == [], "a killed round leaves no record"
+        assert (store.versions("podcasts"), store.current_version("podcasts")) == (versions, live)
+        assert not [p for p in store.tenant_dir("podcasts").iterdir() if p.name.startswith(".staging")]
+
+        again = {d.tenant: (d, sid) for d, sid, _ in trigger_pass(world_copy, cfg, submit, is_running)}
+        decision, sid = again["podcasts"]
+        assert sid == "1" and decision.resubmit, decision.reason
+        assert procs[1].wait(120) == 0, (tmp_path / "readapt.log").read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(30)
+        log.close()
+    (rec,) = read_records(world_copy, "podcasts", "round")
+    assert rec["decision"] == "published" and store.versions("podcasts") == [*versions, rec["version"]]
+    assert store.current_version("podcasts") == rec["version"]
+    last = {d.tenant: (d, sid) for d, sid, _ in trigger_pass(world_copy, cfg, submit, is_running)}
+    assert last["podcasts"][1] is None and len(procs) == 2, "a recorded round is not submitted again"
