@@ -70,6 +70,7 @@ COLUMNS = ["fault", "injections", "requests", "client_errors", "5xx", "lost_even
 # per-row extras shown in the markdown too (the JSON has every field)
 SHOWN = [*COLUMNS, "p99_ratio", "stale_answers", "corrupt_answers", "failed_cleanly", "retried"]
 
+
 def fuzz_row(root: Path, examples: int) -> dict[str, Any]:
     from bench.contract_fuzz import fuzz_contract
     from serve_apps.api import serve_in_process
@@ -81,6 +82,7 @@ def fuzz_row(root: Path, examples: int) -> dict[str, Any]:
     return {"fault": "fuzz", "injections": 0, "requests": r.cases + r.stateful_steps, "client_errors": len(r.failures),
             "5xx": five, "lost_events": None, "duplicated_events": None, "recovery_s": None, "p99_ms_during": None,
             "failures": r.failures[:5]}
+
 
 def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
     """SIGKILL of one of two Ranker replicas (``config.sharded.yaml`` as shipped: tenants
@@ -108,6 +110,7 @@ def replica_kill_row(root: Path, kills: int, threads: int) -> dict[str, Any]:
             time.sleep(2)
         retried = s.ingress_stats().get("ingress_retries")
     return load_row("replica-sigkill", kills, load, windows, recovery, ingress_retries=retried)
+
 
 def disk_full_row(root: Path, injections: int) -> dict[str, Any]:
     from starlette.testclient import TestClient
@@ -159,6 +162,7 @@ def disk_full_row(root: Path, injections: int) -> dict[str, Any]:
             "lost_events": lost, "duplicated_events": dup, "recovery_s": round(max(recovery), 3), "p99_ms_during": None,
             "statuses": dict(codes)}
 
+
 def gcs_kill_row(root: Path, injections: int, threads: int) -> dict[str, Any]:
     """SIGKILL of the GCS under load on a GCS-FT cluster (bench/gcs_kill.py), ``injections`` times.
 
@@ -182,6 +186,7 @@ def gcs_kill_row(root: Path, injections: int, threads: int) -> dict[str, Any]:
             "state_survived": all(r["replica_pid_unchanged"] and r["counter_after"] == 2 and r["worker_node_alive"]
                                   for r in runs)}
 
+
 # --- rows on the shipped config (bench/chaos_serve.py) ------------------------------------------
 def _private_root(root: Path) -> Path:
     """A copy of ``root``'s model and tenants for a row that publishes, corrupts or rolls back."""
@@ -190,10 +195,12 @@ def _private_root(root: Path) -> Path:
         shutil.copytree(root / part, work / part)
     return work
 
+
 def _claim_copy(store: Any, tenant: str, of: int) -> int:
     """A new version ``v<N>`` of ``tenant`` holding ``v<of>``'s files (the pointer is not moved)."""
     src = store.version_dir(tenant, of)
     return store.claim_version(tenant, lambda out: shutil.copytree(src, out, dirs_exist_ok=True))
+
 
 def _republish(store: Any, tenant: str, of: int | None = None) -> int:
     """A new version of ``tenant`` made live: ``v<of>``'s bundle (default: the live one) published
@@ -206,6 +213,7 @@ def _republish(store: Any, tenant: str, of: int | None = None) -> int:
     load_tenant_bundle(store.version_dir(tenant, version))
     store.set_current(tenant, version)
     return version
+
 
 def _until_served(load: SteadyLoad, tenant: str, version: str, since: float, timeout_s: float = 60.0,
                   run: int = 10) -> float:
@@ -222,6 +230,7 @@ def _until_served(load: SteadyLoad, tenant: str, version: str, since: float, tim
         time.sleep(0.2)
     raise TimeoutError(f"{tenant} not answered by {version} within {timeout_s:g} s")
 
+
 def _stale_answers(load: SteadyLoad, tenant: str, live: list[tuple[float, float, int]], poll_s: float) -> int:
     """Answers of ``tenant`` whose version was not live at any moment from ``poll_s`` (+0.5 s)
     before the request was sent until it ended. ``live``: (first moment, last moment, version),
@@ -231,6 +240,7 @@ def _stale_answers(load: SteadyLoad, tenant: str, live: list[tuple[float, float,
         if t == tenant and not any(f"v{ver}" == v and a <= end and b >= sent - poll_s - 0.5 for a, b, ver in live):
             bad += 1
     return bad
+
 
 class _Pointer:
     """The history of a tenant's version pointer as this process moves it: (from, until, version)."""
@@ -247,6 +257,7 @@ class _Pointer:
         self.live[-1] = (a, time.time(), old)
         self.live.append((t0, float("inf"), version))
         return version, t0
+
 
 def publish_rollback_row(root: Path, cycles: int, threads: int) -> dict[str, Any]:
     """Publish a new version of a served tenant, then roll it back, ``cycles`` times under load
@@ -276,6 +287,7 @@ def publish_rollback_row(root: Path, cycles: int, threads: int) -> dict[str, Any
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
 def _corrupt(folder: Path, how: str) -> None:
     """Damage a bundle after its manifest was written: ``truncate`` cuts the catalog's safetensors in
     half (a partial copy), ``flip`` changes one byte of it (the checksum no longer matches)."""
@@ -286,6 +298,7 @@ def _corrupt(folder: Path, how: str) -> None:
     else:
         data[-1] ^= 0xFF
         path.write_bytes(bytes(data))
+
 
 def corrupt_version_row(root: Path, injections: int, threads: int) -> dict[str, Any]:
     """A version whose files are damaged after publishing (truncated or one byte flipped, alternately)
@@ -325,6 +338,7 @@ def corrupt_version_row(root: Path, injections: int, threads: int) -> dict[str, 
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
 def replica_drain_row(root: Path, downscales: int, threads: int) -> dict[str, Any]:
     """Redeploy the shipped config from 2 replicas to 1 (``serve deploy`` with a new num_replicas),
     ``downscales`` times under load, back to 2 between; the stopped replica drains with the config's
@@ -341,6 +355,7 @@ def replica_drain_row(root: Path, downscales: int, threads: int) -> dict[str, An
             log(f"downscale {k + 1}/{downscales}: 2 -> 1 in {recovery[-1]:.1f} s, back to 2 in {up:.1f} s")
             time.sleep(2)
     return load_row("replica-drain", downscales, load, windows, recovery)
+
 
 def worker_node_kill_row(root: Path, kills: int, threads: int, down_s: float = 5.0) -> dict[str, Any]:
     """SIGKILL of a whole Ray worker node under load, ``kills`` times: the sharded config
@@ -389,6 +404,7 @@ def worker_node_kill_row(root: Path, kills: int, threads: int, down_s: float = 5
     return load_row("worker-node-kill", len(windows), load, windows, recovery, down_s=down_s, noticed_s=noticed,
                     node_restart_failures=restart_failures, ingress_retries=retried)
 
+
 FAULTS = ("fuzz", "events-disk-full", "replica-sigkill", "gcs-kill", "noisy-neighbour", "publish-rollback",
           "corrupt-version", "replica-drain", "worker-node-kill", "readapt-worker-kill",
           "pretrain-worker-kill", "tune-driver-kill")
@@ -433,6 +449,7 @@ PROTOCOL = {
                              "machine, so recovery_s is the first run's and the window ended 20 s after Serve noticed)",
 }
 
+
 def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The saved rows with ``rows`` in place of (or after) those of the same faults."""
     import json
@@ -444,6 +461,7 @@ def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     new = {r["fault"]: r for r in rows}
     merged = [new.pop(r["fault"], r) for r in old]
     return merged + list(new.values())
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -487,6 +505,7 @@ def main() -> None:
             rows.append(runs[fault]())
             log(str(rows[-1]))
             write_results("chaos", PROTOCOL, _merge(rows), columns=SHOWN)  # each row saved as soon as it is measured
+
 
 if __name__ == "__main__":
     main()
