@@ -68,7 +68,8 @@ from bench.steady_load import SteadyLoad
 COLUMNS = ["fault", "injections", "requests", "client_errors", "5xx", "lost_events", "duplicated_events",
            "recovery_s", "p99_ms_during"]
 # per-row extras shown in the markdown too (the JSON has every field)
-SHOWN = [*COLUMNS, "p99_ratio", "stale_answers", "corrupt_answers", "failed_cleanly", "retried"]
+SHOWN = [*COLUMNS, "p99_ratio", "p99_ratio_replica_quota", "client_errors_replica_quota", "stale_answers", "corrupt_answers",
+         "failed_cleanly", "retried"]
 
 
 def fuzz_row(root: Path, examples: int) -> dict[str, Any]:

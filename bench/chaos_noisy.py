@@ -11,8 +11,10 @@ own private head (the proxy's quota is set in the node environment, before Ray s
 Capacity = closed-loop throughput (16 clients, 6 s) of the replica session before its quota is set;
 the proxy session's quota is derived from the same capacity. In each session the phases solo/flood
 alternate ``repeats`` times; ``p99_ratio`` = median of (quiet p99 under the flood / quiet p99 alone).
-The row's ``p99_ratio`` is the proxy placement's (the one the docs recommend); the replica
-placement's is kept beside it (``p99_ratio_replica_quota``).
+The row's shared columns (requests, client_errors, 5xx, p99) are the proxy placement's (the one the
+docs recommend); the replica placement's ratio and errors are kept beside them
+(``p99_ratio_replica_quota``, ``client_errors_replica_quota``). A ratio whose phase had no answer at
+all (every request timed out) is ``nan``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from bench._results import log
 from bench.chaos_serve import config_session, live_tenants
 
-__all__ = ["NOISY_PROTOCOL", "noisy_neighbour_row"]
+__all__ = ["NOISY_PROTOCOL", "noisy_neighbour_row", "noisy_row"]
 
 NOISY_PROTOCOL = (
     "capacity = closed-loop rps (16 clients, 6 s, both tenants) before any quota; replica placement: quota 15 % of "
@@ -129,14 +131,23 @@ def noisy_neighbour_row(root: Path, repeats: int, seconds: float) -> dict[str, A
         drive_closed(s.url, {"__names__": [tenants[0]], tenants[0]: ids[tenants[0]]}, clients=4, duration=2, header=False,
                      max_requests=10**6)  # warm, under the proxy quota of the quiet tenant
         phases += _phases(s, "proxy", tenants, ids, capacity, repeats, seconds)
-    by = {p: _ratios([x for x in phases if x["placement"] == p]) for p in ("replica", "proxy")}
-    under = [p for p in phases if p["phase"] == "flood" and p["placement"] == "proxy"]
-    return {"fault": "noisy-neighbour", "injections": 2 * repeats, "requests": sum(p["requests"] for p in phases),
-            "client_errors": sum(p["errors"] for p in phases), "5xx": sum(p["5xx"] for p in phases),
+    return noisy_row(phases, capacity, quota, proxy_quota.model_dump())
+
+
+def noisy_row(phases: list[dict[str, Any]], capacity: float, quota: dict[str, Any], proxy_quota: dict[str, Any]) -> dict[str, Any]:
+    """The row from the measured phases: the shared columns are the proxy placement's (the one the
+    docs recommend); the replica placement's ratio and errors stand beside them (``*_replica_quota``)."""
+    at = {p: [x for x in phases if x["placement"] == p] for p in ("replica", "proxy")}
+    by = {p: _ratios(at[p]) for p in at}
+    under = [p for p in at["proxy"] if p["phase"] == "flood"]
+    return {"fault": "noisy-neighbour", "injections": len(under), "requests": sum(p["requests"] for p in at["proxy"]),
+            "client_errors": sum(p["errors"] for p in at["proxy"]), "5xx": sum(p["5xx"] for p in at["proxy"]),
             "lost_events": None, "duplicated_events": None, "recovery_s": None,
             "p99_ms_during": max(p["p99_ms"] for p in under), "p99_ratio": round(float(np.median(by["proxy"])), 2),
             "p99_ratios": [round(r, 2) for r in by["proxy"]],
             "p99_ratio_replica_quota": round(float(np.median(by["replica"])), 2),
-            "p99_ratios_replica_quota": [round(r, 2) for r in by["replica"]], "capacity_rps": round(capacity, 1),
-            "quota": quota, "proxy_quota": proxy_quota.model_dump(), "quiet_rps": round(0.2 * capacity, 1),
+            "p99_ratios_replica_quota": [round(r, 2) for r in by["replica"]],
+            "client_errors_replica_quota": sum(p["errors"] for p in at["replica"]),
+            "requests_replica_quota": sum(p["requests"] for p in at["replica"]), "capacity_rps": round(capacity, 1),
+            "quota": quota, "proxy_quota": proxy_quota, "quiet_rps": round(0.2 * capacity, 1),
             "flood_offered_rps": round(10 * capacity, 1), "phases": phases}
