@@ -160,9 +160,8 @@ class Context:
 
     def pretrain_key(self) -> str:
         """Hash of what the backbone depends on: sources, held-out tenants, pretraining overrides."""
-        root = self.bc.data_root
-        part = {"sources": [portable_source(s, root) for s in self.source_specs()],
-                "holdout": [portable_source(s, root) for s in self.holdout_specs()], "pretrain": self.bc.pretrain, "quick": self.quick}
+        part = {"sources": [portable_source(s, self.bc.data_root) for s in self.source_specs()], "pretrain": self.bc.pretrain,
+                "holdout": [portable_source(s, self.bc.data_root) for s in self.holdout_specs()], "quick": self.quick}
         return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     # sources
