@@ -13,8 +13,8 @@ the proxy session's quota is derived from the same capacity. In each session the
 alternate ``repeats`` times; ``p99_ratio`` = median of (quiet p99 under the flood / quiet p99 alone).
 The row's shared columns (requests, client_errors, 5xx, p99) are the proxy placement's (the one the
 docs recommend); the replica placement's ratio and errors are kept beside them
-(``p99_ratio_replica_quota``, ``client_errors_replica_quota``). A ratio whose phase had no answer at
-all (every request timed out) is ``nan``.
+(``p99_ratio_replica_quota``, ``client_errors_replica_quota``). A pair whose phase got no answer at
+all (every request timed out) has ratio None and counts as the worst pair in the median.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def _quiet_phase(url: str, quiet: dict[str, Any], rate: float, seconds: float,
         if flooder.is_alive():
             flooder.kill()
     summary = open_summary(recs, seconds)
-    return {"p99_ms": round(summary["p99_ms"], 1), "requests": sum(codes.values()),
+    p99 = summary["p99_ms"]  # nan when no request got an answer
+    return {"p99_ms": round(p99, 1) if np.isfinite(p99) else None, "requests": sum(codes.values()),
             "errors": sum(n for c, n in codes.items() if c != 200), "5xx": sum(n for c, n in codes.items() if c >= 500),
             "codes": {str(c): n for c, n in sorted(codes.items())}, "flood": got}
 
@@ -103,9 +104,17 @@ def _phases(session: Any, placement: str, tenants: list[str], ids: dict[str, Any
     return phases
 
 
-def _ratios(phases: list[dict[str, Any]]) -> list[float]:
+def _ratios(phases: list[dict[str, Any]]) -> list[float | None]:
+    """flood p99 / solo p99 per pair; None where a phase got no answer at all (worse than any ratio)."""
     solo, under = [p for p in phases if p["phase"] == "solo"], [p for p in phases if p["phase"] == "flood"]
-    return [f["p99_ms"] / a["p99_ms"] for a, f in zip(solo, under, strict=True)]
+    return [round(f["p99_ms"] / a["p99_ms"], 2) if f["p99_ms"] is not None and a["p99_ms"] is not None else None
+            for a, f in zip(solo, under, strict=True)]
+
+
+def _median(ratios: list[float | None]) -> float | None:
+    """Median with a pair that got no answer counted as the worst; None when that pair is the median."""
+    m = float(np.median([np.inf if r is None else r for r in ratios]))
+    return round(m, 2) if np.isfinite(m) else None
 
 
 def noisy_neighbour_row(root: Path, repeats: int, seconds: float) -> dict[str, Any]:
@@ -143,10 +152,8 @@ def noisy_row(phases: list[dict[str, Any]], capacity: float, quota: dict[str, An
     return {"fault": "noisy-neighbour", "injections": len(under), "requests": sum(p["requests"] for p in at["proxy"]),
             "client_errors": sum(p["errors"] for p in at["proxy"]), "5xx": sum(p["5xx"] for p in at["proxy"]),
             "lost_events": None, "duplicated_events": None, "recovery_s": None,
-            "p99_ms_during": max(p["p99_ms"] for p in under), "p99_ratio": round(float(np.median(by["proxy"])), 2),
-            "p99_ratios": [round(r, 2) for r in by["proxy"]],
-            "p99_ratio_replica_quota": round(float(np.median(by["replica"])), 2),
-            "p99_ratios_replica_quota": [round(r, 2) for r in by["replica"]],
+            "p99_ms_during": max((p["p99_ms"] for p in under if p["p99_ms"] is not None), default=None), "p99_ratio": _median(by["proxy"]), "p99_ratios": by["proxy"],
+            "p99_ratio_replica_quota": _median(by["replica"]), "p99_ratios_replica_quota": by["replica"],
             "client_errors_replica_quota": sum(p["errors"] for p in at["replica"]),
             "requests_replica_quota": sum(p["requests"] for p in at["replica"]), "capacity_rps": round(capacity, 1),
             "quota": quota, "proxy_quota": proxy_quota, "quiet_rps": round(0.2 * capacity, 1),
