@@ -77,7 +77,8 @@ class TargetData:
 
 #: AdaptConfig fields added after rows were recorded -> the value that behaves as before they existed
 ADDED_NEUTRAL = {("lora", "train_adaptor"): False, ("lora", "kind"): "lora", ("lora", "adalora_init_rank"): 12,
-                 ("lora", "adalora_warmup"): 0.1, ("lora", "adalora_final"): 0.3, ("lora", "adalora_orth_reg"): 0.5}
+                 ("lora", "adalora_warmup"): 0.1, ("lora", "adalora_final"): 0.3, ("lora", "adalora_orth_reg"): 0.5,
+                 ("text_lora", "negatives"): "catalog"}
 #: AdaptConfig fields that only LoRA methods read: left out of the other methods' settings
 LORA_ONLY = (("lora", "train_adaptor"),)
 #: method sections added after rows were recorded: in the settings of their own method's rows only
@@ -372,8 +373,7 @@ def run_row(ctx: Context, td: TargetData, method: str, k: KValue, seed: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         weights = publish_adapter(res, base, acfg, root=tmp) / "adapter_model.safetensors"
         nbytes = weights.stat().st_size if weights.is_file() else 0
-    extra.update(val_ndcg=res.valid["ndcg@10"], epochs=res.epochs, trainable_params=res.trainable_params, backbone=base.checksum[:20],
-                 **res.method_report.get("text_lora", {}))
+    extra.update(val_ndcg=res.valid["ndcg@10"], epochs=res.epochs, trainable_params=res.trainable_params, backbone=base.checksum[:20], **res.method_report.get("text_lora", {}))
     if method in TEXT_PRIOR:
         from rec.adaptation.adapt import fewshot_corpus
 

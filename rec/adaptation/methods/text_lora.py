@@ -14,6 +14,8 @@ Affordable on 2 cores:
 - a step re-encodes only the batch's items (targets first, then history items, at most
   ``text_lora.max_active_items``); every other item of the full-softmax loss keeps its vector from
   the last whole-catalog encoding (a memory bank, refreshed before every validation);
+- or, with ``text_lora.negatives: in-batch``, the softmax covers only the items re-encoded this step
+  (every target, the batch's history, uniform fill), so no candidate is scored with stale weights;
 - a small text-preserving term, ``preserve_weight * mean(1 - cos(new, frozen))`` over the re-encoded
   items, keeps the vectors near the pretrained ones.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import Field
 
@@ -55,6 +57,10 @@ class TextLoraConfig(MethodConfig):
     train_adaptor: bool = Field(True, description="also train the backbone's item-text adaptor (catalog-side, as head)")
     max_active_items: int = Field(128, ge=1, description="items re-encoded per step (targets first); the rest use the last catalog encoding")
     preserve_weight: float = Field(1.0, ge=0.0, description="weight of mean(1 - cos(new, frozen)) over the re-encoded items")
+    negatives: Literal["catalog", "in-batch"] = Field(
+        "catalog", description="catalog: full softmax, items not re-encoded this step keep their last catalog encoding; "
+        "in-batch: softmax over this step's re-encoded items only (every target, the batch's history, uniform fill up to "
+        "max_active_items), so no candidate is scored with stale weights")
 
 
 @functools.cache
@@ -90,6 +96,13 @@ def _backbone_class() -> type:
                 self.catalog_stale = False
             return self.catalog_text
 
+        def scores(self, hidden: torch.Tensor, catalog: torch.Tensor) -> torch.Tensor:
+            out = super().scores(hidden, catalog)
+            mask = getattr(self, "score_mask", None)  # (N,) 0 / -inf: in-batch negatives while training
+            if self.training and mask is not None and catalog.shape[0] == mask.shape[0]:
+                out = out + mask
+            return out
+
     return TextLoraBackbone
 
 
@@ -102,17 +115,28 @@ def _attach(model: Backbone, catalog_text: torch.Tensor) -> Backbone:
     return model
 
 
-def _pick_active(inputs: torch.Tensor, targets: torch.Tensor, limit: int, gen: torch.Generator) -> torch.Tensor:
-    """The batch's items to re-encode: its targets first, then its history items, at most ``limit``, sorted."""
+def _pick_active(inputs: torch.Tensor, targets: torch.Tensor, limit: int, gen: torch.Generator,
+                 num_items: int | None = None) -> torch.Tensor:
+    """The batch's items to re-encode, sorted: its targets first, then its history items, at most ``limit``.
+
+    With ``num_items`` (in-batch negatives) every target is kept whatever ``limit`` (a target outside
+    the softmax would have no probability) and the rest is filled with uniformly drawn catalog items.
+    """
     import torch
 
     pos = torch.unique(targets[targets >= 0])
     if len(pos) >= limit:
-        return pos[torch.randperm(len(pos), generator=gen)[:limit]].sort().values
+        keep = pos if num_items else pos[torch.randperm(len(pos), generator=gen)[:limit]]
+        return keep.sort().values
     hist = torch.unique(inputs[inputs >= 0])
     hist = hist[~torch.isin(hist, pos)]
-    extra = hist[torch.randperm(len(hist), generator=gen)[: limit - len(pos)]]
-    return torch.cat([pos, extra]).sort().values
+    chosen = torch.cat([pos, hist[torch.randperm(len(hist), generator=gen)[: limit - len(pos)]]])
+    if num_items and len(chosen) < limit:
+        rest = torch.ones(num_items, dtype=torch.bool)
+        rest[chosen] = False
+        pool = rest.nonzero().squeeze(1)
+        chosen = torch.cat([chosen, pool[torch.randperm(len(pool), generator=gen)[: limit - len(chosen)]]])
+    return chosen.sort().values
 
 
 class TextLora(AdaptationMethod):
@@ -145,7 +169,7 @@ class TextLora(AdaptationMethod):
         model = _attach(model, states.frozen)
         model.text_tower = LoraTower(encoder, cut, tl.rank, tl.alpha, tl.target_modules)
         model.token_states = states
-        model.text_lora_limits = (tl.max_active_items, tl.preserve_weight)
+        model.text_lora_limits = (tl.max_active_items, tl.preserve_weight, tl.negatives == "in-batch")
         if tl.train_adaptor:
             for p in model.adaptor.parameters():
                 p.requires_grad_(True)
@@ -156,13 +180,16 @@ class TextLora(AdaptationMethod):
     def training_hooks(self, model: nn.Module) -> TrainingHooks:
         import torch
 
-        limit, weight = model.text_lora_limits
+        limit, weight, in_batch = model.text_lora_limits
         gen = torch.Generator().manual_seed(0)
+        n = model.catalog_text.shape[0]
 
         def before_batch(inputs: torch.Tensor, targets: torch.Tensor) -> None:
-            model.active_items = _pick_active(inputs, targets, limit, gen)
+            model.active_items = _pick_active(inputs, targets, limit, gen, n if in_batch else None)
             model.active_text = None
             model.catalog_stale = True
+            if in_batch:
+                model.score_mask = torch.full((n,), float("-inf")).index_fill_(0, model.active_items, 0.0)
 
         def regularizer() -> torch.Tensor:
             if weight == 0.0 or model.active_text is None:

@@ -95,3 +95,34 @@ def test_save_load_scores_exactly_and_needs_no_text_encoder(adapted, small_backb
         assert not torch.allclose(got, small_backbone.model.item_representations(t), atol=1e-3)
     with pytest.raises(ValueError, match="re-adapt after a catalog change"):
         loaded.item_representations(t[:-1])
+
+
+def test_in_batch_negatives_keep_every_target_and_fill_from_the_catalog():
+    inputs = torch.tensor([[-1, 3, 4, 5], [-1, -1, 7, 8]])
+    targets = torch.tensor([[-100, 4, 5, 6], [-100, -100, 8, 9]])
+    gen = torch.Generator().manual_seed(0)
+    assert _pick_active(inputs, targets, 3, gen, num_items=20).tolist() == [4, 5, 6, 8, 9]  # no target left out
+    many = _pick_active(inputs, targets, 12, gen, num_items=20).tolist()
+    assert len(many) == 12 == len(set(many)) and set(many) >= {3, 4, 5, 6, 7, 8, 9} and max(many) < 20
+
+
+def test_in_batch_mode_scores_only_the_re_encoded_items_while_training(small_backbone, new_tenant):
+    from rec.adaptation.prepare import prepare_model
+    from rec.adaptation.registry import AdaptContext
+
+    n = new_tenant.num_items
+    ctx = AdaptContext(None, 1, n, np.zeros(n, np.float32), list(new_tenant.items.text), small_backbone.cfg.text)
+    acfg = AdaptConfig(method="text-lora", text_lora={"negatives": "in-batch", "max_active_items": 10})
+    model = prepare_model(small_backbone.model, acfg, ctx=ctx)
+    hooks = get_method("text-lora").training_hooks(model)
+    hooks.before_batch(torch.tensor([[-1, 1, 2]]), torch.tensor([[-100, 2, 3]]))
+    active = model.active_items.tolist()
+    assert len(active) == 10 and {1, 2, 3} <= set(active)
+    text = torch.zeros(n, 384)
+    model.train()
+    cat = model.item_representations(text)
+    s = model.scores(torch.randn(2, cat.shape[1]), cat)
+    assert torch.isfinite(s[:, active]).all() and torch.isinf(s).sum() == 2 * (n - 10)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model.scores(torch.randn(2, cat.shape[1]), model.item_representations(text))).all()
