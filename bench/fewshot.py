@@ -52,7 +52,7 @@ from bench.fewshot_config import (  # noqa: E402
 from bench.fewshot_progress import append_progress, final_rows, read_progress, row_key, settings_hash  # noqa: E402
 from bench.fewshot_methods import TEXT_PRIOR_WEIGHTS, popularity, state_bytes, text_prior_fusion, train_from_scratch  # noqa: E402
 from bench.fewshot_report import FIXED_INIT_REFERENCE, PROTOCOL, cost_table, previous_protocol, without_data_root, k_order, pivot_tables, plot, target_checks, transfer_checks  # noqa: E402
-from rec.config import DATA_ROOT_ENV, AdaptConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
+from rec.config import DATA_ROOT_ENV, AdaptConfig, EvalConfig, RayConfig, RecConfig, TenantSource  # noqa: E402
 from rec.data.schema import ItemTable, Tenant  # noqa: E402
 from rec.metrics import uniform_metrics  # noqa: E402
 
@@ -77,11 +77,12 @@ class TargetData:
 
 #: AdaptConfig fields added after rows were recorded -> the value that behaves as before they existed
 ADDED_NEUTRAL = {("lora", "train_adaptor"): False, ("lora", "kind"): "lora", ("lora", "adalora_init_rank"): 12,
-                 ("lora", "adalora_warmup"): 0.1, ("lora", "adalora_final"): 0.3, ("lora", "adalora_orth_reg"): 0.5}
+                 ("lora", "adalora_warmup"): 0.1, ("lora", "adalora_final"): 0.3, ("lora", "adalora_orth_reg"): 0.5,
+                 ("text_lora", "negatives"): "catalog"}
 #: AdaptConfig fields that only LoRA methods read: left out of the other methods' settings
 LORA_ONLY = (("lora", "train_adaptor"),)
 #: method sections added after rows were recorded: in the settings of their own method's rows only
-SECTION_OF = {"item_terms": "item-terms"}
+SECTION_OF = {"item_terms": "item-terms", "text_lora": "text-lora"}
 #: rows recorded before a bench variant's overrides were part of its settings hash (they still are not)
 UNHASHED_VARIANTS = ("lora-lowrank-adaptor",)
 
@@ -279,7 +280,7 @@ class Context:
         registered, variant = ADAPTED[method]
         over = {**self.bc.adapt, **variant, **(extra or {}), "adapt.method": registered,
                 "adapt.tenant": td.name, "adapt.k_users": 1 if k == 0 else k_users(k), "adapt.seed": seed,
-                "adapt.num_eval_users": self.bc.num_eval_users, "adapt.torch_threads": 1}
+                "adapt.num_eval_users": self.bc.num_eval_users, "adapt.torch_threads": variant.get("adapt.torch_threads", 1)}
         if self.quick:
             over["adapt.epochs"] = self.bc.quick.epochs
         return rec_config(over).adapt
@@ -362,24 +363,23 @@ def run_row(ctx: Context, td: TargetData, method: str, k: KValue, seed: int) -> 
         extra.update(val_ndcg=valid["ndcg@10"], epochs=epochs, trainable_params=sum(p.numel() for p in model.parameters()))
         return {**test, "adapt_s": time.perf_counter() - t0, "adapter_bytes": state_bytes(model)}, extra
     from rec.adaptation.adapt import adapt_tenant, publish_adapter
-    from rec.config import EvalConfig
 
-    base = ctx.backbone_for(method)
+    base, cpu0 = ctx.backbone_for(method), time.process_time()
     tuned = ctx.tuned(td, seed) if method == "lora-tuned" else None
     acfg = ctx.adapt_config(td, method, k, seed, tuned)
     res = adapt_tenant(base, td.tenant, acfg, EvalConfig(ks=[10]), text_emb=td.text_emb, split=split)
+    extra["adapt_cpu_s"] = round(time.process_time() - cpu0, 2)  # CPU seconds, all threads: comparable under load
     with tempfile.TemporaryDirectory() as tmp:
         weights = publish_adapter(res, base, acfg, root=tmp) / "adapter_model.safetensors"
         nbytes = weights.stat().st_size if weights.is_file() else 0
-    extra.update(val_ndcg=res.valid["ndcg@10"], epochs=res.epochs, trainable_params=res.trainable_params, backbone=base.checksum[:20])
+    extra.update(val_ndcg=res.valid["ndcg@10"], epochs=res.epochs, trainable_params=res.trainable_params, backbone=base.checksum[:20], **res.method_report.get("text_lora", {}))
     if method in TEXT_PRIOR:
         from rec.adaptation.adapt import fewshot_corpus
 
         test, fused = text_prior_fusion(res.model, fewshot_corpus(split, td.text_emb, base.cfg.data.max_seq_len), td.text_emb)
         extra.update(fused, model_alone_ndcg=res.test["ndcg@10"])
         res.test = {**res.test, **test}
-    if res.method_report.get("popularity_floor"):
-        floor = res.method_report["popularity_floor"]
+    if floor := res.method_report.get("popularity_floor"):
         extra.update(floor_chosen=floor["chosen"], floor_candidates=floor["candidates"])
     if tuned is not None:
         extra["tuned"] = tuned
@@ -496,7 +496,7 @@ def protocol_dict(ctx: Context, sel: Selection, rows: list[dict[str, Any]], fail
         "meta_init": {"overrides": bc.meta, "how": "rec.adaptation.meta.meta_train (Reptile on Ray Train) from the pretrained backbone",
                       "train_s": mmeta.get("train_s"), "epochs_run": mmeta.get("epochs_run")},
         "adaptation": {"adapt_overrides": bc.adapt, "defaults": AdaptConfig().model_dump(mode="json", exclude={"tenant", "output_root"}),
-                       "note": "torch_threads=1; adapt_s = rec.adaptation.adapt.adapt_tenant's own timer (corpus, training "
+                       "note": "torch_threads=1 (text-lora: 2); adapt_s = rec.adaptation.adapt.adapt_tenant's own timer (corpus, training "
                                "with per-epoch validation, test); adapter_bytes = adapter_model.safetensors of the published "
                                "adapter (0 for zero-shot)"},
         "scratch": {**bc.scratch.model_dump(), "note": "same architecture as the backbone; scratch-sasrec-id: use_text=false + "

@@ -17,7 +17,7 @@ from rec.config import ConfigError, RecConfig, TenantSource, apply_overrides, co
 METHODS = ("popularity", "zero-shot", "zero-shot-init", "zero-shot+center", "zero-shot+whiten", "scratch-sasrec-id",
            "zero-shot+text-prior", "scratch-backbone", "default", "default+center", "default+whiten", "default+cosine", "default+text-prior", "item-terms",
            "item-terms-id", "item-terms-adaptor", "item-terms-id-adaptor", "head", "prompt", "lora", "lora-lowrank-adaptor", "full",
-           "lora-meta", "lora-tuned")
+           "lora-meta", "lora-tuned", "text-lora", "text-lora-inbatch")
 SCRATCH = ("scratch-sasrec-id", "scratch-backbone")
 #: reported once, at K=0: nothing trains (the published backbone / the untrained init it came from)
 ZERO_SHOT = ("zero-shot", "zero-shot-init", "zero-shot+center", "zero-shot+whiten", "zero-shot+text-prior")
@@ -60,6 +60,13 @@ ADAPTED: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("full", {}),
     "lora-meta": ("lora", {}),
     "lora-tuned": ("lora", {}),
+    # LoRA on the item-text encoder (issue 17 item 4): a step re-encodes few items and every epoch the
+    # whole catalog (its validation), so smaller batches (more steps per catalog pass), fewer epochs,
+    # and both cores (the cost target is "< 5 min on 2 cores")
+    "text-lora": ("text-lora", {"adapt.batch_size": 16, "adapt.epochs": 12, "adapt.patience": 4, "adapt.torch_threads": 2}),
+    # the same with the softmax over the step's re-encoded items only (no candidate scored with stale weights)
+    "text-lora-inbatch": ("text-lora", {"adapt.batch_size": 16, "adapt.epochs": 12, "adapt.patience": 4, "adapt.torch_threads": 2,
+                                        "adapt.text_lora.negatives": "in-batch"}),
 }
 KValue = int | Literal["all"]
 ROW_KEYS = ["dataset", "method", "k", "seed", "hr@10", "ndcg@10", "adapt_s", "adapter_bytes"]

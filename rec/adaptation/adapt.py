@@ -109,7 +109,8 @@ def _setup(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, eval_cfg: Ev
     emb = [torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))]
     steps_per_epoch = -(-len(tc.train_inputs) // acfg.batch_size)
     ctx = AdaptContext(base_id=f"fewshot-rec-backbone:{base.checksum}", total_steps=max(steps_per_epoch * acfg.epochs, 1),
-                       num_items=tc.num_items, item_popularity=tc.item_popularity)
+                       num_items=tc.num_items, item_popularity=tc.item_popularity, item_text=list(tenant.items.text),
+                       text=base.cfg.text)
     model = prepare_model(base.model, acfg, ctx=ctx, init_adapter=init_adapter)
     return _Run(model, get_method(acfg.method), ctx, tc, emb, list(eval_cfg.ks_with_primary), eval_cfg)
 
@@ -121,7 +122,8 @@ def _train(run: _Run, acfg: AdaptConfig, on_epoch: EpochCallback | None) -> tupl
                            weight_decay=acfg.weight_decay, ks=tuple(run.ks), eval_batch_size=run.eval_cfg.batch_size,
                            exclude_history=run.eval_cfg.exclude_history)
     fit = fit_tenant(run.model, scoring_backbone(run.model), run.tenant, run.emb[0], trainable_parameters(run.model), settings,
-                     regularizer=hooks.regularizer, after_step=hooks.after_step, on_epoch=on_epoch)
+                     regularizer=hooks.regularizer, after_step=hooks.after_step, on_epoch=on_epoch,
+                     before_batch=hooks.before_batch)
     return fit, hooks
 
 

@@ -94,6 +94,9 @@ class TrainingHooks(NamedTuple):
     regularizer: Callable[[], torch.Tensor] | None = None  # added to every step's loss
     after_step: Callable[[], None] | None = None  # after every optimizer step, gradients still set
     finish: Callable[[], bool] | None = None  # once, after the best epoch's weights are restored
+    # before every step's forward, with the batch's (inputs, targets) (B, T) item indices (text-lora:
+    # which items' text to re-encode)
+    before_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,12 +108,16 @@ class AdaptContext:
         total_steps: Optimizer steps training will take (AdaLoRA's rank schedule); None if unknown.
         num_items: The tenant's catalog size ``N``.
         item_popularity: ``(N,)`` interactions of each item in the K training users' sequences.
+        item_text: The tenant's ``N`` item texts, raw (methods that re-encode text: text-lora); None if unknown.
+        text: The backbone's ``rec.config.TextConfig`` (encoder, max length, item format); None if unknown.
     """
 
     base_id: str | None
     total_steps: int | None
     num_items: int
     item_popularity: np.ndarray
+    item_text: list[str] | None = None
+    text: Any = None
 
 
 @dataclass

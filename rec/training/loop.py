@@ -150,15 +150,19 @@ def train_epoch(
     grad_clip: float,
     regularizer: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
+    before_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> float:
     """One pass over ``rows``; returns the mean training loss (without ``regularizer``).
 
     ``regularizer()`` is added to every step's loss; ``after_step()`` runs after every optimizer
-    step, gradients still set (AdaLoRA's rank allocation: ``rec.adaptation.methods.lora.training_hooks``).
+    step, gradients still set (AdaLoRA's rank allocation: ``rec.adaptation.methods.lora.training_hooks``);
+    ``before_batch(inputs, targets)`` runs before every forward (text-lora picks the items to re-encode).
     """
     loss_model.train()
     losses = []
     for tenant_idx, inputs, targets in iterate_batches(corpus, rows, batch_size):
+        if before_batch is not None:
+            before_batch(inputs, targets)
         loss = loss_model(tenant_idx, inputs, targets, corpus.tenants, text_embs)
         optimizer.zero_grad(set_to_none=True)
         (loss if regularizer is None else loss + regularizer()).backward()

@@ -61,6 +61,7 @@ def fit_tenant(
     regularizer: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
     on_epoch: EpochCallback | None = None,
+    before_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> TenantFit:
     """Train ``params`` on ``tenant``'s training rows; keep the epoch with the best validation NDCG@10.
 
@@ -74,6 +75,7 @@ def fit_tenant(
         regularizer: Added to every step's loss (AdaLoRA's orthogonality penalty).
         after_step: Runs after every optimizer step (AdaLoRA's rank allocation).
         on_epoch: Called after every epoch with (epoch, validation metrics): Ray Tune reports here.
+        before_batch: Runs before every step's forward with the batch's (inputs, targets) (text-lora).
     """
     corpus = Corpus([tenant], tenant.train_inputs.shape[1], None)
 
@@ -90,7 +92,7 @@ def fit_tenant(
             rows = np.random.default_rng([s.seed, epoch]).permutation(len(tenant.train_inputs))
             model.train()
             loss = train_epoch(loss_model, opt, corpus, rows, [text_emb], s.batch_size, s.grad_clip,
-                               regularizer=regularizer, after_step=after_step)
+                               regularizer=regularizer, after_step=after_step, before_batch=before_batch)
             val = validate()
             epochs = epoch + 1
             history.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}})

@@ -10,6 +10,7 @@ import torch
 from rec.adaptation.adapt import adapt_tenant, publish_adapter
 from rec.adaptation.artifacts import list_versions, load_adapter
 from rec.adaptation.prepare import prepare_model, scoring_backbone
+from rec.adaptation.registry import TrainingHooks
 from rec.config import AdaptConfig
 from rec.data.schema import DataError, Tenant
 from rec.io.artifacts import ArtifactError
@@ -111,7 +112,7 @@ def test_adalora_allocates_ranks_and_round_trips_with_peft(small_backbone, new_t
     assert isinstance(r.model.peft_config["default"], peft.AdaLoraConfig) and r.epochs == 6
     hooks = training_hooks(r.model)
     assert float(hooks.regularizer().detach()) > 0 and hooks.after_step is not None
-    assert training_hooks(prepare_model(small_backbone.model, AdaptConfig(method="lora"))) == (None, None, None)
+    assert training_hooks(prepare_model(small_backbone.model, AdaptConfig(method="lora"))) == TrainingHooks()  # every hook None
     pattern = r.model.peft_config["default"].rank_pattern  # the directions each projection kept
     kept = [int(sum(m)) for m in pattern.values()]
     assert pattern and max(kept) <= 6 and sum(kept) < 6 * len(kept)  # pruned, unevenly

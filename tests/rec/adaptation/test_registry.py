@@ -23,7 +23,8 @@ from rec.config import AdaptConfig, ConfigError, load_config
 def test_every_builtin_method_is_registered_with_its_export_kind():
     kinds = {m.name: m.export for m in all_methods()}
     assert kinds == {"zero-shot": ExportKind.BASE, "item-terms": ExportKind.CATALOG, "head": ExportKind.CATALOG,
-                     "prompt": ExportKind.GRAPH_INPUTS, "lora": ExportKind.GRAPH_INPUTS, "full": ExportKind.MERGED_ONLY}
+                     "prompt": ExportKind.GRAPH_INPUTS, "lora": ExportKind.GRAPH_INPUTS, "full": ExportKind.MERGED_ONLY,
+                     "text-lora": ExportKind.CATALOG}
     assert method_names() == sorted(kinds)
 
 
