@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import Field
 
+from rec.adaptation.methods._item_space import item_space_tensors, load_item_space
 from rec.adaptation.registry import WEIGHTS_FILE, AdaptationMethod, AdaptContext, ExportKind, MethodConfig, register
 
 if TYPE_CHECKING:
@@ -194,25 +195,13 @@ class ItemTerms(AdaptationMethod):
         out = {"item_bias": model.item_bias, "catalog_gate": model.catalog_gate.reshape(1), "seen": model.seen}
         if model.item_residual is not None:
             out["item_residual"] = model.item_residual
-        if model.adaptor is not None:  # small, and exact whether or not it trained (train_adaptor)
-            out.update({f"adaptor.{k}": v for k, v in model.adaptor.state_dict().items()})
-        if model.logit_scale is not None:
-            out["logit_scale"] = model.logit_scale.reshape(1)
-        return out
+        return {**out, **item_space_tensors(model)}
 
     def load(self, folder: Path, model: Backbone) -> Backbone:
-        import torch
         from safetensors.torch import load_file
 
         t = load_file(str(folder / WEIGHTS_FILE))
-        adaptor = {k.removeprefix("adaptor."): v for k, v in t.items() if k.startswith("adaptor.")}
-        if adaptor:
-            model.adaptor.load_state_dict(adaptor)
-        if "logit_scale" in t:
-            if model.logit_scale is None:
-                raise ValueError(f"{folder}: the adapter learned a cosine-score temperature, the backbone scores by dot product")
-            with torch.no_grad():
-                model.logit_scale.copy_(t["logit_scale"][0])
+        load_item_space(t, model, folder)
         return _attach(model, t["item_bias"], t.get("item_residual"), t["seen"], float(t["catalog_gate"][0]))
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import Field
 
+from rec.adaptation.methods._item_space import item_space_tensors, load_item_space
 from rec.adaptation.registry import (WEIGHTS_FILE, AdaptationMethod, AdaptContext, ExportKind, MethodConfig, TrainingHooks,
                                      register)
 
@@ -213,22 +214,13 @@ class TextLora(AdaptationMethod):
         out = {"catalog_text": model.catalog_text}
         if model.text_tower is not None:
             out.update(model.text_tower.lora_tensors())
-        out.update({f"adaptor.{k}": v for k, v in model.adaptor.state_dict().items()})
-        if model.logit_scale is not None:
-            out["logit_scale"] = model.logit_scale.reshape(1)
-        return out
+        return {**out, **item_space_tensors(model)}
 
     def load(self, folder: Path, model: Backbone) -> Backbone:
-        import torch
         from safetensors.torch import load_file
 
         t = load_file(str(folder / WEIGHTS_FILE))
-        model.adaptor.load_state_dict({k.removeprefix("adaptor."): v for k, v in t.items() if k.startswith("adaptor.")})
-        if "logit_scale" in t:
-            if model.logit_scale is None:
-                raise ValueError(f"{folder}: the adapter learned a cosine-score temperature, the backbone scores by dot product")
-            with torch.no_grad():
-                model.logit_scale.copy_(t["logit_scale"][0])
+        load_item_space(t, model, folder)
         return _attach(model, t["catalog_text"])
 
 

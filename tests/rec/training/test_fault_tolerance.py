@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.chaos_driver import head_processes
 from rec.config import load_config
 from rec.io.artifacts import ArtifactError, read_manifest
 from rec.training.ray_train import pretrain
@@ -38,15 +39,7 @@ WORKER_TITLE = "ray::RayTrainWorker"
 def _train_workers(started_after: float) -> list[psutil.Process]:
     """Ray Train worker processes of this run: our descendants (the session's Ray), and newer than
     ``started_after`` (a worker of an earlier test may still be exiting)."""
-    found = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            cmd, created = p.cmdline(), p.create_time()
-        except psutil.Error:
-            continue
-        if cmd and cmd[0].startswith(WORKER_TITLE) and created >= started_after:
-            found.append(p)
-    return found
+    return head_processes(os.getpid(), WORKER_TITLE, started_after)
 
 
 def _registered_epochs(run_dir: Path) -> list[int]:
