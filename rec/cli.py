@@ -27,6 +27,23 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="dotted config overrides, e.g. train.epochs=3")
 
 
+def _adapt_args(p: argparse.ArgumentParser, users: str, backbone_help: str = "backbone folder printed by `rec pretrain`") -> None:
+    """The flags ``rec adapt`` and ``rec fed`` share (what is adapted, from whom, written where);
+    :func:`_adapt_flag_overrides` turns them into ``adapt.*`` overrides."""
+    from rec.adaptation.registry import method_names
+
+    p.add_argument("--backbone", required=True, help=backbone_help)
+    p.add_argument("--tenant", help="tenant id among the configured data's tenants (adapt.tenant)")
+    p.add_argument("--method", choices=method_names(), help="adapt.method (a registered adaptation method)")
+    p.add_argument("--k-users", help=f"{users}, or 'null' for all (adapt.k_users)")
+    p.add_argument("--out", help="adapter root (adapt.output_root); writes <out>/<tenant>/v<N>")
+
+
+def _adapt_flag_overrides(args: argparse.Namespace) -> list[str]:
+    return _flag_overrides((args.method, "adapt.method"), (args.k_users, "adapt.k_users"), (args.out, "adapt.output_root"),
+                           (args.tenant, "adapt.tenant"))
+
+
 def _flag_overrides(*pairs: tuple[object, str]) -> list[str]:
     """``key=value`` overrides for the CLI flags that were given: ``(args.workers, "train.num_workers")``.
 
@@ -100,8 +117,7 @@ def _pick_tenant(cfg, name: str | None):  # noqa: ANN001, ANN202
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    extra = _flag_overrides((args.method, "adapt.method"), (args.k_users, "adapt.k_users"), (args.out, "adapt.output_root"), (args.tenant, "adapt.tenant"))
-    cfg = _load(args, extra)
+    cfg = _load(args, _adapt_flag_overrides(args))
     from rec.adaptation.adapt import adapt_tenant, publish_adapter
     from rec.training.checkpoint import load_backbone
 
@@ -349,8 +365,6 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     """pretrain, evaluate, adapt, meta, tune."""
-    from rec.adaptation.registry import method_names
-
     p = sub.add_parser("pretrain", help="pretrain the backbone with Ray Train (DDP) and publish a checkpoint")
     _common(p)
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
@@ -367,11 +381,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("adapt", help="adapt a pretrained backbone to one tenant from K users; writes a versioned adapter")
     _common(p)
-    p.add_argument("--backbone", required=True, help="backbone folder printed by `rec pretrain`")
-    p.add_argument("--tenant", help="tenant id among the configured data's tenants (adapt.tenant)")
-    p.add_argument("--method", choices=method_names(), help="adapt.method (a registered adaptation method)")
-    p.add_argument("--k-users", help="training users, or 'null' for all (adapt.k_users)")
-    p.add_argument("--out", help="adapter root (adapt.output_root); writes <out>/<tenant>/v<N>")
+    _adapt_args(p, "training users")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("meta", help="meta-learn an initialization with Reptile on Ray Train; publishes a backbone for `rec adapt`")

@@ -12,7 +12,7 @@ import argparse
 import json
 import shlex
 
-from rec.cli import _backbone_cfg, _common, _flag_overrides, _pick_tenant, _print_metrics
+from rec.cli import _adapt_args, _adapt_flag_overrides, _backbone_cfg, _common, _flag_overrides, _pick_tenant, _print_metrics
 
 __all__ = ["add_fed_commands", "cmd_fed", "fed_entrypoint"]
 
@@ -48,8 +48,7 @@ def cmd_fed(args: argparse.Namespace) -> int:
     from rec.federated import check_fed_config, federated_adapt, publish_federated
     from rec.training.checkpoint import load_backbone
 
-    extra = _flag_overrides((args.address, "ray.address"), (args.method, "adapt.method"), (args.k_users, "adapt.k_users"),
-                            (args.out, "adapt.output_root"), (args.tenant, "adapt.tenant"), (args.rounds, "fed.rounds"))
+    extra = _adapt_flag_overrides(args) + _flag_overrides((args.address, "ray.address"), (args.rounds, "fed.rounds"))
     base = load_backbone(args.backbone)
     cfg = _backbone_cfg(args, base, extra)
     check_fed_config(cfg.adapt, cfg.fed)  # refuse before any data loads
@@ -79,16 +78,10 @@ def cmd_fed(args: argparse.Namespace) -> int:
 
 def add_fed_commands(sub: argparse._SubParsersAction) -> None:
     """fed: federated adaptation (Flower on Ray)."""
-    from rec.adaptation.registry import method_names
-
     p = sub.add_parser("fed", help="federated adaptation of a tenant's adapter (Flower on Ray): only adapter tensors leave the clients")
     _common(p)
-    p.add_argument("--backbone", required=True, help="backbone folder printed by `rec pretrain` (its config is the default config)")
-    p.add_argument("--tenant", help="tenant id among the configured data's tenants (adapt.tenant)")
-    p.add_argument("--method", choices=method_names(), help="adapt.method: lora or item-terms")
-    p.add_argument("--k-users", help="users that become clients, or 'null' for all (adapt.k_users)")
+    _adapt_args(p, "users that become clients", "backbone folder printed by `rec pretrain` (its config is the default config)")
     p.add_argument("--rounds", type=int, help="federated rounds (fed.rounds)")
-    p.add_argument("--out", help="adapter root (adapt.output_root); writes <out>/<tenant>/v<N>")
     p.add_argument("--address", help="Ray cluster address, e.g. auto inside `ray job submit` (ray.address; default: a local Ray)")
     p.add_argument("--verbose", action="store_true", help="show Flower's and the client actors' logs")
     p.add_argument("--json", action="store_true", help="also print the round history and privacy record as JSON")
