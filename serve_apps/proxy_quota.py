@@ -56,7 +56,6 @@ class ProxyQuota:
     def __init__(self, app: Callable[..., Awaitable[None]], requests_per_s: float, burst: int) -> None:
         self.app = app
         self.quota = TenantQuota(requests_per_s, burst)
-        self.rejected = 0
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Send) -> None:
         tenant = _tenant_of(scope) if scope["type"] == "http" else None
@@ -64,7 +63,6 @@ class ProxyQuota:
         if wait is None:
             await self.app(scope, receive, send)
             return
-        self.rejected += 1
         detail = (f"tenant {tenant!r} is over its request quota ({self.quota.rate:g}/s, burst {self.quota.burst}): "
                   f"retry after {wait} s")
         body = json.dumps({"detail": detail}).encode()
