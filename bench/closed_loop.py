@@ -73,12 +73,17 @@ APP = "closed-loop"
 POLL_S = 0.5
 #: the learning arms tune their prior weight on users' next interactions (rec.serving.prior_tuning), starting at 0.5
 TUNED_GRID = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+#: ... together with the item-to-item prior's weight (rec.serving.online_transitions): every pair is tried
+TRANSITION_GRID = [0.0, 1.0, 4.0]
 ARMS: dict[str, tuple[FeedbackSettings, bool]] = {  # policy -> (tenant feedback settings, re-adapts)
     "static": (FeedbackSettings(policy="greedy", prior_weight=0.0), False),
     "popularity": (FeedbackSettings(policy="greedy", prior_weight=1000.0, count_history=True), False),
-    "greedy+readapt": (FeedbackSettings(policy="greedy", count_history=True, prior_weight_grid=TUNED_GRID), True),
-    "thompson+readapt": (FeedbackSettings(policy="thompson", count_history=True, prior_weight_grid=TUNED_GRID), True),
-    "linucb+readapt": (FeedbackSettings(policy="linucb", count_history=True, prior_weight_grid=TUNED_GRID), True),
+    "greedy+readapt": (FeedbackSettings(policy="greedy", count_history=True, prior_weight_grid=TUNED_GRID,
+                                                  transition_weight_grid=TRANSITION_GRID), True),
+    "thompson+readapt": (FeedbackSettings(policy="thompson", count_history=True, prior_weight_grid=TUNED_GRID,
+                                                  transition_weight_grid=TRANSITION_GRID), True),
+    "linucb+readapt": (FeedbackSettings(policy="linucb", count_history=True, prior_weight_grid=TUNED_GRID,
+                                                  transition_weight_grid=TRANSITION_GRID), True),
 }
 # item-terms: what a zero-shot tenant lacks is its own item statistics (per-item bias from counts + ID residual,
 # shipped only if it beats popularity and the blends on the tenant's own validation users); a LoRA round on a

@@ -1,4 +1,4 @@
-"""What a replica learns from a tenant's live log: exploration policy state and the online prior.
+"""What a replica learns from a tenant's live log: exploration policy state and the online priors.
 
 The event log is the single source of truth. Every replica tails each active tenant's log
 (:meth:`EventLog.tail`) every ``poll_interval_s`` on a background thread and applies the new
@@ -9,8 +9,12 @@ records to its in-memory :class:`TenantFeedback`:
   request's newest history item (``history_last``: what the user did last, reported by the app
   when it asks; off by default, as it moves every tenant's scores from its first request), once per user, so a tenant's popularity is learned from every request and not
   only from clicks on what was shown;
+- with ``transition_weight`` or ``transition_weight_grid``, each user's consecutive counted
+  interactions ``a -> b`` feed the item-to-item prior (``rec.serving.online_transitions``); an
+  ask then also gets ``transition_weight * log1p(successor counts of its newest history item)``;
 - with ``prior_weight_grid``, an ask's ``prior_probe`` and the user's next ask tune the prior's
-  weight (``rec.serving.prior_tuning``: each grid weight judged on what the user did next);
+  weight (``rec.serving.prior_tuning``: each grid weight judged on what the user did next), or the
+  (prior, transition) weight pair with ``transition_weight_grid``;
 - a client ``click``/``purchase`` -> the online prior counts the item; when it names the
   ``request_id`` of a remembered impression that showed the item, the policy counts a click on
   that slate position's features (``observe_click``).
@@ -35,12 +39,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rec.io.artifacts import atomic_write_json
 from rec.serving.bundles import TenantBundle
 from rec.serving.events import EventLog
 from rec.serving.online_prior import OnlinePrior
+from rec.serving.online_transitions import OnlineTransitions
 from rec.serving.prior_tuning import PROBE_KEY, PriorWeightTuner, probe_top_rows
 from rec.serving.policies import POLICIES, PolicyConfig, PolicyState, Slate, choose
 
@@ -74,15 +79,38 @@ class FeedbackSettings(BaseModel):
     prior_weight_grid: list[float] = Field(
         default_factory=list, description="tune the prior weight per tenant over these weights (>= 2, each >= 0) on users' next "
                                           "interactions (rec.serving.prior_tuning); empty: prior_weight stays fixed")
+    transition_weight: float = Field(
+        0.0, ge=0.0, description="online item-to-item prior: weight of log1p(how often users took item i right after the ask's "
+                                 "newest history item), learned from users' consecutive interactions in the log (0: off)")
+    transition_weight_grid: list[float] = Field(
+        default_factory=list, description="tune (prior_weight, transition_weight) together over every pair of prior_weight_grid "
+                                          "x this grid (needs prior_weight_grid); empty: transition_weight stays fixed")
     prior_probe_k: int = Field(10, ge=1, le=100, description="prior tuning: a weight scores a hit when its top-k held the user's next item")
     prior_min_evidence: int = Field(30, ge=1, description="prior tuning: judged interactions before the weight may leave prior_weight")
 
-    @field_validator("prior_weight_grid")
+    @field_validator("prior_weight_grid", "transition_weight_grid")
     @classmethod
-    def _grid(cls, v: list[float]) -> list[float]:
+    def _grid(cls, v: list[float], info) -> list[float]:  # noqa: ANN001 - pydantic's ValidationInfo
         if v and (len(v) < 2 or min(v) < 0 or len(set(v)) != len(v)):
-            raise ValueError(f"prior_weight_grid needs >= 2 distinct weights, each >= 0 (e.g. [0, 0.5, 1, 2, 4]); got {v}")
+            raise ValueError(f"{info.field_name} needs >= 2 distinct weights, each >= 0 (e.g. [0, 0.5, 1, 2, 4]); got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _pairs_need_the_prior_grid(self) -> FeedbackSettings:
+        if self.transition_weight_grid and not self.prior_weight_grid:
+            raise ValueError("transition_weight_grid is tuned in pairs with prior_weight_grid: set prior_weight_grid too "
+                             "(e.g. [0, 0.5, 1, 2, 4, 8])")
+        return self
+
+    @property
+    def learns_transitions(self) -> bool:
+        return self.transition_weight > 0 or bool(self.transition_weight_grid)
+
+    def tuning_grid(self) -> list:
+        """The tuner's grid: prior weights, or (prior, transition) pairs with ``transition_weight_grid``."""
+        if not self.transition_weight_grid:
+            return list(self.prior_weight_grid)
+        return [(wp, wt) for wt in self.transition_weight_grid for wp in self.prior_weight_grid]
 
     def policy_config(self) -> PolicyConfig:
         return PolicyConfig(self.policy, self.epsilon, self.prior_strength, self.ridge, self.noise, self.alpha,
@@ -121,7 +149,10 @@ class TenantFeedback:
         self.item_ids = bundle.item_ids
         self.state = PolicyState(bundle.num_items, int(bundle.catalog.shape[1]))
         self.prior = OnlinePrior(bundle.num_items, settings.prior_half_life_s, settings.prior_weight)
-        self.tuner = (PriorWeightTuner(settings.prior_weight_grid, settings.prior_weight, settings.prior_min_evidence,
+        self.transitions = OnlineTransitions(bundle.num_items, max_remembered) if settings.learns_transitions else None
+        self.transition_weight = settings.transition_weight
+        default = (settings.prior_weight, settings.transition_weight) if settings.transition_weight_grid else settings.prior_weight
+        self.tuner = (PriorWeightTuner(settings.tuning_grid(), default, settings.prior_min_evidence,
                                        max_users=max_remembered) if settings.prior_weight_grid else None)
         self.offsets: dict[str, int] = {}
         self.applied = 0
@@ -158,7 +189,9 @@ class TenantFeedback:
             if self.tuner is not None and rec.get("user_id") is not None:
                 last = rec.get("history_last")
                 self.tuner.observe_ask(str(rec["user_id"]), None if last is None else str(last), rec.get(PROBE_KEY))
-                self.prior.weight = self.tuner.weight
+                self.prior.weight, tuned_transition = self.tuner.entry
+                if self.settings.transition_weight_grid:
+                    self.transition_weight = tuned_transition
             if self.settings.count_history and rec.get("history_last") is not None:
                 self._count(str(rec["history_last"]), rec, from_request=True)
             return
@@ -181,8 +214,13 @@ class TenantFeedback:
         if unknown:
             return None
         user = rec.get("user_id")
-        if from_request and user is not None and self._last_counted.get(user) == item:
+        prev = self._last_counted.get(user) if user is not None else None
+        if from_request and prev == item:
             return rows
+        if self.transitions is not None and prev is not None and prev != item:  # the user's consecutive interactions
+            prev_rows, unknown_prev = self.item_ids.rows_of([prev])
+            if not unknown_prev:
+                self.transitions.observe(int(prev_rows[0]), int(rows[0]))
         if user is not None:
             self._last_counted[user] = item
             self._last_counted.move_to_end(user)
@@ -201,20 +239,29 @@ class TenantFeedback:
         return self.policy.name != "greedy"
 
     def adjust(self, scores: np.ndarray, now: float, exclude: np.ndarray | None = None,
-               probe: dict[str, Any] | None = None) -> np.ndarray:
-        """Full-catalog model scores with the online prior blended in (unchanged without events).
+               probe: dict[str, Any] | None = None, last_row: int | None = None) -> np.ndarray:
+        """Full-catalog model scores with the online priors blended in (unchanged without events):
+        ``z(scores) + prior_weight * log1p(counts) + transition_weight * log1p(successors of last_row)``.
 
-        With prior tuning on and a ``probe`` dict given, fills it with each grid weight's top rows
-        (as item ids; ``exclude`` rows left out) for the impression record.
+        Args:
+            last_row: Catalog row of the ask's newest history item (the item-to-item prior's source);
+                None = no transition term.
+            probe: With prior tuning on, filled with each grid entry's top rows (as item ids;
+                ``exclude`` rows left out) for the impression record.
         """
-        if self.prior.total == 0 or (self.prior.weight == 0 and self.tuner is None):
+        if self.prior.total == 0 or (self.prior.weight == 0 and self.transition_weight == 0 and self.tuner is None):
             return scores
         with self._lock:
             z, pop = self.prior.parts(scores, np.arange(len(scores)), now)
+            succ = self.transitions.dense(last_row) if self.transitions is not None and last_row is not None else None
             if self.tuner is not None and probe is not None:
-                tops = probe_top_rows(z, pop, self.tuner.weights, self.settings.prior_probe_k, exclude)
+                tops = probe_top_rows(z, pop, self.tuner.weights, self.settings.prior_probe_k, exclude, succ)
                 probe.update(weights=self.tuner.weights, top=[[self.item_ids[r] for r in t.tolist()] for t in tops])
-            return scores if self.prior.weight == 0 else z + self.prior.weight * pop
+            use_succ = succ is not None and self.transition_weight > 0
+            if self.prior.weight == 0 and not use_succ:
+                return scores
+            blended = z + self.prior.weight * pop
+            return blended + self.transition_weight * succ if use_succ else blended
 
     def choose(self, rows: np.ndarray, scores: np.ndarray, k: int, rng: np.random.Generator) -> Slate:
         vectors = self._vectors_of(rows) if self.policy.name in ("lints", "linucb") else None

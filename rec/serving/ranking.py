@@ -83,11 +83,20 @@ def _slate(ranker: SharedRanker, row: _Row, user: np.ndarray, exclude: np.ndarra
         rows, scores = ranker.top_k(bundle, user, k, set(exclude.tolist()))
         return rows, scores, greedy_slate(rows, scores), np.arange(1, len(rows) + 1)
     n_cand = max(k, feedback.settings.candidates) if feedback.explores else k
-    rows, scores = ranker.top_k(bundle, user, n_cand, set(exclude.tolist()), adjust=lambda s: feedback.adjust(s, now, exclude, probe))
+    last = _newest_row(row)
+    rows, scores = ranker.top_k(bundle, user, n_cand, set(exclude.tolist()), adjust=lambda s: feedback.adjust(s, now, exclude, probe, last))
     slate = feedback.choose(rows, scores, k, rng)
     rank_of = {int(r): j for j, r in enumerate(rows.tolist())}  # candidates come best first
     idx = np.array([rank_of[int(r)] for r in slate.rows.tolist()], np.int64)
     return slate.rows, scores[idx], slate, idx + 1
+
+
+def _newest_row(row: _Row) -> int | None:
+    """Catalog row of the ask's newest history item (the item-to-item prior's source); None if unknown or none."""
+    if not row.req.history:
+        return None
+    rows, unknown = row.served.bundle.item_ids.rows_of([row.req.history[-1]])
+    return None if unknown else int(rows[0])
 
 
 def _answer(ranker: SharedRanker, row: _Row, user: np.ndarray | None, model_version: str,
