@@ -17,9 +17,11 @@ impression). Eight requests are in flight at a time. Policies (the ``policy`` co
     popularity        greedy on the online counts (prior weight 1000: any counted item outranks any
                       uncounted one; the model only orders the uncounted ones). The online prior
                       counts clicks and each ask's newest history item (count_history=true)
-    greedy+readapt    greedy + the online prior + re-adaptation. The prior's weight is tuned per tenant
-                      on users' next interactions (rec.serving.prior_tuning: grid TUNED_GRID, starting
-                      at the serving default 0.5, free to move after 30 judged interactions)
+    greedy+readapt    greedy + the online priors + re-adaptation. The popularity prior's weight and the
+                      item-to-item prior's (rec.serving.online_transitions) are tuned per tenant on
+                      users' next interactions (rec.serving.prior_tuning: every pair of TUNED_GRID x
+                      TRANSITION_GRID, starting at the serving defaults 0.5 and 0, free to move after
+                      30 judged interactions)
     thompson+readapt  thompson re-ranking of the model's top 50 + online prior + re-adaptation
     linucb+readapt    linucb (NeuralLinear) re-ranking of the top 50 + online prior + re-adaptation
 
