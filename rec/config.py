@@ -385,6 +385,8 @@ class FedConfig(_Strict):
     clients_per_round: int | None = Field(None, ge=1, description="clients sampled per round; null = fraction * clients")
     fraction: float = Field(0.1, gt=0.0, le=1.0, description="share of clients sampled per round when clients_per_round is null")
     local_epochs: int = Field(1, ge=1, description="epochs each sampled client trains on its own sequences per round")
+    local_optimizer: Literal["adamw", "sgd"] = Field("adamw", description="clients' optimizer; use sgd under client_dp: its "
+                                                     "update is the gradient, AdamW's first step is +-lr on every number")
     strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0, description="fedprox: weight of the proximal term mu/2 * ||w - w_global||^2")
     server_lr: float = Field(0.01, gt=0.0, description="fedadam: the server optimizer's step size (eta)")
@@ -413,9 +415,8 @@ class FedConfig(_Strict):
     drop_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="tests/bench: share of sampled clients that crash each round")
     client_cpus: float = Field(0.5, gt=0.0, description="CPUs each client actor reserves (Ray)")
     eval_every: int = Field(1, ge=0, description="server-side validation NDCG@10 every N rounds (0 = only at the end)")
-    keep: Literal["best", "last"] = Field(
-        "best", description="publish the global adapter of the round with the best server-side validation NDCG@10 (early "
-                            "stopping, as rec adapt; post-processing on held-out users, so no privacy cost) or of the last round")
+    keep: Literal["best", "last"] = Field("best", description="publish the global adapter of the round with the best server-side "
+                                          "validation NDCG@10 (early stopping on held-out users: no privacy cost) or of the last round")
     round_timeout_s: float = Field(600.0, gt=0.0, description="a round aggregates the replies received by then")
 
     @model_validator(mode="after")

@@ -90,8 +90,8 @@ def check_fed_config(acfg: AdaptConfig, fcfg: FedConfig) -> None:
 
 def _local_settings(acfg: AdaptConfig, fcfg: FedConfig) -> LocalSettings:
     return LocalSettings(epochs=fcfg.local_epochs, lr=acfg.lr, batch_size=acfg.batch_size, seed=acfg.seed,
-                         weight_decay=acfg.weight_decay, local_dp=fcfg.local_dp, local_noise_multiplier=fcfg.local_noise_multiplier,
-                         local_max_grad_norm=fcfg.local_max_grad_norm)
+                         weight_decay=acfg.weight_decay, optimizer=fcfg.local_optimizer, local_dp=fcfg.local_dp,
+                         local_noise_multiplier=fcfg.local_noise_multiplier, local_max_grad_norm=fcfg.local_max_grad_norm)
 
 
 def _history(rounds: list[RoundLog], evaluations: dict[int, dict[str, float]], losses: dict[int, float]) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ class LocalSettings:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     proximal_mu: float = 0.0
+    optimizer: str = "adamw"  # fed.local_optimizer: adamw or sgd (also DP-SGD's, under local_dp)
     local_dp: bool = False
     local_noise_multiplier: float = 1.0
     local_max_grad_norm: float = 1.0
@@ -88,12 +89,14 @@ def train_locally(model: nn.Module, scorer: nn.Module, corpus: TenantCorpus, tex
         model.train()  # Opacus refuses a model in eval mode
         private_local_train(model, sequences, text_emb=text_emb, max_len=corpus.train_inputs.shape[1], lr=s.lr, epochs=s.epochs,
                             batch_size=s.batch_size, max_grad_norm=s.local_max_grad_norm, delta=s.local_delta,
-                            noise_multiplier=s.local_noise_multiplier, seed=s.seed * 1_000_003 + round_seed)
+                            noise_multiplier=s.local_noise_multiplier, optimizer=s.optimizer, seed=s.seed * 1_000_003 + round_seed)
         model.eval()
         return LocalUpdate(rows_total, float("nan"))  # DP-SGD reports no loss: its batches are noise-dominated
     train = Corpus([corpus], corpus.train_inputs.shape[1], None)
     loss_model = CorpusLoss(scorer)
-    opt = make_optimizer([p for _, p in named], s.lr, s.weight_decay)
+    params = [p for _, p in named]
+    sgd = s.optimizer == "sgd"
+    opt = torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay) if sgd else make_optimizer(params, s.lr, s.weight_decay)
     regularizer = _proximal(named, s.proximal_mu) if s.proximal_mu > 0 else None
     losses = []
     for epoch in range(s.epochs):

@@ -109,3 +109,40 @@ def test_flower_deployment_configs_parse():
     assert conn["address"].endswith(":9093")  # flwr CLI -> Control API
     assert [n["node-config"]["partition-id"] for n in nodes] == list(range(len(nodes)))
     assert all(n["superlink"].endswith(":9092") and n["node-config"]["num-partitions"] == len(nodes) for n in nodes)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_client_item_bias_update_is_the_gradient_step_only_with_sgd(small_backbone, new_tenant, optimizer):
+    """fed.local_optimizer=sgd: one local step moves item-terms' bias by exactly -lr * gradient, so the
+    average over clients is a popularity signal; AdamW's fresh state moves every coordinate by about lr."""
+    import torch
+
+    from rec.adaptation.prepare import prepare_model, scoring_backbone
+    from rec.adaptation.registry import AdaptContext
+    from rec.federated.local_train import LocalSettings, client_corpus, train_locally
+    from rec.models.layers import CausalSelfAttention, Dropout
+    from rec.text import encode_items
+    from rec.training.loop import CorpusLoss
+
+    n = new_tenant.num_items
+    model = prepare_model(small_backbone.model, AdaptConfig(method="item-terms"), ctx=AdaptContext("t", None, n, np.zeros(n, np.float32)))
+    for m in model.modules():  # deterministic forward, so the reference gradient is the step's
+        if isinstance(m, (Dropout, torch.nn.Dropout)):
+            m.p = 0.0
+        if isinstance(m, CausalSelfAttention):
+            m.dropout = 0.0
+    emb = torch.from_numpy(encode_items(list(new_tenant.items.text), small_backbone.cfg.text))
+    corpus = client_corpus(new_tenant.sequences()[:2], n, small_backbone.cfg.data.max_seq_len)
+    rows, lr = len(corpus.train_inputs), 0.5
+    inputs, targets = (torch.from_numpy(a) for a in (corpus.train_inputs, corpus.train_targets))
+    loss = CorpusLoss(scoring_backbone(model))(torch.zeros(rows, dtype=torch.long), inputs, targets, [corpus], [emb])
+    grad = torch.autograd.grad(loss, model.item_bias)[0]
+    before = model.item_bias.detach().clone()
+    s = LocalSettings(epochs=1, lr=lr, batch_size=rows, seed=0, grad_clip=1e9, optimizer=optimizer)  # one step
+    train_locally(model, scoring_backbone(model), corpus, emb, s, round_seed=0)
+    step = model.item_bias.detach() - before
+    assert grad.abs().max() > 0
+    if optimizer == "sgd":
+        torch.testing.assert_close(step, -lr * grad, rtol=1e-4, atol=1e-7)
+    else:
+        assert step.abs().median() > 0.5 * lr  # sign-like: the gradient's magnitudes are gone
