@@ -170,23 +170,34 @@ def central_row(a: argparse.Namespace, backbone_dir: Path, name: str, seed: int,
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Validation NDCG@10 over rounds, one line per (K, setting, method, epsilon): the mean over its
+    seeds; centralized LoRA's best validation (mean over seeds) as a dashed level per K."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    datasets = sorted({r["dataset"] for r in rows if r.get("curve")})
+    datasets = [d for d in DATASETS if any(r["dataset"] == d and r.get("curve") for r in rows)]
     if not datasets:
         return
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
     for ax, name in zip(axes[0], datasets):
+        groups: dict[tuple, list[dict[str, float]]] = {}
         for r in rows:
             if r["dataset"] == name and r.get("curve"):
-                xs = [int(x) for x in r["curve"]]
-                eps = f" eps={r['epsilon']:.2g}" if isinstance(r.get("epsilon"), float) else ""
-                ax.plot(xs, list(r["curve"].values()), marker="o", ms=3, label=f"{r['setting']} {r.get('method', 'lora')}{eps} s{r['seed']} K={r['k']}")
-        ax.set(title=name, xlabel="round (centralized: epoch)", ylabel="validation NDCG@10")
-        ax.legend(fontsize=6)
+                groups.setdefault((str(r["k"]), r["setting"], r.get("method", "lora"), r.get("target_epsilon")), []).append(r["curve"])
+        for (k, setting, method, eps), curves in sorted(groups.items(), key=str):
+            if setting == "centralized":
+                if method == "lora":
+                    ax.axhline(float(np.mean([max(c.values()) for c in curves])), ls="--", lw=1, color="k" if k == "256" else "grey",
+                               label=f"centralized LoRA best, K={k}")
+                continue
+            xs = sorted({int(x) for c in curves for x in c})
+            ys = [np.mean([c[str(x)] for c in curves if str(x) in c]) for x in xs]
+            label = f"K={k} {setting} {method}" + ("" if eps is None else f" eps={eps:g}") + f" ({len(curves)} seed{'s' * (len(curves) > 1)})"
+            ax.plot(xs, ys, marker="o", ms=2, lw=1, ls="-" if k == "256" else ":", label=label)
+        ax.set(title=name, xlabel="round", ylabel="validation NDCG@10 (mean over seeds)")
+        ax.legend(fontsize=5.5)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
