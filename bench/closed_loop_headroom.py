@@ -14,7 +14,7 @@ with the model:
                   transitions': no list of 10 drawn from these candidates (any blend, any weights,
                   any bandit over them) hits more often
     blend-pop     what serving's online prior does: standardised model scores + w_p * log1p(counts),
-                  w_p tuned online on the steps before (rec.serving.prior_tuning's grid and rule)
+                  w_p tuned online on the steps before by serving's own PriorWeightTuner
     blend-pop+transitions
                   the same + w_t * log1p(successor counts of the user's last item), (w_p, w_t) tuned
                   online over the grid's pairs: what an online item-to-item prior would add
@@ -44,7 +44,6 @@ from bench._results import RESULTS, log, write_results  # noqa: E402
 
 COLUMNS = ["dataset", "window", "events", "signal", "hr@10", "ratio_to_static"]
 SIGNALS = ("static", "popularity", "transitions", "union-bound", "blend-pop", "blend-pop+transitions")
-DECAY, MIN_EVIDENCE = 0.995, 30  # rec.serving.prior_tuning.PriorWeightTuner's defaults
 TARGETS = ("ml-100k", "office", "steam", "scientific", "toy", "beauty")
 
 
@@ -73,39 +72,19 @@ def _top10(x: np.ndarray) -> np.ndarray:
     return top[np.argsort(-x[top], kind="stable")]
 
 
-class _Tuner:
-    """Decayed hit counts per grid entry, chosen as rec.serving.prior_tuning.PriorWeightTuner.entry does:
-    the default until MIN_EVIDENCE steps were judged; then the best, on ties the default, else the
-    entry closest to it."""
-
-    def __init__(self, entries: list[tuple[float, float]], default: tuple[float, float]) -> None:
-        self.entries, self.default = entries, default
-        self.hits, self.judged = np.zeros(len(entries)), 0
-
-    def choice(self) -> int:
-        d = self.entries.index(self.default)
-        if self.judged < MIN_EVIDENCE or self.hits.max() <= 0:
-            return d
-        best = np.flatnonzero(self.hits >= self.hits.max() - 1e-9)
-        if d in best:
-            return d
-        return int(min(best, key=lambda j: sum(abs(a - b) for a, b in zip(self.entries[j], self.default))))
-
-    def judge(self, hit: np.ndarray) -> None:
-        self.hits = self.hits * DECAY + hit
-        self.judged += 1
-
-
 def online_hits(histories: list[list[int]], targets: list[int], scores, num_items: int) -> dict[str, np.ndarray]:  # noqa: ANN001
     """Per step, whether each signal's top 10 holds the target, learning only from the steps before."""
     pop = np.zeros(num_items)
     trans: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
     from bench.closed_loop import TRANSITION_GRID, TUNED_GRID
+    from rec.serving.prior_tuning import PriorWeightTuner, probe_top_rows
 
     pairs = [(wp, wt) for wt in TRANSITION_GRID for wp in TUNED_GRID]  # the closed loop's learning arms' grid
     pop_only = [i for i, (_, wt) in enumerate(pairs) if wt == 0.0]
     default = (0.5, 0.0)  # serving's prior_weight and transition_weight defaults
-    tuners = {"blend-pop": _Tuner([pairs[i] for i in pop_only], default), "blend-pop+transitions": _Tuner(pairs, default)}
+    # serving's own tuner (its defaults: 30 judged steps first, decay 0.995), judged on each step's hits
+    tuners = {"blend-pop": PriorWeightTuner([pairs[i] for i in pop_only], default),
+              "blend-pop+transitions": PriorWeightTuner(pairs, default)}
     hits = {s: np.zeros(len(targets), bool) for s in SIGNALS}
     for i, row in scores:
         h, t = histories[i], targets[i]
@@ -121,14 +100,15 @@ def online_hits(histories: list[list[int]], targets: list[int], scores, num_item
         if succ:
             lt[list(succ)] = np.log1p(list(succ.values()))
         lt[~finite] = 0.0
-        grid_hit = np.array([t in _top10(z + wp * lp + wt * lt) for wp, wt in pairs])
+        grid_hit = np.array([t in top for top in probe_top_rows(z, lp, pairs, 10, np.asarray(h, np.int64), lt)])  # serving's probe
         hits["static"][i] = t in _top10(z)
         hits["popularity"][i] = pop[t] > 0 and t in _top10(np.where(finite, pop, -np.inf))
         hits["transitions"][i] = lt[t] > 0 and t in _top10(np.where(finite, lt, -np.inf))
         hits["union-bound"][i] = hits["static"][i] or hits["popularity"][i] or hits["transitions"][i]
         for name, sub in (("blend-pop", pop_only), ("blend-pop+transitions", list(range(len(pairs))))):
-            hits[name][i] = grid_hit[sub][tuners[name].choice()]
-            tuners[name].judge(grid_hit[sub])
+            tuner = tuners[name]
+            hits[name][i] = grid_hit[sub][tuner.entries.index(tuner.entry)]
+            tuner.judge(sum(1 << j for j, hit in enumerate(grid_hit[sub]) if hit))
     return hits
 
 
@@ -222,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 "signals": {"static": "zero-shot top 10, history excluded", "popularity": "counts of every observed interaction",
                             "transitions": "successor counts of the user's last item over observed consecutive pairs",
                             "union-bound": "target in any of the three top-10 lists: bounds every blend of them",
-                            "blend-pop": f"z(model) + w_p log1p(counts), w_p in bench/closed_loop.py's TUNED_GRID tuned online "
-                                         f"(decay {DECAY}, {MIN_EVIDENCE} judged steps first, default 0.5)",
+                            "blend-pop": "z(model) + w_p log1p(counts), w_p in bench/closed_loop.py's TUNED_GRID tuned online by "
+                                         "rec.serving.prior_tuning.PriorWeightTuner (its defaults; default weight 0.5)",
                             "blend-pop+transitions": "the same + w_t log1p(successor counts of the last item), (w_p, w_t) "
                                                      "over TUNED_GRID x TRANSITION_GRID tuned online (the learning arms' grid)"},
                 "events": a.events, "window": a.window}

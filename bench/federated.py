@@ -76,11 +76,11 @@ def _adapt_config(a: argparse.Namespace, k: int | None, seed: int, setting: str 
     # lora-encoder: the same small adapter elsewhere (~1 % of LoRA's numbers with the adaptor: less to noise under DP)
     encoder_only = setting == "local-dp" or method == "lora-encoder"
     lora = {"train_adaptor": False, "target_modules": list(ENCODER_TARGETS)} if encoder_only else {}
-    lr = a.lr
-    if setting == "fedavg-dp":  # clients of DP rows run fed.local_optimizer=a.dp_optimizer, at its own step sizes
-        lr = a.item_terms_lr if method == "item-terms" else a.dp_lora_lr
-    elif method == "item-terms" and setting != "centralized":
+    lr = a.lr  # federated item-terms clients and DP rows' LoRA clients (a.dp_optimizer) have step sizes of their own
+    if method == "item-terms" and setting != "centralized":
         lr = a.item_terms_lr
+    elif setting == "fedavg-dp":
+        lr = a.dp_lora_lr
     return AdaptConfig(method="lora" if method == "lora-encoder" else method, k_users=k, seed=seed, num_eval_users=a.eval_users, lr=lr, batch_size=a.batch_size,
                        epochs=a.central_epochs, torch_threads=1, lora=lora)
 

@@ -94,9 +94,7 @@ def train_locally(model: nn.Module, scorer: nn.Module, corpus: TenantCorpus, tex
         return LocalUpdate(rows_total, float("nan"))  # DP-SGD reports no loss: its batches are noise-dominated
     train = Corpus([corpus], corpus.train_inputs.shape[1], None)
     loss_model = CorpusLoss(scorer)
-    params = [p for _, p in named]
-    sgd = s.optimizer == "sgd"
-    opt = torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay) if sgd else make_optimizer(params, s.lr, s.weight_decay)
+    opt = make_optimizer([p for _, p in named], s.lr, s.weight_decay, kind=s.optimizer)
     regularizer = _proximal(named, s.proximal_mu) if s.proximal_mu > 0 else None
     losses = []
     for epoch in range(s.epochs):

@@ -368,7 +368,7 @@ def _make_private(model: nn.Module, params: list[nn.Parameter], inputs: np.ndarr
     gen = torch.Generator().manual_seed(seed)
     loader = DPDataLoader.from_data_loader(
         DataLoader(TensorDataset(torch.from_numpy(inputs), torch.from_numpy(targets)), batch_size=batch_size), generator=gen)
-    opt = make_optimizer(params, lr) if optimizer == "adamw" else torch.optim.SGD(params, lr=lr)
+    opt = make_optimizer(params, lr, kind=optimizer)
     with warnings.catch_warnings():
         # Opacus warns that its secure RNG is off: the noise is seeded (reproducible runs); a
         # production deployment passes secure_mode (torchcsprng), see docs/federated-privacy.md.

@@ -120,7 +120,7 @@ class PriorWeightTuner:
         """Judge the user's previous probe on this ask's newest interaction, then remember this probe."""
         prev = self._last.get(user)
         if prev is not None and history_last is not None and history_last != prev[0]:
-            self._judge(prev[1].get(history_last, 0))
+            self.judge(prev[1].get(history_last, 0))
         top = _probe_hits(probe, self.weights) if probe is not None else None
         if top is None:
             self._last.pop(user, None)
@@ -130,7 +130,8 @@ class PriorWeightTuner:
         if len(self._last) > self._max_users:
             self._last.popitem(last=False)
 
-    def _judge(self, mask: int) -> None:
+    def judge(self, mask: int) -> None:
+        """One judged interaction: grid entry ``j`` held it iff bit ``j`` of ``mask`` is set."""
         self.hits *= self.decay
         for j in range(len(self.weights)):
             if mask >> j & 1:
