@@ -87,3 +87,14 @@ def test_id_only_models_scale_their_input_like_sasrec() -> None:
     assert Backbone(use_text=False, num_item_ids=10, d_model=16).input_scale == math.sqrt(16)
     assert Backbone(use_text=True, d_model=16, text_dim=8).input_scale == 1.0
     assert Backbone(use_text=False, num_item_ids=10, d_model=16, input_scale=1.0).input_scale == 1.0
+
+
+def test_the_optimizer_factory_gives_plain_sgd_or_refuses_an_unknown_kind():
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = make_optimizer([p], 0.5, kind="sgd")
+    p.grad = torch.tensor([1.0, 2.0, -2.0])
+    opt.step()
+    assert isinstance(opt, torch.optim.SGD) and p.detach().tolist() == [0.5, 0.0, 2.0]  # exactly -lr * grad
+    with pytest.raises(ValueError, match="choose 'adamw' or 'sgd'"):
+        make_optimizer([p], 0.5, kind="adam")
