@@ -90,7 +90,6 @@ def test_id_only_models_scale_their_input_like_sasrec() -> None:
 
 
 def test_the_optimizer_factory_gives_plain_sgd_or_refuses_an_unknown_kind():
-
     p = torch.nn.Parameter(torch.ones(3))
     opt = make_optimizer([p], 0.5, kind="sgd")
     p.grad = torch.tensor([1.0, 2.0, -2.0])
