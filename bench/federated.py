@@ -38,11 +38,11 @@ from bench._results import RESULTS, log, write_results  # noqa: E402
 from rec.config import DATA_ROOT_ENV  # noqa: E402
 
 COLUMNS = ["dataset", "setting", "method", "optimizer", "seed", "k", "epsilon", "delta", "rounds", "clients_per_round", "ndcg@10", "hr@10",
-           "bytes_up_per_round", "wire_up_per_round", "wire_down_per_round", "round_s_median", "wall_s", "failed", "rejected", "rounds_lost", "note"]
+           "bytes_up_per_round", "wire_up_per_round", "wire_down_per_round", "round_s_median", "wall_s", "failed", "rejected", "rounds_lost", "actors_killed", "clipping_norm", "note"]
 DATASETS = ("scientific", "office", "ml-100k")
 SETTINGS = ("centralized", "fedavg", "fedavg-dp", "local-dp", "fedavg-secagg", "fedavg-drop")
-# on request: fedavg-secagg (--settings fedavg fedavg-secagg), fedavg-drop (FedAvg while --drop-fraction of the sampled
-# clients' actor processes exit mid-round, every round)
+# on request: fedavg-secagg (--settings fedavg fedavg-secagg), fedavg-drop (FedAvg while --drop-fraction of the client
+# actors is SIGKILLed mid-round, every round: bench/fed_actor_kills.py)
 DEFAULT_SETTINGS = ("centralized", "fedavg", "fedavg-dp", "local-dp")
 
 
@@ -88,7 +88,7 @@ def _adapt_config(a: argparse.Namespace, k: int | None, seed: int, setting: str 
 def _fed_config(a: argparse.Namespace, setting: str, epsilon: float | None, method: str = "lora"):  # noqa: ANN202
     from rec.config import FedConfig
 
-    over: dict[str, Any] = dict(rounds=a.rounds, fraction=a.fraction, local_epochs=a.local_epochs, client_cpus=a.client_cpus,
+    over: dict[str, Any] = dict(rounds=a.dp_rounds if setting == "fedavg-dp" else a.rounds, fraction=a.fraction, local_epochs=a.local_epochs, client_cpus=a.client_cpus,
                                 eval_every=a.eval_every)
     if setting == "fedavg-dp":
         over.update(client_dp="fixed", target_epsilon=epsilon, clipping_norm=a.clipping_norm)
@@ -97,8 +97,9 @@ def _fed_config(a: argparse.Namespace, setting: str, epsilon: float | None, meth
         over.update(local_dp=True)
     if setting == "fedavg-secagg":
         over.update(secagg=True)
-    if setting == "fedavg-drop":
-        over.update(drop_fraction=getattr(a, "drop_fraction", 0.2))
+    if setting == "fedavg-drop":  # that share of the clients fails every round (their ClientApp raises), and of a pool of
+        # round(1 / drop_fraction) client actors one is SIGKILLed mid-round (bench/fed_actor_kills.py)
+        over.update(drop_fraction=a.drop_fraction, client_cpus=a.ray_cpus / max(1, round(1 / a.drop_fraction)))
     return FedConfig(**over)
 
 
@@ -116,7 +117,7 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
     """One federated row, in a child process (Flower shuts Ray down when it ends)."""
     from rec.config import RayConfig
     from rec.federated import federated_adapt
-    from rec.federated.client_app import ClientFaults
+    from bench.fed_actor_kills import ActorKiller
     from rec.federated.accounting import PrivacyModuleMissing
     from rec.training.checkpoint import load_backbone
 
@@ -128,7 +129,7 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
     fcfg = _fed_config(a, setting, eps, method)
     row: dict[str, Any] = {"dataset": name, "setting": setting, "method": method, "optimizer": fcfg.local_optimizer,
                            "target_epsilon": eps, "seed": seed, "k": "all" if k is None else k, "epsilon": eps,
-                           "rounds": fcfg.rounds}
+                           "rounds": fcfg.rounds, "clipping_norm": fcfg.clipping_norm if fcfg.client_dp != "none" else None}
     try:
         n_train = len(tenant.sequences()) - a.eval_users if k is None else k  # the clients (held-out users never are)
         if a.max_clients_per_round and a.fraction * n_train > a.max_clients_per_round:
@@ -137,8 +138,13 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
             n = len(tenant.sequences()) if k is None else k
             fcfg = fcfg.model_copy(update={"local_noise_multiplier": _local_noise(a, fcfg, n, eps)})
         t0 = time.perf_counter()
-        faults = ClientFaults(drop_kind="exit") if setting == "fedavg-drop" else None  # the process dies, not an exception
-        res = federated_adapt(base, tenant, acfg, fcfg, ray_cfg=RayConfig(num_cpus=a.ray_cpus), text_emb=emb, faults=faults)
+        killer = ActorKiller(a.drop_fraction, fcfg.rounds, seed=seed) if setting == "fedavg-drop" else None
+        try:
+            res = federated_adapt(base, tenant, acfg, fcfg, ray_cfg=RayConfig(num_cpus=a.ray_cpus), text_emb=emb,
+                                  on_round=killer.on_round if killer else None)
+        finally:
+            if killer:
+                killer.stop()
     except (PrivacyModuleMissing, ImportError) as e:
         return {**row, "note": f"skipped: privacy module missing ({str(e)[:80]})"}
     hist = res.history
@@ -153,6 +159,8 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
                 "rounds_lost": sum(1 for h in hist if not h["clients"]),  # rounds that aggregated no reply
                 "adapter_bytes": res.adapter_bytes, "clients": res.num_clients,
                 "curve": {str(r): m["ndcg@10"] for r, m in sorted(res.evaluations.items())}, "kept_round": res.kept_round})
+    if killer:
+        row.update(killer.summary(), sampled_per_round=float(np.mean([h["sampled"] for h in hist])))
     return row
 
 
@@ -218,7 +226,9 @@ def jobs(a: argparse.Namespace) -> list[tuple[str, str, str, int, int | None, fl
 def row_key(row: dict[str, Any]) -> tuple:
     """What makes a row the same measurement (a re-run of it replaces it under ``--merge``)."""
     k = "all" if row.get("k") is None else row["k"]
-    return row["dataset"], row["setting"], row.get("method", "lora"), row.get("optimizer", "adamw"), row["seed"], k, row.get("target_epsilon")
+    rounds = None if row["setting"] == "centralized" else row.get("rounds")  # centralized's "rounds" are its epochs
+    return (row["dataset"], row["setting"], row.get("method", "lora"), row.get("optimizer", "adamw"), row["seed"], k, row.get("target_epsilon"),
+            rounds, row.get("clipping_norm"))
 
 
 def merged(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -255,10 +265,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--drop-fraction", type=float, default=0.2, help="fedavg-drop: share of the sampled clients killed every round")
+    p.add_argument("--drop-fraction", type=float, default=0.2, help="fedavg-drop: share of the clients that fail, and of the client actors SIGKILLed, every round")
     p.add_argument("--max-clients-per-round", type=int, default=100,
                    help="cap on the sampled clients (K=all: 10 %% of 2,500 users would be 250 a round; 0 = no cap)")
-    p.add_argument("--clipping-norm", type=float, default=0.5)
+    p.add_argument("--dp-rounds", type=int, default=200,
+                   help="rounds of the fedavg-dp rows (more rounds at the same epsilon: more noise per round, better signal to noise)")
+    p.add_argument("--clipping-norm", type=float, default=1.0, help="fedavg-dp: the clients' update bound C")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--central-epochs", type=int, default=40)
@@ -272,8 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.quick:
         a.name = "federated_quick" if a.name == "federated" else a.name  # never mistaken for the full protocol's results
-        a.datasets, a.seeds, a.ks, a.rounds, a.fraction, a.central_epochs, a.eval_every, a.eval_users = \
-            ["ml-100k"], [0], [64], 5, 0.2, 8, 1, 200
+        a.datasets, a.seeds, a.ks, a.rounds, a.dp_rounds, a.fraction, a.central_epochs, a.eval_every, a.eval_users = \
+            ["ml-100k"], [0], [64], 5, 5, 0.2, 8, 1, 200
     return a
 
 
@@ -308,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
 def protocol(a: argparse.Namespace, backbone: Path) -> dict[str, Any]:
     return {"backbone": str(backbone.relative_to(ROOT)) if backbone.is_relative_to(ROOT) else backbone.name,
             "clients": "one per training user (K users), fraction sampled per round; held-out users evaluate (test NDCG@10/HR@10)",
-            "rounds": a.rounds, "fraction": a.fraction, "max_clients_per_round": a.max_clients_per_round, "local_epochs": a.local_epochs, "lr": a.lr, "batch_size": a.batch_size,
+            "rounds": a.rounds, "dp_rounds": a.dp_rounds, "fraction": a.fraction, "max_clients_per_round": a.max_clients_per_round, "local_epochs": a.local_epochs, "lr": a.lr, "batch_size": a.batch_size,
             "clipping_norm": a.clipping_norm, "delta": "1/N clients", "accountant": "Opacus RDP (rec.federated.privacy)",
             "centralized": f"adapt_tenant, {a.central_epochs} epochs, early stopping, lr {a.lr}: LoRA (every ratio's denominator) "
                            "and item-terms (with the pooled popularity init and floor a federated server never has)", "quick": a.quick,
@@ -331,7 +343,10 @@ def summary(rows: list[dict[str, Any]]) -> str:
         c = next((x for x in rows if x["setting"] == "centralized" and x.get("method", "lora") == "lora" and x.get("ndcg@10")
                   and (x["dataset"], x["seed"], x["k"]) == (r["dataset"], r["seed"], r["k"])), None)
         if c and r is not c and r.get("ndcg@10") is not None:
-            key = (r["k"], r["setting"], f'{r.get("method", "lora")}/{r.get("optimizer", "adamw")}', r.get("target_epsilon"), r["dataset"])
+            method = f'{r.get("method", "lora")}/{r.get("optimizer", "adamw")}'
+            if r["setting"] != "centralized":
+                method += f', {r.get("rounds")} rounds' + (f', C={r["clipping_norm"]:g}' if r.get("clipping_norm") else "")
+            key = (r["k"], r["setting"], method, r.get("target_epsilon"), r["dataset"])
             groups.setdefault(key, []).append((r["ndcg@10"], c["ndcg@10"]))
     bar = {("fedavg", None): 0.95, ("fedavg-dp", 8.0): 0.90}
     lines = ["Ratios to centralized LoRA (mean NDCG@10 over the seeds present; target where the issue sets one):", ""]

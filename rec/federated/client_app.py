@@ -13,9 +13,8 @@ malformed update. It is off unless a caller passes it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -31,12 +30,10 @@ class ClientFaults:
 
     Attributes:
         drop_fraction: Share of all clients that fail each round (those of them sampled fail).
-        drop_kind: ``raise`` (the ClientApp raises) or ``exit`` (the actor process exits).
         corrupt: ``{partition: kind}``: kind ``nan``, ``shape`` or ``keys`` malforms that client's update.
     """
 
     drop_fraction: float = 0.0
-    drop_kind: Literal["raise", "exit"] = "raise"
     corrupt: dict[int, str] = field(default_factory=dict)
     seed: int = 0
 
@@ -130,8 +127,6 @@ def local_round(state: ClientState, arrays: dict[str, np.ndarray], partition: in
     payload = state.payload
     faults = payload.faults
     if faults is not None and faults.drops(server_round, partition, len(payload.client_seqs)):
-        if faults.drop_kind == "exit":
-            os._exit(1)  # the actor process dies mid-round, as a crashed device would
         raise RuntimeError(f"client {partition} dropped out of round {server_round} (injected fault)")
     load_adapter_arrays(state.model, arrays)
     torch.manual_seed(payload.local.seed * 1_000_003 + server_round)

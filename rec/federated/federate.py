@@ -149,8 +149,7 @@ def federated_adapt(base: LoadedBackbone, tenant: Tenant, acfg: AdaptConfig, fcf
     noise = resolve_noise(fcfg, len(parts), sampled)
     local = replace(_local_settings(acfg, fcfg), local_delta=default_delta(fcfg, len(seqs)))
     if fcfg.drop_fraction > 0:
-        faults = ClientFaults(drop_fraction=fcfg.drop_fraction, seed=acfg.seed, corrupt=dict(faults.corrupt) if faults else {},
-                              drop_kind=faults.drop_kind if faults else "raise")
+        faults = ClientFaults(drop_fraction=fcfg.drop_fraction, seed=acfg.seed, corrupt=dict(faults.corrupt) if faults else {})
     payload = ClientPayload(base.model, acfg, ctx, np.asarray(text_emb, np.float32), [[seqs[i] for i in p] for p in parts],
                             max_len, local, faults)
     emb = torch.from_numpy(np.require(text_emb, np.float32, ["C", "W"]))

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _row(dataset: str, setting: str, seed: int, ndcg: float, method: str = "lora", eps: float | None = None, k=256) -> dict:  # noqa: ANN001
     return {"dataset": dataset, "setting": setting, "method": method, "optimizer": "sgd" if setting == "fedavg-dp" else "adamw",
-            "seed": seed, "k": k, "target_epsilon": eps, "epsilon": eps, "ndcg@10": ndcg}
+            "seed": seed, "k": k, "target_epsilon": eps, "epsilon": eps, "ndcg@10": ndcg, "rounds": 100,
+            "clipping_norm": 0.5 if setting == "fedavg-dp" else None}
 
 
 def test_the_grid_crosses_dp_methods_with_epsilons_and_centralized_with_its_methods():
@@ -46,8 +47,8 @@ def test_summary_divides_seed_means_by_centralized_lora_and_checks_the_targets()
     rows += [_row("ml-100k", "fedavg", 0, 0.036), _row("ml-100k", "fedavg", 1, 0.040)]  # mean 0.038 / 0.04 = 0.95
     rows += [_row("ml-100k", "fedavg-dp", 0, 0.032, "item-terms", 8.0), _row("ml-100k", "fedavg-dp", 1, 0.036, "item-terms", 8.0)]
     text = summary(rows)
-    assert "K=256 ml-100k fedavg lora/adamw: 0.950x over 2 seed(s) (target >= 0.95: **met**)" in text
-    assert "fedavg-dp item-terms/sgd eps=8: 0.850x over 2 seed(s) (target >= 0.9: **not met**)" in text
+    assert "K=256 ml-100k fedavg lora/adamw, 100 rounds: 0.950x over 2 seed(s) (target >= 0.95: **met**)" in text
+    assert "fedavg-dp item-terms/sgd, 100 rounds, C=0.5 eps=8: 0.850x over 2 seed(s) (target >= 0.9: **not met**)" in text
     assert "centralized item-terms/adamw: 1.250x over 1 seed(s)" in text  # a reference row, no target
 
 
