@@ -177,35 +177,52 @@ def central_row(a: argparse.Namespace, backbone_dir: Path, name: str, seed: int,
             "curve": {str(h["epoch"] + 1): h["val_ndcg@10"] for h in res.history}}
 
 
+def _curve_groups(rows: list[dict[str, Any]], name: str, k: str) -> dict[tuple, list[dict[str, float]]]:
+    """(setting, method, target epsilon, rounds) -> the validation curves of its seeds, for one dataset and K."""
+    groups: dict[tuple, list[dict[str, float]]] = {}
+    for r in rows:
+        if r["dataset"] == name and str(r["k"]) == k and r.get("curve"):
+            rounds = None if r["setting"] == "centralized" else r.get("rounds")
+            groups.setdefault((r["setting"], r.get("method", "lora"), r.get("target_epsilon"), rounds), []).append(r["curve"])
+    return groups
+
+
+def _plot_panel(ax, groups: dict[tuple, list[dict[str, float]]], title: str) -> None:  # noqa: ANN001
+    if not groups:
+        ax.set_axis_off()
+        return
+    import matplotlib.pyplot as plt
+
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    for (setting, method, eps, rounds), curves in sorted(groups.items(), key=str):
+        if setting == "centralized":
+            if method == "lora":
+                ax.axhline(float(np.mean([max(c.values()) for c in curves])), ls="--", lw=1, color="k", label="centralized LoRA best")
+            continue
+        xs = sorted({int(x) for c in curves for x in c})
+        ys = [np.mean([c[str(x)] for c in curves if str(x) in c]) for x in xs]
+        label = f"{setting} {method}" + ("" if eps is None else f" eps={eps:g}, {rounds} rounds") + f" ({len(curves)} seed{'s' * (len(curves) > 1)})"
+        ax.plot(xs, ys, marker="o", ms=2, lw=1, ls=":" if method == "lora" and setting == "fedavg-dp" else "-", label=label)
+    ax.set(title=title, xlabel="round", ylabel="validation NDCG@10 (mean over seeds)")
+    ax.legend(fontsize=5.5)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Validation NDCG@10 over rounds, one line per (K, setting, method, epsilon): the mean over its
-    seeds; centralized LoRA's best validation (mean over seeds) as a dashed level per K."""
+    """Validation NDCG@10 over rounds: a panel per (K, dataset), one line per (setting, method, epsilon,
+    rounds), the mean over its seeds; centralized LoRA's best validation (mean over seeds) as a dashed level."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = [d for d in DATASETS if any(r["dataset"] == d and r.get("curve") for r in rows)]
+    ks = sorted({str(r["k"]) for r in rows if r.get("curve")}, key=lambda k: (k == "all", k))
     if not datasets:
         return
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], datasets):
-        groups: dict[tuple, list[dict[str, float]]] = {}
-        for r in rows:
-            if r["dataset"] == name and r.get("curve"):
-                groups.setdefault((str(r["k"]), r["setting"], r.get("method", "lora"), r.get("target_epsilon")), []).append(r["curve"])
-        for (k, setting, method, eps), curves in sorted(groups.items(), key=str):
-            if setting == "centralized":
-                if method == "lora":
-                    ax.axhline(float(np.mean([max(c.values()) for c in curves])), ls="--", lw=1, color="k" if k == "256" else "grey",
-                               label=f"centralized LoRA best, K={k}")
-                continue
-            xs = sorted({int(x) for c in curves for x in c})
-            ys = [np.mean([c[str(x)] for c in curves if str(x) in c]) for x in xs]
-            label = f"K={k} {setting} {method}" + ("" if eps is None else f" eps={eps:g}") + f" ({len(curves)} seed{'s' * (len(curves) > 1)})"
-            ax.plot(xs, ys, marker="o", ms=2, lw=1, ls="-" if k == "256" else ":", label=label)
-        ax.set(title=name, xlabel="round", ylabel="validation NDCG@10 (mean over seeds)")
-        ax.legend(fontsize=5.5)
+    fig, axes = plt.subplots(len(ks), len(datasets), figsize=(5.5 * len(datasets), 4.2 * len(ks)), squeeze=False)
+    for i, k in enumerate(ks):
+        for ax, name in zip(axes[i], datasets):
+            _plot_panel(ax, _curve_groups(rows, name, k), f"{name}, K={k}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

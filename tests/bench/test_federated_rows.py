@@ -70,3 +70,17 @@ def test_the_committed_rows_carry_the_issue_columns_and_their_centralized_refere
         if r["setting"] == "fedavg-dp":
             assert abs(r["epsilon"] - r["target_epsilon"]) / r["target_epsilon"] < 0.01  # the noise was solved for it
             assert r["bytes_up_per_round"] <= r["clients_per_round"] * r["adapter_bytes"]  # upload <= the adapter per client
+
+
+def test_plot_draws_a_panel_per_k_and_dataset(tmp_path: Path):
+    from bench.federated import _curve_groups, plot
+
+    rows = [dict(_row("ml-100k", "centralized", 0, 0.04), curve={"1": 0.03, "2": 0.04}),
+            dict(_row("ml-100k", "fedavg-dp", 0, 0.03, "item-terms", 8.0), curve={"0": 0.01, "100": 0.02}),
+            dict(_row("ml-100k", "fedavg-dp", 0, 0.03, "item-terms", 8.0), rounds=200, curve={"0": 0.01, "200": 0.03}),
+            dict(_row("office", "fedavg", 0, 0.03, k="all"), curve={"0": 0.01, "100": 0.02})]
+    groups = _curve_groups(rows, "ml-100k", "256")
+    assert set(groups) == {("centralized", "lora", None, None), ("fedavg-dp", "item-terms", 8.0, 100), ("fedavg-dp", "item-terms", 8.0, 200)}
+    assert _curve_groups(rows, "ml-100k", "all") == {}
+    plot(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
