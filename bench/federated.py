@@ -201,7 +201,7 @@ def _plot_panel(ax, groups: dict[tuple, list[dict[str, float]]], title: str) -> 
             continue
         xs = sorted({int(x) for c in curves for x in c})
         ys = [np.mean([c[str(x)] for c in curves if str(x) in c]) for x in xs]
-        label = f"{setting} {method}" + ("" if eps is None else f" eps={eps:g}, {rounds} rounds") + f" ({len(curves)} seed{'s' * (len(curves) > 1)})"
+        label = f"{setting} {method}" + ("" if eps is None else f" eps={eps:g}") + f", {rounds} rounds ({len(curves)} seed{'s' * (len(curves) > 1)})"
         ax.plot(xs, ys, marker="o", ms=2, lw=1, ls=":" if method == "lora" and setting == "fedavg-dp" else "-", label=label)
     ax.set(title=title, xlabel="round", ylabel="validation NDCG@10 (mean over seeds)")
     ax.legend(fontsize=5.5)
