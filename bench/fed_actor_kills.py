@@ -37,8 +37,8 @@ class Kill:
 
 @dataclass
 class ActorKiller:
-    """SIGKILL ``fraction`` of the live client actors ``delay_s`` into every round after the first
-    ``after_round`` (the initial evaluation is round 0), until ``last_round``."""
+    """SIGKILL ``fraction`` of the live client actors ``delay_s`` into every round from round 1 (armed when
+    the initial evaluation, round 0, reports) through ``last_round``."""
 
     fraction: float
     last_round: int
@@ -61,17 +61,21 @@ class ActorKiller:
         self._timers.append(timer)
         timer.start()
 
-    def kill_now(self, server_round: int) -> list[Kill]:
-        """SIGKILL ``max(1, round(fraction * pool))`` of the live client actors (a seeded choice)."""
-        procs = sorted(head_processes(self.root_pid, ACTOR_TITLE), key=lambda p: p.pid)
-        if not procs:
+    def choose(self, pids: list[int], server_round: int) -> list[int]:
+        """``max(1, round(fraction * len(pids)))`` of ``pids``, the same for the same (seed, round, pids)."""
+        if not pids:
             return []
-        n = max(1, int(round(self.fraction * len(procs))))
-        chosen = np.random.default_rng([self.seed, server_round]).permutation(len(procs))[:n]
+        n = max(1, int(round(self.fraction * len(pids))))
+        order = np.random.default_rng([self.seed, server_round]).permutation(len(pids))
+        return [sorted(pids)[i] for i in order[:n]]
+
+    def kill_now(self, server_round: int) -> list[Kill]:
+        """SIGKILL :meth:`choose`'s share of the live client actors under ``root_pid``."""
+        pids = [p.pid for p in head_processes(self.root_pid, ACTOR_TITLE)]
         done = []
-        for i in chosen:
+        for pid in self.choose(pids, server_round):
             try:
-                done.append(Kill(server_round, procs[i].pid, sigkill(procs[i].pid), len(procs)))
+                done.append(Kill(server_round, pid, sigkill(pid), len(pids)))
             except ProcessLookupError:  # it died on its own in between
                 continue
         self.kills.extend(done)
@@ -83,6 +87,5 @@ class ActorKiller:
             t.cancel()
 
     def summary(self) -> dict[str, Any]:
-        rounds = sorted({k.round for k in self.kills})
-        return {"actors_killed": len(self.kills), "rounds_with_kills": len(rounds),
+        return {"actors_killed": len(self.kills), "rounds_with_kills": len({k.round for k in self.kills}),
                 "actor_pool": max((k.pool for k in self.kills), default=0), "kill_delay_s": self.delay_s}

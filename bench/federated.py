@@ -85,7 +85,7 @@ def _adapt_config(a: argparse.Namespace, k: int | None, seed: int, setting: str 
                        epochs=a.central_epochs, torch_threads=1, lora=lora)
 
 
-def _fed_config(a: argparse.Namespace, setting: str, epsilon: float | None, method: str = "lora"):  # noqa: ANN202
+def _fed_config(a: argparse.Namespace, setting: str, epsilon: float | None):  # noqa: ANN202
     from rec.config import FedConfig
 
     over: dict[str, Any] = dict(rounds=a.dp_rounds if setting == "fedavg-dp" else a.rounds, fraction=a.fraction, local_epochs=a.local_epochs, client_cpus=a.client_cpus,
@@ -113,11 +113,23 @@ def _local_noise(a: argparse.Namespace, fcfg, num_clients: int, epsilon: float) 
                                               rounds=fcfg.rounds * fcfg.local_epochs))
 
 
+def row_identity(a: argparse.Namespace, name: str, setting: str, method: str, seed: int, k: int | None,
+                 eps: float | None) -> dict[str, Any]:
+    """The fields :func:`row_key` reads, as a run of this job writes them (also on the row of a job that failed)."""
+    row = {"dataset": name, "setting": setting, "method": method, "optimizer": "adamw", "target_epsilon": eps, "seed": seed,
+           "k": "all" if k is None else k, "epsilon": eps}
+    if setting != "centralized":
+        fcfg = _fed_config(a, setting, eps)
+        row.update(optimizer=fcfg.local_optimizer, rounds=fcfg.rounds,
+                   clipping_norm=fcfg.clipping_norm if fcfg.client_dp != "none" else None)
+    return row
+
+
 def fed_row(job: dict[str, Any]) -> dict[str, Any]:
     """One federated row, in a child process (Flower shuts Ray down when it ends)."""
+    from bench.fed_actor_kills import ActorKiller
     from rec.config import RayConfig
     from rec.federated import federated_adapt
-    from bench.fed_actor_kills import ActorKiller
     from rec.federated.accounting import PrivacyModuleMissing
     from rec.training.checkpoint import load_backbone
 
@@ -126,17 +138,14 @@ def fed_row(job: dict[str, Any]) -> dict[str, Any]:
     base = load_backbone(job["backbone"])
     tenant, emb = _target(name, a.bench_config, base)
     acfg = _adapt_config(a, k, seed, setting, method)
-    fcfg = _fed_config(a, setting, eps, method)
-    row: dict[str, Any] = {"dataset": name, "setting": setting, "method": method, "optimizer": fcfg.local_optimizer,
-                           "target_epsilon": eps, "seed": seed, "k": "all" if k is None else k, "epsilon": eps,
-                           "rounds": fcfg.rounds, "clipping_norm": fcfg.clipping_norm if fcfg.client_dp != "none" else None}
+    fcfg = _fed_config(a, setting, eps)
+    row = row_identity(a, name, setting, method, seed, k, eps)
     try:
         n_train = len(tenant.sequences()) - a.eval_users if k is None else k  # the clients (held-out users never are)
         if a.max_clients_per_round and a.fraction * n_train > a.max_clients_per_round:
             fcfg = fcfg.model_copy(update={"clients_per_round": a.max_clients_per_round})
-        if setting == "local-dp":
-            n = len(tenant.sequences()) if k is None else k
-            fcfg = fcfg.model_copy(update={"local_noise_multiplier": _local_noise(a, fcfg, n, eps)})
+        if setting == "local-dp":  # delta = 1/clients, as rec.federated reports it
+            fcfg = fcfg.model_copy(update={"local_noise_multiplier": _local_noise(a, fcfg, n_train, eps)})
         t0 = time.perf_counter()
         killer = ActorKiller(a.drop_fraction, fcfg.rounds, seed=seed) if setting == "fedavg-drop" else None
         try:
@@ -323,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "method": method, "seed": seed, "k": k, "epsilon": eps},))
         except Exception as e:  # noqa: BLE001 - one failed row is recorded, the rest still run
             traceback.print_exc()
-            row = {"dataset": name, "setting": setting, "method": method, "target_epsilon": eps, "seed": seed, "k": k,
-                   "optimizer": a.dp_optimizer if setting == "fedavg-dp" else "adamw",
-                   "epsilon": eps, "note": f"failed: {str(e)[:120]}"}
+            row = {**row_identity(a, name, setting, method, seed, k, eps), "note": f"failed: {str(e)[:120]}"}
         log(f"  -> ndcg@10 {row.get('ndcg@10')} wall {row.get('wall_s')} {row.get('note', '')}")
         rows.append(row)
         out = merged(jpath, rows) if a.merge else rows
@@ -365,23 +372,24 @@ def summary(rows: list[dict[str, Any]]) -> str:
                 method += f', {r.get("rounds")} rounds' + (f', C={r["clipping_norm"]:g}' if r.get("clipping_norm") else "")
             key = (r["k"], r["setting"], method, r.get("target_epsilon"), r["dataset"])
             groups.setdefault(key, []).append((r["ndcg@10"], c["ndcg@10"]))
-    bar = {("fedavg", None): 0.95, ("fedavg-dp", 8.0): 0.90}
     lines = ["Ratios to centralized LoRA (mean NDCG@10 over the seeds present; target where the issue sets one):", ""]
     by_setting: dict[tuple, list[float]] = {}
     for (k, setting, method, eps, name), pairs in sorted(groups.items(), key=str):
         ratio = float(np.mean([p[0] for p in pairs]) / np.mean([p[1] for p in pairs]))
         by_setting.setdefault((k, setting, method, eps), []).append(ratio)
-        target = bar.get((setting, eps))
-        verdict = "" if target is None else f" (target >= {target}: **{'met' if ratio >= target else 'not met'}**)"
-        label = f"{setting} {method}" + ("" if eps is None else f" eps={eps:g}")
-        lines.append(f"- K={k} {name} {label}: {ratio:.3f}x over {len(pairs)} seed(s){verdict}")
+        lines.append(f"- K={k} {name} {_judged(setting, method, eps, ratio, f'{len(pairs)} seed(s)')}")
     lines += ["", "Mean over datasets:", ""]
     for (k, setting, method, eps), ratios in sorted(by_setting.items(), key=str):
-        target = bar.get((setting, eps))
-        verdict = "" if target is None else f" (target >= {target}: **{'met' if np.mean(ratios) >= target else 'not met'}**)"
-        label = f"{setting} {method}" + ("" if eps is None else f" eps={eps:g}")
-        lines.append(f"- K={k} {label}: {np.mean(ratios):.3f}x over {len(ratios)} dataset(s){verdict}")
+        lines.append(f"- K={k} {_judged(setting, method, eps, float(np.mean(ratios)), f'{len(ratios)} dataset(s)')}")
     return "\n".join(lines)
+
+
+def _judged(setting: str, method: str, eps: float | None, ratio: float, over: str) -> str:
+    """``<setting> <method> [eps=..]: <ratio>x over <over>`` and, where the issue sets a target, whether it is met."""
+    target = {("fedavg", None): 0.95, ("fedavg-dp", 8.0): 0.90}.get((setting, eps))
+    label = f"{setting} {method}" + ("" if eps is None else f" eps={eps:g}")
+    verdict = "" if target is None else f" (target >= {target}: **{'met' if ratio >= target else 'not met'}**)"
+    return f"{label}: {ratio:.3f}x over {over}{verdict}"
 
 
 if __name__ == "__main__":

@@ -84,3 +84,16 @@ def test_plot_draws_a_panel_per_k_and_dataset(tmp_path: Path):
     assert _curve_groups(rows, "ml-100k", "all") == {}
     plot(rows, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_a_failed_row_has_the_key_of_the_row_that_replaces_it():
+    """A failed job's row carries the identity a run of the same job writes, so --merge replaces it."""
+    from bench.federated import row_identity
+
+    a = parse_args(["--dp-rounds", "200", "--clipping-norm", "1.0"])
+    dp = row_identity(a, "office", "fedavg-dp", "item-terms", 1, None, 8.0)
+    assert (dp["optimizer"], dp["rounds"], dp["clipping_norm"], dp["k"]) == ("sgd", 200, 1.0, "all")
+    assert row_key({**dp, "note": "failed: x"}) == row_key({**dp, "ndcg@10": 0.03})
+    fedavg = row_identity(a, "office", "fedavg", "lora", 1, 256, None)
+    assert (fedavg["optimizer"], fedavg["rounds"], fedavg["clipping_norm"]) == ("adamw", 100, None)
+    assert row_key(row_identity(a, "office", "centralized", "lora", 1, 256, None))[-2:] == (None, None)
