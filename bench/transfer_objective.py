@@ -9,6 +9,13 @@ Side by side on the few-shot benchmark's 2-core pretraining data (``bench/fewsho
   candidates = the batch's target items from every source, cosine / 0.07, duplicates merged;
   domain-balanced batches (``train.mixture=balanced``, equal shares); batch 512, lr 1e-3.
 * ``infonce-kv``: ``infonce`` with ``text.item_format=kv`` ("title: ...; brand: ...; category: ...").
+* ``infonce-textlora``: ``infonce`` with LoRA on MiniLM's top ``--text-lora-layers`` layers trained by
+  the same loss (``rec.training.text_tower``; issue 17 item 4): each batch's items are re-encoded
+  from cached token states (``runs/transfer-probe/token-states``, built once), the text-preserving
+  term ``--preserve`` keeps them near the frozen vectors, LoRA learns at ``--text-lora-lr``;
+  ``--freeze-backbone`` trains LoRA alone on the untrained init's sequence model. Every catalog
+  is ranked with its re-encoded text; the selected epoch's merged encoder is saved as a model
+  folder (``tuned-encoder-<run>``) that ``text.model`` loads.
 
 After every epoch, and once before the first (epoch -1 = the untrained init), the model ranks
 zero-shot (full ranking, 500 held-out users, ``k_shot_split`` seed 0, as the few-shot benchmark
@@ -20,6 +27,7 @@ NDCG@10 (init included), as ``train.select_on=holdout`` does with several held-o
 
     python -m bench.transfer_objective --prepare              # load + cache the tenants (npz) once
     python -m bench.transfer_objective --run ce --epochs 4    # one run: rows to runs/transfer-probe/
+    python -m bench.transfer_objective --run infonce-textlora --lr 1e-4 --text-lora-layers 1 --epochs 3
     python -m bench.transfer_objective --report               # bench/results/transfer_objective.{json,md,png}
 """
 
@@ -53,6 +61,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "infonce": {"model.loss": "infonce", "train.mixture": "balanced", "train.batch_size": 512, "text.item_format": "joined"},
     "infonce-kv": {"model.loss": "infonce", "train.mixture": "balanced", "train.batch_size": 512, "text.item_format": "kv"},
     "ce-balanced": {"model.loss": "ce", "train.mixture": "balanced", "train.batch_size": 128, "text.item_format": "joined"},
+    "infonce-textlora": {"model.loss": "infonce", "train.mixture": "balanced", "train.batch_size": 512, "text.item_format": "joined"},
 }
 
 
@@ -90,48 +99,123 @@ def eval_sets(folder: Path, index: dict, text_cfg: Any) -> list[tuple[str, str, 
 
 
 # --- one run ---------------------------------------------------------------------------------------
-def run(bc: Any, name: str, folder: Path, epochs: int, lr: float, temperature: float, threads: int, max_minutes: float,
-        tag: str = "") -> None:
+def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
     """Pretrain one setting; append one JSON line per epoch (init included) to ``PROBE_DIR/rows-<name><tag>.jsonl``."""
     import torch
 
     from rec.models.backbone import build_backbone
     from rec.training.corpus import build_corpus
-    from rec.training.loop import CorpusLoss, evaluate_tenant, make_optimizer, train_epoch
+    from rec.training.loop import CorpusLoss, evaluate_tenant, train_epoch
     from rec.training.mixture import epoch_rows
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(a.threads)
     index = json.loads((folder / "index.json").read_text())
-    cfg = rec_config({**bc.pretrain, **RUNS[name], "train.lr": lr, "train.infonce_temperature": temperature,
-                      "text.cache_dir": str(ROOT / ".cache" / "rec-text"), "text.num_threads": threads,
+    cfg = rec_config({**bc.pretrain, **RUNS[name], "train.lr": a.lr, "train.infonce_temperature": a.temperature,
+                      "text.cache_dir": str(ROOT / ".cache" / "rec-text"), "text.num_threads": a.threads,
                       "train.select_on": "valid"})
     corpus = build_corpus(cfg, tenants=[read_tenant(folder, n) for n in index["sources"]], holdout=[])
-    embs = [torch.from_numpy(t.text_emb) for t in corpus.tenants]
     evals = eval_sets(folder, index, cfg.text)
     torch.manual_seed(cfg.train.seed)
     model = build_backbone(cfg.model)
+    tower = None
+    embs: list = [torch.from_numpy(t.text_emb) for t in corpus.tenants]
+    if a.text_lora_layers:
+        tower, embs, evals = text_tower_run(cfg, corpus, folder, evals, a)
+    opt = run_optimizer(model, tower, a)
     loss_model = CorpusLoss(model, cfg.model.loss, cfg.model.num_negatives, cfg.train.infonce_temperature)
-    opt = make_optimizer(model.parameters(), cfg.train.lr, cfg.train.weight_decay)
-    out = PROBE_DIR / f"rows-{name}{tag}.jsonl"
+    regularizer = None
+    if tower is not None:
+        from rec.training.text_tower import preserve_regularizer
+
+        regularizer = preserve_regularizer(embs, a.preserve)
+    out = PROBE_DIR / f"rows-{name}{a.tag}.jsonl"
     out.unlink(missing_ok=True)
-    log(f"{name}: {[(t.name, len(t.train_inputs), t.num_items) for t in corpus.tenants]}")
-    start = time.perf_counter()
-    for epoch in range(-1, epochs):
+    log(f"{name}{a.tag}: {[(t.name, len(t.train_inputs), t.num_items) for t in corpus.tenants]}")
+    start, best = time.perf_counter(), (-1.0, None, -1)
+    for epoch in range(-1, a.epochs):
         t0 = time.perf_counter()
         loss = float("nan")
         if epoch >= 0:
             rows = epoch_rows(corpus, cfg.train, epoch)
-            loss = train_epoch(loss_model, opt, corpus, rows, embs, cfg.train.batch_size, cfg.train.grad_clip)
-        row = {"run": name + tag, "lr": cfg.train.lr, "objective": cfg.model.loss, "mixture": cfg.train.mixture, "text_format": cfg.text.item_format,
-               "batch_size": cfg.train.batch_size, "epoch": epoch, "train_loss": loss, "epoch_s": round(time.perf_counter() - t0, 1)}
+            loss = train_epoch(loss_model, opt, corpus, rows, embs, cfg.train.batch_size, cfg.train.grad_clip, regularizer)
+        row = {"run": name + a.tag, "lr": cfg.train.lr, "objective": cfg.model.loss, "mixture": cfg.train.mixture,
+               "text_format": cfg.text.item_format, "batch_size": cfg.train.batch_size, "epoch": epoch, "train_loss": loss,
+               "epoch_s": round(time.perf_counter() - t0, 1), **text_lora_columns(a)}
+        shifts = []
         for ds, _, tc, emb in evals:
-            row[ds] = evaluate_tenant(model, tc, emb, "test", ks=[10])["ndcg@10"]
+            text = emb.encode_all() if tower is not None else emb
+            if tower is not None:
+                shifts.append(float((1 - (text * emb.states.frozen).sum(-1)).mean()))
+            row[ds] = evaluate_tenant(model, tc, text, "test", ks=[10])["ndcg@10"]
+        row["text_shift"] = float(np.mean(shifts)) if shifts else 0.0
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        log(f"{name} epoch {epoch}: loss {loss:.3f} ({row['epoch_s']:.0f} s) | " + "  ".join(f"{ds} {row[ds]:.4f}" for ds, *_ in evals))
-        if (time.perf_counter() - start) / 60 > max_minutes:
-            log(f"{name}: stopped after epoch {epoch}, past --max-minutes {max_minutes}")
+        log(f"{name}{a.tag} epoch {epoch}: loss {loss:.3f} ({row['epoch_s']:.0f} s) | " + "  ".join(f"{ds} {row[ds]:.4f}" for ds, *_ in evals))
+        sel = float(np.mean([row[s] for s in index["selection"]]))
+        if tower is not None and sel > best[0]:
+            best = (sel, None if epoch < 0 else {k: v.detach().clone() for k, v in tower.lora_tensors().items()}, epoch)
+        if (time.perf_counter() - start) / 60 > a.max_minutes:
+            log(f"{name}: stopped after epoch {epoch}, past --max-minutes {a.max_minutes}")
             break
+    if tower is not None and best[1] is not None:
+        save_selected_encoder(cfg, tower, best, name + a.tag)
+
+
+def text_lora_columns(a: argparse.Namespace) -> dict[str, Any]:
+    """The LoRA settings of a row (0 layers: the frozen encoder)."""
+    if not a.text_lora_layers:
+        return {"text_lora_layers": 0}
+    return {"text_lora_layers": a.text_lora_layers, "text_lora_rank": a.text_lora_rank, "text_lora_lr": a.text_lora_lr,
+            "preserve": a.preserve, "backbone": "frozen" if a.freeze_backbone else "trained"}
+
+
+def run_optimizer(model: Any, tower: Any, a: argparse.Namespace) -> Any:
+    """AdamW over the backbone (unless ``--freeze-backbone``) at ``--lr`` and the LoRA weights at ``--text-lora-lr``."""
+    import torch
+
+    groups = [] if a.freeze_backbone and tower is not None else [{"params": list(model.parameters()), "lr": a.lr}]
+    if a.freeze_backbone and tower is not None:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    if tower is not None:
+        groups.append({"params": [p for p in tower.parameters() if p.requires_grad], "lr": a.text_lora_lr})
+    return torch.optim.AdamW(groups, weight_decay=0.0)
+
+
+def text_tower_run(cfg: Any, corpus: Any, folder: Path, evals: list, a: argparse.Namespace) -> tuple[Any, list, list]:
+    """The LoRA tower, each source's :class:`TowerText` and the eval sets with theirs (token states cached on disk)."""
+    from rec.text import get_encoder
+    from rec.text.item_format import format_item_texts
+    from rec.text.lora_tower import DEFAULT_TARGETS, LoraTower
+    from rec.text.token_states import token_states
+    from rec.training.text_tower import TowerText
+
+    encoder = get_encoder(cfg.text)
+    cut = int(encoder.model.config.num_hidden_layers) - a.text_lora_layers
+    tower = LoraTower(encoder, cut, a.text_lora_rank, 2.0 * a.text_lora_rank, list(DEFAULT_TARGETS))
+
+    def texts_of(name: str) -> TowerText:
+        t0 = time.perf_counter()
+        texts = format_item_texts(list(read_tenant(folder, name).items.text), cfg.text.item_format)
+        st = token_states(encoder, texts, cut, PROBE_DIR / "token-states" / f"{name}-cut{cut}-{cfg.text.item_format}")
+        log(f"token states {name}: {st.num_items} items, {st.states.shape[0]} tokens "
+            f"({'built' if st.build_s else 'read'} in {time.perf_counter() - t0:.0f} s)")
+        return TowerText(tower, st)
+
+    sources = [texts_of(t.name) for t in corpus.tenants]
+    evals = [(ds, role, tc, texts_of(ds)) for ds, role, tc, _ in evals]
+    return tower, sources, evals
+
+
+def save_selected_encoder(cfg: Any, tower: Any, best: tuple, run_name: str) -> None:
+    """Write the selected epoch's merged encoder as a model folder (``text.model`` loads it)."""
+    from rec.text import get_encoder
+    from rec.text.lora_tower import save_tuned_encoder
+
+    tower.load_lora(best[1])
+    dest = save_tuned_encoder(get_encoder(cfg.text), tower, PROBE_DIR / f"tuned-encoder-{run_name}",
+                              {"selected_epoch": best[2], "selection_mean_ndcg@10": best[0]})
+    log(f"{run_name}: merged encoder of epoch {best[2]} saved to {dest}")
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -212,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="suffix of the run's name (e.g. -lr1e-4 for a variant of --run)")
     ap.add_argument("--max-minutes", type=float, default=15.0, help="stop after the epoch that passes this")
+    ap.add_argument("--text-lora-layers", type=int, default=0, help="LoRA on this many top MiniLM layers (0: frozen text)")
+    ap.add_argument("--text-lora-rank", type=int, default=8)
+    ap.add_argument("--text-lora-lr", type=float, default=1e-3)
+    ap.add_argument("--preserve", type=float, default=1.0, help="weight of the text-preserving term mean(1 - cos(new, frozen))")
+    ap.add_argument("--freeze-backbone", action="store_true", help="train only the text LoRA on the untrained sequence model")
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     ap.add_argument("--name", default="transfer_objective")
     a = ap.parse_args(argv)
@@ -220,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.prepare:
         prepare(with_data_root(bc, os.environ.get(DATA_ROOT_ENV)), a.tenants)
     if a.run:
-        run(bc, a.run, a.tenants, a.epochs, a.lr, a.temperature, a.threads, a.max_minutes, a.tag)
+        run(bc, a.run, a.tenants, a)
     if a.report:
         report(a.tenants, a.results_dir, a.name, a)
     if not (a.prepare or a.run or a.report):

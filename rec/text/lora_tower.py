@@ -15,6 +15,8 @@ reason. Dropout inside the copied layers stays off (the frozen encoder runs in e
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ from torch import nn
 from rec.text.encoder import TextEncoder, encoder_device
 from rec.text.token_states import TokenStates
 
-__all__ = ["LoraTower", "DEFAULT_TARGETS", "encoder_layers"]
+__all__ = ["LoraTower", "DEFAULT_TARGETS", "encoder_layers", "preserve_term", "tuned_encoder", "save_tuned_encoder"]
 
 #: BERT-family module names: q/k/v of self-attention and every dense (attention out, FFN in/out)
 DEFAULT_TARGETS = ("query", "key", "value", "dense")
@@ -111,3 +113,47 @@ class LoraTower(nn.Module):
         with torch.no_grad():
             for k, p in live.items():
                 p.copy_(tensors[k])
+
+
+def preserve_term(new: torch.Tensor, frozen: torch.Tensor, weight: float) -> torch.Tensor:
+    """The text-preserving term ``weight * mean(1 - cos(new, frozen))`` over unit rows ``(A, H)``.
+
+    Keeps re-encoded item vectors near the frozen encoder's, so the title prior stays reachable.
+    """
+    return weight * (1.0 - (new * frozen).sum(-1)).mean()
+
+
+def tuned_encoder(encoder: TextEncoder, tower: LoraTower) -> nn.Module:
+    """A copy of the whole Hugging Face encoder with the tower's LoRA merged into its layers.
+
+    ``W + B A * scale`` replaces each adapted projection's weight (PEFT's ``get_delta_weight``), so
+    the copy encodes every text exactly as the tower does on its cached states, with no PEFT at
+    run time and the original encoder untouched.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    model = copy.deepcopy(encoder.model).cpu()
+    layers = model.encoder.layer
+    with torch.no_grad():
+        for name, module in tower.layers.named_modules():
+            if isinstance(module, LoraLayer):
+                i, rest = name.split(".", 1)
+                target = layers[tower.cut + int(i)].get_submodule(rest)
+                target.weight += module.get_delta_weight("default").to(target.weight)
+    return model
+
+
+def save_tuned_encoder(encoder: TextEncoder, tower: LoraTower, dest: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write the merged encoder (:func:`tuned_encoder`) and its tokenizer as a model folder at ``dest``.
+
+    The folder is a plain ``transformers`` model: ``text.model=<dest>`` makes every later step
+    (zero-shot, adaptation, the catalog a publish encodes) use the tuned text vectors. Written
+    atomically with a checksummed manifest (``kind="text-encoder"``) that names the base model.
+    """
+    from rec.io.artifacts import artifact_writer
+
+    record = {"base_model": encoder.model_id, "base_fingerprint": encoder.model_fingerprint, "lora_cut": tower.cut, **(meta or {})}
+    with artifact_writer(dest, "text-encoder", record) as tmp:
+        tuned_encoder(encoder, tower).save_pretrained(str(tmp), safe_serialization=True)
+        encoder.tokenizer.save_pretrained(str(tmp))
+    return Path(dest)

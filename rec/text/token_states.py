@@ -17,14 +17,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from rec.io.artifacts import sha256_bytes
+from rec.io.artifacts import ArtifactError, artifact_writer, read_manifest, sha256_bytes
 from rec.text.encoder import TextEncoder, encoder_device
 
-__all__ = ["TokenStates", "cut_layer_states", "token_states"]
+__all__ = ["TokenStates", "cut_layer_states", "token_states", "save_token_states", "load_token_states"]
 
 #: catalogs kept in memory (each up to a few hundred MB): the benchmark's K values of one target share one
 _MEMO_SIZE = 1
@@ -115,10 +116,12 @@ def cut_layer_states(encoder: TextEncoder, texts: list[str], cut: int) -> TokenS
                        time.perf_counter() - t0)
 
 
-def token_states(encoder: TextEncoder, texts: list[str], cut: int) -> TokenStates:
+def token_states(encoder: TextEncoder, texts: list[str], cut: int, folder: str | Path | None = None) -> TokenStates:
     """:func:`cut_layer_states`, kept in memory by (encoder cache key, cut, sha256 of the texts).
 
     A second adaptation of the same catalog (another K, seed or method setting) reuses the pass.
+    With ``folder`` the states are also kept on disk there (:func:`save_token_states`), so another
+    process (a pretraining run over many catalogs, a benchmark re-run) skips the frozen pass.
     """
     digest = sha256_bytes("\x1f".join(texts).encode("utf-8"))
     key = f"{encoder.cache_key}|cut={cut}|{digest}"
@@ -126,10 +129,36 @@ def token_states(encoder: TextEncoder, texts: list[str], cut: int) -> TokenState
         hit = _MEMO.get(key)
     if hit is not None:
         return TokenStates(hit.states, hit.offsets, hit.lengths, hit.frozen, hit.cut, key, 0.0)
-    built = cut_layer_states(encoder, texts, cut)
-    built.key = key
+    built = load_token_states(folder, key) if folder is not None else None
+    if built is None:
+        built = cut_layer_states(encoder, texts, cut)
+        built.key = key
+        if folder is not None:
+            save_token_states(built, folder)
     with _LOCK:
         while len(_MEMO) >= _MEMO_SIZE:
             _MEMO.pop(next(iter(_MEMO)))
         _MEMO[key] = built
     return built
+
+
+_ARRAYS = ("states", "offsets", "lengths", "frozen")
+
+
+def save_token_states(st: TokenStates, folder: str | Path) -> None:
+    """Write ``st`` to ``folder`` (replacing what is there) atomically, with a checksummed manifest."""
+    with artifact_writer(folder, "token-states", {"key": st.key, "cut": st.cut, "build_s": round(st.build_s, 2)}) as tmp:
+        for name in _ARRAYS:
+            np.save(tmp / f"{name}.npy", getattr(st, name).numpy())
+
+
+def load_token_states(folder: str | Path, key: str) -> TokenStates | None:
+    """The states saved at ``folder`` if they were built for ``key``; None if absent, stale or corrupt."""
+    try:
+        manifest = read_manifest(folder, kind="token-states")
+    except ArtifactError:
+        return None
+    if manifest.get("key") != key:
+        return None
+    arrays = {name: torch.from_numpy(np.load(Path(folder) / f"{name}.npy", allow_pickle=False)) for name in _ARRAYS}
+    return TokenStates(arrays["states"], arrays["offsets"], arrays["lengths"], arrays["frozen"], int(manifest["cut"]), key, 0.0)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from rec.models.backbone import Backbone
 from rec.training.batches import PAD
+from rec.training.text_tower import TowerText, text_rows
 
 __all__ = ["infonce_loss", "corpus_infonce_loss"]
 
@@ -49,7 +50,7 @@ def corpus_infonce_loss(
     tenant_idx: torch.Tensor,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    text_embs: list[torch.Tensor | None],
+    text_embs: list[torch.Tensor | TowerText | None],
     temperature: float,
 ) -> torch.Tensor:
     """InfoNCE of a multi-tenant batch (text backbones only).
@@ -57,7 +58,8 @@ def corpus_infonce_loss(
     Args:
         tenant_idx: ``(B,)`` tenant of each row; inputs/targets ``(B, T)`` (PAD / -100 ignored),
             all on the backbone's device.
-        text_embs: Each tenant's text embeddings ``(N_t, text_dim)``.
+        text_embs: Each tenant's text embeddings ``(N_t, text_dim)``, or a :class:`TowerText` that
+            re-encodes the touched items with the LoRA text tower (``rec.training.text_tower``).
         temperature: Cosine temperature (UniSRec: 0.07).
 
     Returns:
@@ -76,7 +78,7 @@ def corpus_infonce_loss(
         sel = tenant_idx == t
         inp, tgt = inputs[sel], targets[sel]
         used = _touched_items(inp, tgt)  # (K,)
-        reps = backbone.item_representations(emb.to(device)[used])  # (K, D): only what the batch touches
+        reps = backbone.item_representations(text_rows(emb, used, device))  # (K, D): only what the batch touches
         local = torch.full((emb.shape[0],), -1, dtype=torch.long, device=device)
         local[used] = torch.arange(len(used), device=device)
         pad = inp == PAD

@@ -23,6 +23,7 @@ from rec.models.backbone import Backbone
 from rec.training.batches import PAD
 from rec.training.corpus import Corpus, EvalRows, TenantCorpus
 from rec.training.infonce import corpus_infonce_loss
+from rec.training.text_tower import TowerText
 
 __all__ = ["CorpusLoss", "make_optimizer", "catalog_representations", "iterate_batches", "trim_padding", "train_epoch",
            "evaluate_tenant", "evaluate_corpus"]
@@ -76,6 +77,9 @@ class CorpusLoss(nn.Module):
         tenant_idx, inputs, targets = (x.to(device, non_blocking=True) for x in (tenant_idx, inputs, targets))
         if self.loss == "infonce":  # in-batch negatives across tenants: one softmax over the whole batch
             return corpus_infonce_loss(self.backbone, tenant_idx, inputs, targets, text_embs, self.infonce_temperature)
+        if any(isinstance(e, TowerText) for e in text_embs):
+            raise ValueError("LoRA on the text encoder trains on the items a batch touches: set model.loss=infonce "
+                             f"(in-batch negatives), not {self.loss!r}")
         total, count = inputs.new_zeros((), dtype=torch.float32), 0
         for t in torch.unique(tenant_idx).tolist():
             sel = tenant_idx == t

@@ -181,6 +181,8 @@ class TextLora(AdaptationMethod):
     def training_hooks(self, model: nn.Module) -> TrainingHooks:
         import torch
 
+        from rec.text.lora_tower import preserve_term
+
         limit, weight, in_batch = model.text_lora_limits
         gen = torch.Generator().manual_seed(0)
         n = model.catalog_text.shape[0]
@@ -195,8 +197,7 @@ class TextLora(AdaptationMethod):
         def regularizer() -> torch.Tensor:
             if weight == 0.0 or model.active_text is None:
                 return torch.zeros(())
-            frozen = model.token_states.frozen[model.active_items]
-            return weight * (1.0 - (model.active_text * frozen).sum(-1)).mean()
+            return preserve_term(model.active_text, model.token_states.frozen[model.active_items], weight)
 
         return TrainingHooks(regularizer=regularizer, before_batch=before_batch)
 

@@ -78,3 +78,37 @@ def test_bad_cut_and_targets_say_what_to_do(encoder):
         cut_layer_states(encoder, TEXTS, 6)
     with pytest.raises(ValueError, match="BERT-style names"):
         LoraTower(encoder, 5, rank=4, alpha=8.0, target_modules=["q_proj"])
+
+
+def test_token_states_on_disk_skip_the_frozen_pass_and_refuse_other_texts(encoder, tmp_path):
+    from rec.text import token_states as ts
+
+    folder = tmp_path / "states"
+    built = token_states(encoder, TEXTS[:4], 5, folder=folder)
+    assert (folder / "manifest.json").is_file() and built.build_s > 0
+    ts._MEMO.clear()  # another process: nothing in memory
+    again = token_states(encoder, TEXTS[:4], 5, folder=folder)
+    assert again.build_s == 0.0 and torch.equal(again.states, built.states) and torch.equal(again.frozen, built.frozen)
+    assert ts.load_token_states(folder, "another key") is None  # other texts or cut: rebuilt, never reused
+    (folder / "frozen.npy").write_bytes(b"torn")
+    assert ts.load_token_states(folder, built.key) is None  # a corrupt copy is not read
+
+
+def test_the_tuned_encoder_folder_encodes_as_the_tower(encoder, tmp_path):
+    from rec.io.artifacts import read_manifest
+    from rec.text.lora_tower import save_tuned_encoder
+
+    states = cut_layer_states(encoder, TEXTS, 5)
+    tower = LoraTower(encoder, 5, rank=4, alpha=8.0, target_modules=list(DEFAULT_TARGETS))
+    with torch.no_grad():
+        for n, p in tower.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)  # a trained-looking LoRA
+    want = tower.encode_all(states)
+    assert (want - states.frozen).abs().max() > 1e-3
+    folder = save_tuned_encoder(encoder, tower, tmp_path / "tuned", {"run": "test"})
+    assert read_manifest(folder, kind="text-encoder")["base_model"] == encoder.model_id
+    tuned = get_encoder(TextConfig(model=str(folder), num_threads=1, batch_size=3))
+    assert tuned.model_fingerprint != encoder.model_fingerprint
+    assert np.abs(tuned.encode(TEXTS) - want.numpy()).max() < 1e-4  # text.model=<folder> gives the tower's vectors
+    assert np.abs(encoder.encode(TEXTS) - states.frozen.numpy()).max() < 1e-5  # the shared encoder is untouched
