@@ -156,6 +156,15 @@ class ModelConfig(_Strict):
         return self
 
 
+class TextLoraConfig(_Strict):
+    """``rec pretrain`` with LoRA on the item-text encoder's top layers, trained with the backbone (docs/adaptation.md)."""
+
+    layers: int = Field(0, ge=0, description="top text-encoder layers that get LoRA; 0 = off (the frozen encoder)")
+    rank: int = Field(8, ge=1, description="LoRA rank (alpha = 2 * rank)")
+    lr: float | None = Field(None, gt=0.0, description="learning rate of the LoRA weights; null = train.lr")
+    preserve_weight: float = Field(1.0, ge=0.0, description="weight of mean(1 - cos(tuned, frozen)) over each step's items")
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -185,6 +194,7 @@ class TrainConfig(_Strict):
         "train.mixture_weights (default equal shares; rec.training.mixture)")
     mixture_weights: dict[str, float] = Field(
         default_factory=dict, description="train.mixture=balanced: relative share per tenant name (missing names: 1.0)")
+    text_lora: TextLoraConfig = Field(default_factory=TextLoraConfig)
 
 
 #: the metric that early-stops, selects checkpoints and is always reported (full ranking)
@@ -395,6 +405,9 @@ class RecConfig(_Strict):
             raise ValueError("train.select_on=holdout needs held-out tenants: add data.holdout entries or set train.select_on=valid")
         if self.data.holdout and not self.model.use_text:
             raise ValueError("data.holdout tenants are ranked zero-shot from item text: set model.use_text=true or remove data.holdout")
+        if self.train.text_lora.layers and not (self.model.use_text and self.model.loss == "infonce"):
+            raise ValueError(f"train.text_lora.layers={self.train.text_lora.layers} trains the item-text encoder on each batch's "
+                             "items: set model.use_text=true model.loss=infonce, or train.text_lora.layers=0")
         return self
 
 

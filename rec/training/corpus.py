@@ -42,6 +42,8 @@ class TenantCorpus:
     test: EvalRows
     item_popularity: np.ndarray  # (N,) counts over training sequences
     data_hash: str
+    # (N,) item texts laid out per text.item_format: only when train.text_lora trains the encoder on them
+    item_texts: list[str] | None = None
 
 
 @dataclass
@@ -111,6 +113,7 @@ def tenant_corpus(
     max_eval_users: int | None,
     seed: int,
     train: bool = True,
+    item_texts: list[str] | None = None,
 ) -> TenantCorpus:
     """Split one tenant leave-one-out and pad it. Users with < 3 interactions are not evaluable.
 
@@ -135,6 +138,7 @@ def tenant_corpus(
         test=eval_rows(split, "test", max_len, max_users=max_eval_users, seed=seed),
         item_popularity=pop.astype(np.float32),
         data_hash=tenant.content_hash(),
+        item_texts=item_texts,
     )
 
 
@@ -143,6 +147,15 @@ def load_holdout(data_cfg: DataConfig) -> list[Tenant]:
     from rec.data.loaders import load_source
 
     return [load_source(src, min_seq_len=data_cfg.min_seq_len, root=data_cfg.root) for src in data_cfg.holdout]
+
+
+def _texts_for_tower(cfg: RecConfig, tenant: Tenant) -> list[str] | None:
+    """The item texts the text-encoder LoRA re-encodes (formatted as ``encode_items`` formats them), or None when it is off."""
+    if not cfg.train.text_lora.layers:
+        return None
+    from rec.text.item_format import format_item_texts
+
+    return format_item_texts(list(tenant.items.text), cfg.text.item_format)
 
 
 def build_corpus(
@@ -182,10 +195,12 @@ def build_corpus(
     out, offset = [], 0
     for t in tenants:
         emb = encode(list(t.items.text), cfg.text, progress=progress) if encode else None
-        out.append(tenant_corpus(t, emb, offset, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed))
+        out.append(tenant_corpus(t, emb, offset, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed,
+                                 item_texts=_texts_for_tower(cfg, t)))
         offset += t.num_items
     held = []
     for t in holdout:
         emb = encode(list(t.items.text), cfg.text, progress=progress) if encode else None
-        held.append(tenant_corpus(t, emb, -1, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed, train=False))
+        held.append(tenant_corpus(t, emb, -1, cfg.data.max_seq_len, cfg.train.max_eval_users, cfg.train.seed, train=False,
+                                  item_texts=_texts_for_tower(cfg, t)))
     return Corpus(tenants=out, max_len=cfg.data.max_seq_len, text_model=text_model, holdout=held)

@@ -58,10 +58,14 @@ class CorpusLoss(nn.Module):
     loss (catalog representations for every tenant in the batch, encoding, softmax) lives here.
     """
 
-    def __init__(self, backbone: Backbone, loss: str = "ce", num_negatives: int = 256, infonce_temperature: float = 0.07) -> None:
+    def __init__(self, backbone: Backbone, loss: str = "ce", num_negatives: int = 256, infonce_temperature: float = 0.07,
+                 text_tower: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone, self.loss, self.num_negatives = backbone, loss, num_negatives
         self.infonce_temperature = infonce_temperature
+        # The LoRA text tower the batch's TowerTexts run (train.text_lora): a submodule, so DDP
+        # synchronises its gradients and parameters() (clipping, the optimizer) covers it.
+        self.text_tower = text_tower
 
     def forward(
         self,

@@ -23,14 +23,17 @@ from typing import Any
 import torch
 
 from rec.config import PRIMARY_METRIC, RecConfig
+from rec.text.lora_tower import save_tuned_encoder
 from rec.training.checkpoint import LoadedBackbone
 from rec.training.corpus import Corpus, build_corpus
 from rec.training.early_stopping import EarlyStopping
 from rec.training.loop import CorpusLoss, make_optimizer, train_epoch
 from rec.training.mixture import epoch_rows
+from rec.training.pretrain_text_lora import JointWeights, TextLoraRun, build_text_lora, split_weights, text_lora_cut
 from rec.training.scaffold import (
     Worker, evaluate_on_driver, flat_metrics, publish_backbone, restore_checkpoint, run_on_ray_train, setup_worker,
 )
+from rec.training.text_tower import catalog_matrices, preserve_regularizer
 
 __all__ = ["pretrain", "pretrained_backbone", "PretrainResult", "train_loop_per_worker"]
 
@@ -50,36 +53,41 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     w = setup_worker(loop_cfg)
     tc = w.cfg.train
     model = build_backbone(w.cfg.model, num_item_ids=w.corpus.num_item_ids)
-    optimizer = make_optimizer(model.parameters(), tc.lr, tc.weight_decay)
+    lora = build_text_lora(w.cfg, w.corpus, loop_cfg["token_states"]) if tc.text_lora.layers else None
+    # with train.text_lora the LoRA weights are kept, checkpointed and restored with the backbone's
+    weights = model if lora is None else JointWeights(model, lora.tower)
+    params = model.parameters() if lora is None else lora.param_groups(model, tc.lr, tc.text_lora.lr)
+    optimizer = make_optimizer(params, tc.lr, tc.weight_decay)
     # -1: any first epoch beats "nothing yet" (select_on=holdout scores the untrained init below)
-    stopper = EarlyStopping(model, {PRIMARY_METRIC: -1.0}, tc.patience)
+    stopper = EarlyStopping(weights, {PRIMARY_METRIC: -1.0}, tc.patience)
     # The history travels inside every checkpoint: Train V2's Result only keeps metrics of the
     # retained checkpoints, and a restarted run must still know its earlier epochs.
     state: dict[str, Any] = {"epoch": -1, "resumed_from": None, "history": [], **stopper.counters()}
-    restored = restore_checkpoint(model, optimizer)
+    restored = restore_checkpoint(weights, optimizer)
     if restored is not None:
         best_weights, state = restored
         stopper.resume(best_weights, state)
     loss_model = ray.train.torch.prepare_model(CorpusLoss(model, w.cfg.model.loss, w.cfg.model.num_negatives,
-                                                                tc.infonce_temperature))
+                                                                tc.infonce_temperature, None if lora is None else lora.tower))
     holdout = w.corpus.holdout_corpus()
-    embs, holdout_embs = w.text_embeddings(), w.text_embeddings(holdout)
+    embs, holdout_embs = (w.text_embeddings(), w.text_embeddings(holdout)) if lora is None else (lora.texts, lora.holdout_texts)
+    regularizer = None if lora is None else preserve_regularizer(lora.texts, tc.text_lora.preserve_weight)
     if tc.select_on == "holdout" and state["epoch"] == -1 and not state["history"]:
-        _score_untrained_init(w, model, holdout, holdout_embs, stopper, state)
+        _score_untrained_init(w, model, holdout, catalog_matrices(holdout_embs, w.device), stopper, state)
     for epoch in range(state["epoch"] + 1, tc.epochs):
         t0 = time.perf_counter()
         rows = epoch_rows(w.corpus, tc, epoch, w.rank, w.world)
-        loss = train_epoch(loss_model, optimizer, w.corpus, rows, embs, tc.batch_size, tc.grad_clip)
+        loss = train_epoch(loss_model, optimizer, w.corpus, rows, embs, tc.batch_size, tc.grad_clip, regularizer)
         train_s = time.perf_counter() - t0
-        val = w.evaluate(model, w.corpus, embs)
-        hold = w.evaluate(model, holdout, holdout_embs) if holdout.tenants else None
-        stopper.update(epoch, holdout_selection(hold) if tc.select_on == "holdout" else val["all"], model)
+        val = w.evaluate(model, w.corpus, catalog_matrices(embs, w.device))
+        hold = w.evaluate(model, holdout, catalog_matrices(holdout_embs, w.device)) if holdout.tenants else None
+        stopper.update(epoch, holdout_selection(hold) if tc.select_on == "holdout" else val["all"], weights)
         state.update(epoch=epoch, **stopper.counters())
         metrics = _epoch_metrics(w, state, loss, train_s, len(rows), val, hold, stopper.stopped)
         state["history"].append(metrics)
         if w.rank == 0:
             _print_epoch(tc.epochs, metrics, state, val, hold)
-        w.report(metrics, model, stopper.best_weights, optimizer, state)
+        w.report(metrics, weights, stopper.best_weights, optimizer, state)
         if stopper.stopped:
             break
 
@@ -155,15 +163,21 @@ def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = Fals
     from rec.models.backbone import build_backbone
 
     out = Path(cfg.train.output_dir).resolve()
+    if cfg.train.text_lora.layers:
+        text_lora_cut(cfg.text, cfg.train.text_lora.layers)  # a layer count the encoder lacks fails before Ray starts
     corpus = build_corpus(cfg, progress=progress) if corpus is None else corpus
-    run = run_on_ray_train(train_loop_per_worker, cfg, corpus, out, cfg.train.run_name)
+    states_root = out / "token-states"
+    run = run_on_ray_train(train_loop_per_worker, cfg, corpus, out, cfg.train.run_name, token_states=str(states_root))
     state = run.state
+    weights, lora_weights = split_weights(run.best_weights)
     model = build_backbone(cfg.model, num_item_ids=corpus.num_item_ids)
-    model.load_state_dict(run.best_weights)
+    model.load_state_dict(weights)
     model.eval()
-    test = evaluate_on_driver(model, corpus, cfg, "test")
+    lora = _selected_text_lora(cfg, corpus, states_root, lora_weights)
     holdout = corpus.holdout_corpus()
-    holdout_test = evaluate_on_driver(model, holdout, cfg, "test") if holdout.tenants else None
+    test = evaluate_on_driver(model, corpus, cfg, "test", None if lora is None else catalog_matrices(lora.texts))
+    holdout_test = (evaluate_on_driver(model, holdout, cfg, "test", None if lora is None else catalog_matrices(lora.holdout_texts))
+                    if holdout.tenants else None)
     if state["best_epoch"] < 0:
         log.warning(
             "pretraining never beat the untrained init on the held-out tenants %s (zero-shot NDCG@10 %.4f): "
@@ -173,12 +187,23 @@ def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = Fals
     protocol = ("leave-one-out, full ranking, history excluded" if cfg.eval.exclude_history
                 else "leave-one-out, full ranking over each tenant's catalog, history not excluded")
     ckpt = publish_backbone(
-        out / "checkpoint", run.best_weights, cfg, corpus, run, cfg.train.run_name,
+        out / "checkpoint", weights, cfg, corpus, run, cfg.train.run_name,
         metrics={"test": test, "best_val_ndcg@10": state["best"], "best_epoch": state["best_epoch"],
                  "selected_on": cfg.train.select_on, "holdout_test": holdout_test},
         protocol=protocol, extra={"holdout_tenants": {t.name: t.data_hash for t in holdout.tenants}},
+        text_encoder=None if lora is None else lambda dest: save_tuned_encoder(
+            lora.encoder, lora.tower, dest, {"selected_epoch": state["best_epoch"], "text_lora": cfg.train.text_lora.model_dump()}),
     )
     return PretrainResult(ckpt, test, state["history"], run.train_s, run.epochs_run, state["best_epoch"], holdout_test)
+
+
+def _selected_text_lora(cfg: RecConfig, corpus: Corpus, states_root: Path, lora_weights: dict[str, torch.Tensor]) -> TextLoraRun | None:
+    """The run's text tower with the selected epoch's LoRA (token states read back from the workers' cache); None when off."""
+    if not cfg.train.text_lora.layers:
+        return None
+    lora = build_text_lora(cfg, corpus, states_root)
+    lora.tower.load_lora(lora_weights)
+    return lora
 
 
 def pretrained_backbone(cfg: RecConfig, corpus: Corpus | Callable[[], Corpus] | None = None,

@@ -248,19 +248,27 @@ def tenant_records(corpus: Corpus) -> dict[str, dict[str, Any]]:
     return {t.name: {"id_offset": t.id_offset, "num_items": t.num_items, "data_hash": t.data_hash} for t in corpus.tenants}
 
 
-def evaluate_on_driver(model: nn.Module, corpus: Corpus, cfg: RecConfig, split: str = "test") -> dict[str, dict[str, float]]:
-    """Full-ranking metrics of ``model`` on every tenant of ``corpus`` (one process, no Ray)."""
+def evaluate_on_driver(model: nn.Module, corpus: Corpus, cfg: RecConfig, split: str = "test",
+                       text_embs: list[torch.Tensor | None] | None = None) -> dict[str, dict[str, float]]:
+    """Full-ranking metrics of ``model`` on every tenant of ``corpus`` (one process, no Ray).
+
+    Args:
+        text_embs: Each tenant's item-text matrix; default: the corpus's (the frozen encoder's).
+    """
     ev = cfg.eval
-    return evaluate_corpus(model, corpus, text_embeddings(corpus.tenants), split, ev.ks_with_primary, ev.batch_size, ev.exclude_history)
+    embs = text_embeddings(corpus.tenants) if text_embs is None else text_embs
+    return evaluate_corpus(model, corpus, embs, split, ev.ks_with_primary, ev.batch_size, ev.exclude_history)
 
 
 def publish_backbone(dest: Path, weights: dict[str, torch.Tensor], cfg: RecConfig, corpus: Corpus, outcome: RunOutcome,
                      run_name: str, metrics: dict[str, Any], protocol: str, extra: dict[str, Any] | None = None,
-                     tenants: dict[str, dict[str, Any]] | None = None) -> Path:
+                     tenants: dict[str, dict[str, Any]] | None = None,
+                     text_encoder: Callable[[Path], Any] | None = None) -> Path:
     """Publish a Ray Train run's chosen weights as a backbone artifact (``rec.training.checkpoint``).
 
     Args:
         tenants: The ``tenants.json`` record; default: ``corpus``'s layout.
+        text_encoder: Writes the tuned text encoder into the artifact (``export_backbone``).
     """
     return export_backbone(
         dest,
@@ -271,4 +279,5 @@ def publish_backbone(dest: Path, weights: dict[str, torch.Tensor], cfg: RecConfi
         text_model=corpus.text_model,
         extra={"protocol": protocol, "train_s": outcome.train_s, "epochs_run": outcome.epochs_run,
                "ray_run": f"{outcome.storage}/{run_name}", **(extra or {})},
+        text_encoder=text_encoder,
     )

@@ -26,7 +26,7 @@ import torch
 from rec.text.lora_tower import LoraTower, preserve_term
 from rec.text.token_states import TokenStates
 
-__all__ = ["TowerText", "text_rows", "preserve_regularizer"]
+__all__ = ["TowerText", "text_rows", "catalog_matrices", "preserve_regularizer"]
 
 #: items encoded together in one tower call; a batch's items are grouped by token count to pad little
 CHUNK = 256
@@ -77,6 +77,12 @@ def text_rows(emb: torch.Tensor | TowerText, idx: torch.Tensor, device: torch.de
     if isinstance(emb, TowerText):
         return emb.rows(idx).to(device)
     return emb.to(device)[idx]
+
+
+def catalog_matrices(embs: list, device: torch.device | str | None = None) -> list[torch.Tensor | None]:
+    """Each tenant's whole text matrix for evaluation: a tower's current re-encoding (``encode_all``) on
+    ``device``, or the matrix (or None) as it is."""
+    return [e.encode_all().to(device) if isinstance(e, TowerText) else e for e in embs]
 
 
 def preserve_regularizer(texts: list, weight: float) -> Callable[[], torch.Tensor]:
