@@ -167,6 +167,9 @@ def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = Fals
         text_lora_cut(cfg.text, cfg.train.text_lora.layers)  # a layer count the encoder lacks fails before Ray starts
     corpus = build_corpus(cfg, progress=progress) if corpus is None else corpus
     states_root = out / "token-states"
+    if cfg.train.text_lora.layers:
+        # the token-state cache is written here, once: ranks sharing a node would otherwise race to write it
+        build_text_lora(cfg, corpus, states_root)
     run = run_on_ray_train(train_loop_per_worker, cfg, corpus, out, cfg.train.run_name, token_states=str(states_root))
     state = run.state
     weights, lora_weights = split_weights(run.best_weights)

@@ -14,7 +14,7 @@ from rec.models.backbone import build_backbone
 from rec.text import encode_items
 from rec.training.checkpoint import TEXT_ENCODER_DIR, load_backbone, load_train_state, save_train_state
 from rec.training.corpus import build_corpus
-from rec.training.loop import make_optimizer
+from rec.training.loop import CorpusLoss, make_optimizer
 from rec.training.pretrain_text_lora import JointWeights, build_text_lora, split_weights, text_lora_cut
 from rec.training.ray_train import pretrain
 from rec.training.scaffold import STATE_DIR
@@ -39,7 +39,8 @@ def _run_lora(cfg, kept: bool = True) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def lora_run(ray_local, tmp_path_factory, text_cache):
-    cfg = _cfg(tmp_path_factory.mktemp("pretrain-text-lora"), text_cache)
+    # two DDP ranks: the tower's gradients go through DDP with the backbone's, and both ranks read one token-state cache
+    cfg = _cfg(tmp_path_factory.mktemp("pretrain-text-lora"), text_cache, **{"train.num_workers": 2})
     corpus = build_corpus(cfg)
     return cfg, corpus, pretrain(cfg, corpus=corpus)
 
@@ -79,7 +80,7 @@ def test_resume_continues_with_the_checkpointed_lora(lora_run, ray_local, tmp_pa
     more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
     res = pretrain(more, corpus=corpus)
     assert [h["epoch"] for h in res.history] == [0, 1] and res.history[-1]["resumed_from"] == 0
-    straight = _cfg(tmp_path, text_cache, **{"train.epochs": 2})
+    straight = _cfg(tmp_path, text_cache, **{"train.epochs": 2, "train.num_workers": 2})
     pretrain(straight, corpus=corpus)
     resumed, direct = _run_lora(more, kept=False), _run_lora(straight, kept=False)
     assert resumed.keys() == direct.keys()
@@ -108,6 +109,9 @@ def test_lora_rides_in_the_train_state_and_comes_back(tmp_path, text_cache):
     back.load_state_dict(saved)
     for k, v in run.tower.lora_tensors().items():
         torch.testing.assert_close(other.tower.lora_tensors()[k], v)
+    # inside the loss module: DDP syncs its gradients, clipping covers it
+    loss_params = {id(p) for p in CorpusLoss(back.backbone, "infonce", text_tower=other.tower).parameters()}
+    assert all(id(p) in loss_params for p in other.tower.lora_tensors().values())
     opt2 = make_optimizer(other.param_groups(back.backbone, 1e-3, 1e-2), 1e-3)
     opt2.load_state_dict(opt_state)
     assert [g["lr"] for g in opt2.param_groups] == [1e-3, 1e-2]
