@@ -37,6 +37,7 @@ def test_every_subcommand_has_help(sub):
         (["data", "stats", "data.sources=[{format: csv2}]"], "data.sources.0.format"),
         (["evaluate", "--checkpoint", "/nonexistent"], "does not exist"),
         (["pretrain", "model.d_model=30", "model.n_heads=4"], "divisible"),
+        (["pretrain", "train.text_lora.layers=1"], "set model.use_text=true model.loss=infonce"),
     ],
 )
 def test_bad_input_one_line_nonzero(args, expected, tmp_path):

@@ -9,6 +9,9 @@ Why not Ray Data shards: the corpus is already a set of small padded int arrays;
 permutation by rank makes the row -> rank assignment independent of node layout, which is what lets
 a multi-node run reproduce a single-node run exactly (tested). Ray Data's ``streaming_split`` gives
 no such guarantee.
+
+``train.text_lora`` (LoRA on the item-text encoder, ``rec.training.pretrain_text_lora``) changes
+only what stands for each tenant's text and what the weights include; the recipe is the same.
 """
 
 from __future__ import annotations
@@ -154,7 +157,14 @@ class PretrainResult:
 def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = False) -> PretrainResult:
     """Pretrain the backbone on Ray Train and publish ``<output_dir>/checkpoint``.
 
-    Ray must be initialised by the caller (see ``rec.ray_session.ray_session``).
+    Ray must be initialised by the caller (see ``rec.ray_session.ray_session``). With
+    ``train.text_lora.layers > 0`` the item-text encoder's top layers train too
+    (``rec.training.pretrain_text_lora``): test metrics use the selected epoch's tuned text, and its
+    merged encoder is published inside the checkpoint (``checkpoint/text-encoder``).
+
+    Raises:
+        ValueError: ``train.text_lora.layers`` is not below the text encoder's layer count, or a
+            given ``corpus`` lacks the item texts text_lora needs.
 
     Returns:
         The published checkpoint path, per-tenant test metrics (full ranking), the per-epoch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from rec.config import ConfigError, TextConfig, load_config
-from rec.io.artifacts import read_manifest
+from rec.io.artifacts import ArtifactError, read_manifest
 from rec.models.backbone import build_backbone
 from rec.text import encode_items
 from rec.training.checkpoint import TEXT_ENCODER_DIR, load_backbone, load_train_state, save_train_state
@@ -59,6 +60,21 @@ def test_publishes_the_tuned_encoder_that_later_steps_load(lora_run):
         tuned = encode_items(list(tenant.item_texts), loaded.cfg.text)  # the text path zero-shot/adapt/export take
         assert np.abs(tuned - tenant.text_emb).max() > 1e-3, "the published encoder is still the frozen MiniLM"
         np.testing.assert_allclose(tuned, text.encode_all().numpy(), atol=1e-4)
+
+
+
+@pytest.mark.slow
+def test_a_moved_backbone_loads_its_own_tuned_encoder(lora_run, tmp_path):
+    cfg, corpus, res = lora_run
+    moved = Path(shutil.copytree(res.checkpoint, tmp_path / "elsewhere" / "backbone"))
+    loaded = load_backbone(moved)
+    assert loaded.cfg.text.model == str(moved / TEXT_ENCODER_DIR)
+    texts = list(corpus.tenants[0].item_texts)
+    np.testing.assert_allclose(encode_items(texts, loaded.cfg.text), encode_items(texts, load_backbone(res.checkpoint).cfg.text),
+                               atol=1e-6)
+    (moved / TEXT_ENCODER_DIR / "model.safetensors").write_bytes(b"broken")
+    with pytest.raises(ArtifactError, match="model.safetensors"):  # its files are checksummed with the backbone's
+        load_backbone(moved)
 
 
 @pytest.mark.slow
