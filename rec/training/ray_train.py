@@ -162,13 +162,13 @@ def pretrain(cfg: RecConfig, corpus: Corpus | None = None, progress: bool = Fals
     (``rec.training.pretrain_text_lora``): test metrics use the selected epoch's tuned text, and its
     merged encoder is published inside the checkpoint (``checkpoint/text-encoder``).
 
-    Raises:
-        ValueError: ``train.text_lora.layers`` is not below the text encoder's layer count, or a
-            given ``corpus`` lacks the item texts text_lora needs.
-
     Returns:
         The published checkpoint path, per-tenant test metrics (full ranking), the per-epoch
         history reported by rank 0, wall time and epochs run.
+
+    Raises:
+        ValueError: ``train.text_lora.layers`` is not below the text encoder's layer count, or a
+            given ``corpus`` lacks the item texts text_lora needs.
     """
     from rec.models.backbone import build_backbone
 
