@@ -7,7 +7,7 @@ benchmark's own rows (``bench.fewshot.run_row``: same backbone, split, settings 
 K=256, one seed, one row at a time, and records the load average around each row so a reader can
 see the machine was quiet. Nothing is written to the few-shot results.
 
-    python bench/adapt_time.py                      # 6 targets x 8 methods at K=256, seed 0
+    python bench/adapt_time.py                      # 6 targets x 7 methods at K=256, seed 0
     python bench/adapt_time.py --targets office --methods default lora --ks 64 256
 """
 
@@ -28,7 +28,9 @@ from bench.fewshot import Context, run_row  # noqa: E402
 from bench.fewshot_config import load_bench_config, with_data_root  # noqa: E402
 from rec.config import DATA_ROOT_ENV  # noqa: E402
 
-METHODS = ("default", "head", "prompt", "lora", "full", "lora-meta", "lora-tuned", "text-lora")
+#: lora-meta and lora-tuned run ``lora``'s adaptation from another init / with other hyper-parameters;
+#: their Reptile meta-training and Tune sweep are one-off costs per backbone, not per tenant
+METHODS = ("default", "item-terms", "head", "prompt", "lora", "full", "text-lora")
 #: the issue's budgets (seconds, K <= 256): every method, and LoRA on the text encoder
 BUDGET_S = {"text-lora": 300.0}
 DEFAULT_BUDGET_S = 30.0

@@ -225,7 +225,7 @@ def with_ratios(rows: list[dict[str, Any]], index: dict) -> list[dict[str, Any]]
     ref = next(r for r in rows if r["epoch"] == -1 and r["text_format"] == "joined")
     out = []
     for r in rows:
-        r = {"lr": 1e-3, **r}  # rows recorded before the lr column existed ran at the default
+        r = {"lr": 1e-3, "text_lora_layers": 0, **r}  # rows recorded before these columns existed ran at the defaults
         r["selection_mean"] = float(np.mean([r[s] for s in index["selection"]]))
         for t in index["targets"]:
             r[f"{t}_vs_init"] = r[t] / ref[t] if ref[t] else None
@@ -265,7 +265,8 @@ def report(folder: Path, results_dir: Path, name: str, args: argparse.Namespace)
     index = json.loads((folder / "index.json").read_text())
     raw = [json.loads(line) for p in sorted(PROBE_DIR.glob("rows-*.jsonl")) for line in p.read_text().splitlines() if line.strip()]
     rows = with_ratios(raw, index)
-    cols = ["run", "lr", "objective", "mixture", "text_format", "batch_size", "epoch", "selected", "train_loss", "epoch_s",
+    cols = ["run", "lr", "objective", "mixture", "text_format", "batch_size", "text_lora_layers", "text_lora_lr", "preserve",
+            "backbone", "text_shift", "epoch", "selected", "train_loss", "epoch_s",
             *index["selection"], "selection_mean", *index["targets"], *[f"{t}_vs_init" for t in index["targets"]], "amazon4_vs_init"]
     protocol = {
         "question": "which pretraining objective / mixture / item text transfers zero-shot to unseen catalogs (issue 17 item 3)?",
@@ -276,8 +277,13 @@ def report(folder: Path, results_dir: Path, name: str, args: argparse.Namespace)
         "infonce_temperature": args.temperature,
         "eval": f"zero-shot test NDCG@10, full ranking, {NUM_EVAL_USERS} held-out users per catalog (k_shot_split seed 0); "
                 "epoch -1 = the untrained init; *_vs_init = ndcg / the joined-text untrained init; selected = best selection_mean",
-        "machine_note": "shared 2-core CPU machine at load average 35-67 (other helpers' benchmarks): each process got "
-                        "~2 CPU-seconds per minute, so epoch_s is ~20x the idle machine's and only 1 epoch per run fit",
+        "text_lora": "text_lora_layers > 0: LoRA (rank text_lora_rank, alpha 2x rank, q/k/v + dense) on MiniLM's top layers, "
+                     "trained by the same InfoNCE through rec.training.text_tower at text_lora_lr, plus preserve * mean(1 - cos(new, "
+                     "frozen)); backbone = trained (at lr) or frozen at the untrained init; every catalog ranked with its re-encoded "
+                     "text; text_shift = mean(1 - cos) of the eval catalogs' vectors to the frozen ones",
+        "machine_note": "shared 2-core CPU machine. Rows of 2026-12-04 (ce, infonce, infonce-kv, infonce-lr1e-4): load average "
+                        "35-67, ~2 CPU-seconds per minute per process, 1-4 epochs per run. Rows of 2026-12-05 (infonce-textlora*, "
+                        "infonce-lr1e-4-3ep): load 3-5 (this probe plus a nice-19 training job), 3 epochs each",
     }
     write_results(name, protocol, rows, cols, results_dir=results_dir)
     plot(rows, index, results_dir / f"{name}.png")
