@@ -112,7 +112,7 @@ def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
     index = json.loads((folder / "index.json").read_text())
     cfg = rec_config({**bc.pretrain, **RUNS[name], "train.lr": a.lr, "train.infonce_temperature": a.temperature,
                       "text.cache_dir": str(ROOT / ".cache" / "rec-text"), "text.num_threads": a.threads,
-                      "train.select_on": "valid"})
+                      "train.select_on": "valid", **overrides(a.set)})
     corpus = build_corpus(cfg, tenants=[read_tenant(folder, n) for n in index["sources"]], holdout=[])
     evals = eval_sets(folder, index, cfg.text)
     torch.manual_seed(cfg.train.seed)
@@ -140,7 +140,7 @@ def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
             loss = train_epoch(loss_model, opt, corpus, rows, embs, cfg.train.batch_size, cfg.train.grad_clip, regularizer)
         row = {"run": name + a.tag, "lr": cfg.train.lr, "objective": cfg.model.loss, "mixture": cfg.train.mixture,
                "text_format": cfg.text.item_format, "batch_size": cfg.train.batch_size, "epoch": epoch, "train_loss": loss,
-               "epoch_s": round(time.perf_counter() - t0, 1), **text_lora_columns(a)}
+               "epoch_s": round(time.perf_counter() - t0, 1), **text_lora_columns(a), "overrides": " ".join(a.set)}
         shifts = []
         for ds, _, tc, emb in evals:
             text = emb.encode_all() if tower is not None else emb
@@ -159,6 +159,19 @@ def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
             break
     if tower is not None and best[1] is not None:
         save_selected_encoder(cfg, tower, best, name + a.tag)
+
+
+def overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` dotted RecConfig overrides (values parsed as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {pair!r}: write a dotted config key and a value, e.g. --set model.adaptor_init=identity")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def text_lora_columns(a: argparse.Namespace) -> dict[str, Any]:
@@ -225,7 +238,7 @@ def with_ratios(rows: list[dict[str, Any]], index: dict) -> list[dict[str, Any]]
     ref = next(r for r in rows if r["epoch"] == -1 and r["text_format"] == "joined")
     out = []
     for r in rows:
-        r = {"lr": 1e-3, "text_lora_layers": 0, **r}  # rows recorded before these columns existed ran at the defaults
+        r = {"lr": 1e-3, "text_lora_layers": 0, "overrides": "", **r}  # rows recorded before these columns existed ran at the defaults
         r["selection_mean"] = float(np.mean([r[s] for s in index["selection"]]))
         for t in index["targets"]:
             r[f"{t}_vs_init"] = r[t] / ref[t] if ref[t] else None
@@ -266,7 +279,7 @@ def report(folder: Path, results_dir: Path, name: str, args: argparse.Namespace)
     raw = [json.loads(line) for p in sorted(PROBE_DIR.glob("rows-*.jsonl")) for line in p.read_text().splitlines() if line.strip()]
     rows = with_ratios(raw, index)
     cols = ["run", "lr", "objective", "mixture", "text_format", "batch_size", "text_lora_layers", "text_lora_lr", "preserve",
-            "backbone", "text_shift", "epoch", "selected", "train_loss", "epoch_s",
+            "backbone", "text_shift", "overrides", "epoch", "selected", "train_loss", "epoch_s",
             *index["selection"], "selection_mean", *index["targets"], *[f"{t}_vs_init" for t in index["targets"]], "amazon4_vs_init"]
     protocol = {
         "question": "which pretraining objective / mixture / item text transfers zero-shot to unseen catalogs (issue 17 item 3)?",
@@ -307,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text-lora-lr", type=float, default=1e-3)
     ap.add_argument("--preserve", type=float, default=1.0, help="weight of the text-preserving term mean(1 - cos(new, frozen))")
     ap.add_argument("--freeze-backbone", action="store_true", help="train only the text LoRA on the untrained sequence model")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra dotted config override on top of the run's setting (repeatable), e.g. model.adaptor_init=identity")
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     ap.add_argument("--name", default="transfer_objective")
     a = ap.parse_args(argv)

@@ -125,6 +125,9 @@ class ModelConfig(_Strict):
     use_text: bool = True
     use_id_embedding: bool = False
     adaptor_hidden: int = Field(0, ge=0, description="0 = linear adaptor, else MLP hidden size")
+    adaptor_init: Literal["random", "identity"] = Field(
+        "random", description="random: a learned projection; identity: a fixed projection (the identity at equal widths) "
+        "plus a learned residual that starts at zero, so the untrained adaptor is the title geometry (needs adaptor_hidden=0)")
     loss: Literal["ce", "sampled", "infonce"] = Field(
         "ce", description="ce: full softmax over the own catalog; sampled: uniform sampled softmax; infonce: in-batch "
         "negatives across every tenant of the batch, cosine at train.infonce_temperature (rec.training.infonce)")
@@ -151,6 +154,8 @@ class ModelConfig(_Strict):
             errs.append(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}")
         if not (self.use_text or self.use_id_embedding):
             errs.append("model.use_text and model.use_id_embedding are both false: enable at least one")
+        if self.adaptor_init == "identity" and self.adaptor_hidden:
+            errs.append("model.adaptor_init=identity needs the linear adaptor: set model.adaptor_hidden=0")
         if errs:
             raise ValueError("; ".join(errs))
         return self

@@ -26,28 +26,59 @@ from torch import nn
 from rec.models.catalog_norm import CATALOG_NORMS, normalize_catalog_text
 from rec.models.layers import Dropout, TransformerBlock, attention_bias, attention_mask, positions
 
-__all__ = ["Backbone", "TextAdaptor", "build_backbone"]
+__all__ = ["Backbone", "TextAdaptor", "build_backbone", "prior_projection"]
+
+
+ADAPTOR_INITS = ("random", "identity")
+
+
+def prior_projection(text_dim: int, d_model: int) -> torch.Tensor:
+    """The fixed map ``(text_dim, d_model)`` an ``identity`` adaptor starts from and stays around.
+
+    The identity when the widths match; otherwise ``d_model`` orthonormal columns drawn with a fixed
+    seed (the same matrix on every machine and in every checkpoint): a projection onto a random
+    subspace, which keeps the text vectors' inner products up to the usual random-projection error.
+    """
+    if text_dim == d_model:
+        return torch.eye(text_dim)
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(max(text_dim, d_model), min(text_dim, d_model), generator=gen))
+    return q if text_dim > d_model else q.T
 
 
 class TextAdaptor(nn.Module):
     """Map frozen text embeddings to the model space: parametric whitening ``(x - b) W`` (UniSRec).
 
     With ``hidden > 0`` an MLP ``W2 gelu(W1 (x - b))`` is used instead of a single projection.
+    With ``init="identity"`` (issue 17 item 2: keep the title prior reachable) the map is residual,
+    ``(x - b) (P + W)`` with the fixed :func:`prior_projection` ``P`` and ``W`` starting at zero, so
+    an untrained adaptor is the title geometry itself and weight decay pulls toward it, not toward
+    zero; ``W`` stays the ``proj`` linear layer (LoRA's ``adaptor.proj`` target and ``head`` train it).
     """
 
-    def __init__(self, text_dim: int, d_model: int, hidden: int = 0, dropout: float = 0.0) -> None:
+    def __init__(self, text_dim: int, d_model: int, hidden: int = 0, dropout: float = 0.0, init: str = "random") -> None:
         super().__init__()
+        if init not in ADAPTOR_INITS:
+            raise ValueError(f"adaptor init {init!r}: use one of {list(ADAPTOR_INITS)}")
+        if init == "identity" and hidden > 0:
+            raise ValueError("model.adaptor_init=identity needs the linear adaptor: set model.adaptor_hidden=0")
         self.bias = nn.Parameter(torch.zeros(text_dim))
         if hidden > 0:
             self.proj = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(), nn.Linear(hidden, d_model))
         else:
             self.proj = nn.Linear(text_dim, d_model, bias=False)
+        # a None buffer is not in the state dict: checkpoints of random adaptors load as before
+        self.register_buffer("prior", prior_projection(text_dim, d_model) if init == "identity" else None)
+        if init == "identity":
+            nn.init.zeros_(self.proj.weight)
         self.norm = nn.LayerNorm(d_model)
         self.drop = Dropout(dropout)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         """``(..., text_dim)`` -> ``(..., d_model)``."""
-        return self.drop(self.norm(self.proj(text - self.bias)))
+        x = text - self.bias
+        y = self.proj(x) if self.prior is None else self.proj(x) + x @ self.prior
+        return self.drop(self.norm(y))
 
 
 class Backbone(nn.Module):
@@ -81,6 +112,8 @@ class Backbone(nn.Module):
         score: ``dot`` (``h . c / temperature``) or ``cosine``: ``exp(logit_scale) * cos(h, c)`` with a
             learned ``logit_scale`` that starts at ``log(sqrt(d_model))``, where it equals the dot
             score of LayerNorm-ed vectors (norm ``sqrt(d_model)``) at the default temperature.
+        adaptor_init: ``random`` (a learned projection, torch's default init) or ``identity`` (a
+            fixed projection plus a learned residual that starts at zero: :class:`TextAdaptor`).
     """
 
     def __init__(
@@ -99,6 +132,7 @@ class Backbone(nn.Module):
         input_scale: float | None = None,
         catalog_norm: str = "none",
         score: str = "dot",
+        adaptor_init: str = "random",
     ) -> None:
         super().__init__()
         if not use_text and num_item_ids <= 0:
@@ -113,7 +147,7 @@ class Backbone(nn.Module):
             raise ValueError(f"catalog_norm {catalog_norm!r} / score {score!r}: use one of {list(CATALOG_NORMS)} / dot, cosine")
         self.catalog_norm, self.score_kind = catalog_norm, score
         self.logit_scale = nn.Parameter(torch.tensor(math.log(math.sqrt(d_model)))) if score == "cosine" else None
-        self.adaptor = TextAdaptor(text_dim, d_model, adaptor_hidden, dropout) if use_text else None
+        self.adaptor = TextAdaptor(text_dim, d_model, adaptor_hidden, dropout, adaptor_init) if use_text else None
         self.id_emb = nn.Embedding(num_item_ids, d_model) if num_item_ids > 0 else None
         if self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, std=0.02)
@@ -269,4 +303,5 @@ def build_backbone(model_cfg, num_item_ids: int = 0) -> Backbone:  # noqa: ANN00
         input_scale=model_cfg.input_scale,
         catalog_norm=model_cfg.catalog_norm,
         score=model_cfg.score,
+        adaptor_init=model_cfg.adaptor_init,
     )

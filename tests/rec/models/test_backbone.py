@@ -124,3 +124,25 @@ def test_text_backbone_starts_with_unsaturated_logits():
     assert Backbone(text_dim=384, d_model=d).temperature == pytest.approx(d**0.5)
     assert Backbone(text_dim=384, d_model=d, use_text=False, num_item_ids=10).temperature == 1.0
     assert losses[None] < math.log(n) + 1.0 < losses[1.0]
+
+
+def test_an_identity_adaptor_starts_at_the_title_geometry_and_trains_a_residual():
+    from rec.models.backbone import TextAdaptor, prior_projection
+
+    x = torch.randn(5, 16)
+    square = TextAdaptor(16, 16, init="identity")
+    assert torch.allclose(square(x), square.norm(x))  # equal widths: LayerNorm of the text itself
+    p = prior_projection(384, 64)
+    assert torch.allclose(p.T @ p, torch.eye(64), atol=1e-5) and torch.equal(p, prior_projection(384, 64))  # fixed, orthonormal
+    a = TextAdaptor(384, 64, init="identity")
+    assert not a.proj.weight.any() and "prior" in a.state_dict() and not a.prior.requires_grad
+    assert "prior" not in TextAdaptor(384, 64).state_dict()  # random adaptors: checkpoints unchanged
+    text = torch.nn.functional.normalize(torch.randn(8, 384), dim=1)
+    a(text).sum().backward()
+    assert a.proj.weight.grad.abs().sum() > 0  # the residual (LoRA's adaptor.proj target) learns
+    model = build_backbone(ModelConfig(adaptor_init="identity", dropout=0.0))
+    again = build_backbone(ModelConfig(adaptor_init="identity", dropout=0.0))
+    again.load_state_dict(model.state_dict())
+    assert torch.equal(model.item_representations(text), again.item_representations(text))
+    with pytest.raises(ValueError, match="adaptor_hidden=0"):
+        ModelConfig(adaptor_init="identity", adaptor_hidden=32)
