@@ -50,7 +50,7 @@ from bench._results import RESULTS, log, write_results  # noqa: E402
 from bench.fewshot import compact_catalog  # noqa: E402
 from bench.fewshot_config import load_bench_config, rec_config, with_data_root  # noqa: E402
 from bench.transfer_scale import read_tenant, save_tenant  # noqa: E402
-from rec.config import DATA_ROOT_ENV  # noqa: E402
+from rec.config import DATA_ROOT_ENV, ConfigError, apply_overrides, config_from_dict  # noqa: E402
 
 PROBE_DIR = ROOT / "runs" / "transfer-probe"
 SELECTION = ("game2018", "health")  # health: moved from the sources to the selection catalogs
@@ -109,25 +109,29 @@ def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
     from rec.training.mixture import epoch_rows
 
     torch.set_num_threads(a.threads)
+    cfg = config_from_dict(apply_overrides(rec_config(
+        {**bc.pretrain, **RUNS[name], "train.lr": a.lr, "train.infonce_temperature": a.temperature,
+         "text.cache_dir": str(ROOT / ".cache" / "rec-text"), "text.num_threads": a.threads, "train.select_on": "valid",
+         **text_lora_settings(a)}).model_dump(mode="json"), list(a.set)))
     index = json.loads((folder / "index.json").read_text())
-    cfg = rec_config({**bc.pretrain, **RUNS[name], "train.lr": a.lr, "train.infonce_temperature": a.temperature,
-                      "text.cache_dir": str(ROOT / ".cache" / "rec-text"), "text.num_threads": a.threads,
-                      "train.select_on": "valid", **overrides(a.set)})
     corpus = build_corpus(cfg, tenants=[read_tenant(folder, n) for n in index["sources"]], holdout=[])
     evals = eval_sets(folder, index, cfg.text)
     torch.manual_seed(cfg.train.seed)
     model = build_backbone(cfg.model)
-    tower = None
+    lora, tower = None, None
     embs: list = [torch.from_numpy(t.text_emb) for t in corpus.tenants]
     if a.text_lora_layers:
-        tower, embs, evals = text_tower_run(cfg, corpus, folder, evals, a)
-    opt = run_optimizer(model, tower, a)
+        lora, evals = text_tower_run(cfg, corpus, folder, evals)
+        tower, embs = lora.tower, lora.texts
+    opt = run_optimizer(model, lora, a)
+    # the tower is not registered in CorpusLoss here, so its gradients are not clipped with the backbone's
+    # (rec pretrain registers it); the committed rows were measured this way
     loss_model = CorpusLoss(model, cfg.model.loss, cfg.model.num_negatives, cfg.train.infonce_temperature)
     regularizer = None
     if tower is not None:
         from rec.training.text_tower import preserve_regularizer
 
-        regularizer = preserve_regularizer(embs, a.preserve)
+        regularizer = preserve_regularizer(embs, cfg.train.text_lora.preserve_weight)
     out = PROBE_DIR / f"rows-{name}{a.tag}.jsonl"
     out.unlink(missing_ok=True)
     log(f"{name}{a.tag}: {[(t.name, len(t.train_inputs), t.num_items) for t in corpus.tenants]}")
@@ -161,17 +165,12 @@ def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
         save_selected_encoder(cfg, tower, best, name + a.tag)
 
 
-def overrides(pairs: list[str]) -> dict[str, Any]:
-    """``--set key=value`` dotted RecConfig overrides (values parsed as YAML scalars)."""
-    import yaml
-
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {pair!r}: write a dotted config key and a value, e.g. --set model.adaptor_init=identity")
-        out[key] = yaml.safe_load(value)
-    return out
+def text_lora_settings(a: argparse.Namespace) -> dict[str, Any]:
+    """``train.text_lora.*`` of the run: the same section ``rec pretrain`` reads (empty: the frozen encoder)."""
+    if not a.text_lora_layers:
+        return {}
+    return {"train.text_lora.layers": a.text_lora_layers, "train.text_lora.rank": a.text_lora_rank,
+            "train.text_lora.lr": a.text_lora_lr, "train.text_lora.preserve_weight": a.preserve}
 
 
 def text_lora_columns(a: argparse.Namespace) -> dict[str, Any]:
@@ -182,42 +181,41 @@ def text_lora_columns(a: argparse.Namespace) -> dict[str, Any]:
             "preserve": a.preserve, "backbone": "frozen" if a.freeze_backbone else "trained"}
 
 
-def run_optimizer(model: Any, tower: Any, a: argparse.Namespace) -> Any:
-    """AdamW over the backbone (unless ``--freeze-backbone``) at ``--lr`` and the LoRA weights at ``--text-lora-lr``."""
-    import torch
+def run_optimizer(model: Any, lora: Any, a: argparse.Namespace) -> Any:
+    """AdamW with ``rec pretrain``'s groups (backbone at ``--lr``, LoRA at ``--text-lora-lr``); with
+    ``--freeze-backbone`` the backbone's group is dropped and its weights frozen."""
+    from rec.training.loop import make_optimizer
 
-    groups = [] if a.freeze_backbone and tower is not None else [{"params": list(model.parameters()), "lr": a.lr}]
-    if a.freeze_backbone and tower is not None:
+    if lora is None:
+        return make_optimizer(model.parameters(), a.lr)
+    groups = lora.param_groups(model, a.lr, a.text_lora_lr)
+    if a.freeze_backbone:
         for p in model.parameters():
             p.requires_grad_(False)
-    if tower is not None:
-        groups.append({"params": [p for p in tower.parameters() if p.requires_grad], "lr": a.text_lora_lr})
-    return torch.optim.AdamW(groups, weight_decay=0.0)
+        groups = groups[1:]
+    return make_optimizer(groups, a.lr)
 
 
-def text_tower_run(cfg: Any, corpus: Any, folder: Path, evals: list, a: argparse.Namespace) -> tuple[Any, list, list]:
-    """The LoRA tower, each source's :class:`TowerText` and the eval sets with theirs (token states cached on disk)."""
-    from rec.text import get_encoder
+def text_tower_run(cfg: Any, corpus: Any, folder: Path, evals: list) -> tuple[Any, list]:
+    """``rec pretrain``'s text tower over the sources (``build_text_lora``) and the eval sets with a
+    :class:`TowerText` each; token states cached under ``runs/transfer-probe/token-states/<catalog>``."""
     from rec.text.item_format import format_item_texts
-    from rec.text.lora_tower import DEFAULT_TARGETS, LoraTower
-    from rec.text.token_states import token_states
-    from rec.training.text_tower import TowerText
+    from rec.training.pretrain_text_lora import build_text_lora, tower_text
 
-    encoder = get_encoder(cfg.text)
-    cut = int(encoder.model.config.num_hidden_layers) - a.text_lora_layers
-    tower = LoraTower(encoder, cut, a.text_lora_rank, 2.0 * a.text_lora_rank, list(DEFAULT_TARGETS))
+    root = PROBE_DIR / "token-states"
+    t0 = time.perf_counter()
+    run = build_text_lora(cfg, corpus, root)
+    log(f"token states of {len(run.texts)} sources ready in {time.perf_counter() - t0:.0f} s")
 
-    def texts_of(name: str) -> TowerText:
+    def texts_of(name: str) -> Any:
         t0 = time.perf_counter()
-        texts = format_item_texts(list(read_tenant(folder, name).items.text), cfg.text.item_format)
-        st = token_states(encoder, texts, cut, PROBE_DIR / "token-states" / f"{name}-cut{cut}-{cfg.text.item_format}")
+        text = tower_text(run, name, format_item_texts(list(read_tenant(folder, name).items.text), cfg.text.item_format), root)
+        st = text.states
         log(f"token states {name}: {st.num_items} items, {st.states.shape[0]} tokens "
             f"({'built' if st.build_s else 'read'} in {time.perf_counter() - t0:.0f} s)")
-        return TowerText(tower, st)
+        return text
 
-    sources = [texts_of(t.name) for t in corpus.tenants]
-    evals = [(ds, role, tc, texts_of(ds)) for ds, role, tc, _ in evals]
-    return tower, sources, evals
+    return run, [(ds, role, tc, texts_of(ds)) for ds, role, tc, _ in evals]
 
 
 def save_selected_encoder(cfg: Any, tower: Any, best: tuple, run_name: str) -> None:
@@ -325,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, default=RESULTS)
     ap.add_argument("--name", default="transfer_objective")
     a = ap.parse_args(argv)
+    try:
+        return _main(a, ap)
+    except ConfigError as e:  # a bad --set or bench config: one line saying what to fix
+        raise SystemExit(f"transfer_objective: {e}") from None
+
+
+def _main(a: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     bc = load_bench_config(a.config)
     PROBE_DIR.mkdir(parents=True, exist_ok=True)
     if a.prepare:

@@ -27,7 +27,7 @@ from rec.text.lora_tower import DEFAULT_TARGETS, LoraTower
 from rec.training.corpus import Corpus, TenantCorpus
 from rec.training.text_tower import TowerText
 
-__all__ = ["TextLoraRun", "JointWeights", "LORA_PREFIX", "text_lora_cut", "build_text_lora", "split_weights"]
+__all__ = ["TextLoraRun", "JointWeights", "LORA_PREFIX", "text_lora_cut", "build_text_lora", "tower_text", "split_weights"]
 
 #: key prefix of the LoRA tensors inside a run's weights (checkpoints, early stopping): never a backbone key
 LORA_PREFIX = "text_lora."
@@ -63,13 +63,21 @@ class TextLoraRun:
         return [{"params": list(backbone.parameters()), "lr": lr}, {"params": lora, "lr": lora_lr or lr}]
 
 
-def _tower_text(encoder: TextEncoder, tower: LoraTower, tenant: TenantCorpus, states_root: Path) -> TowerText:
+def tower_text(run: TextLoraRun, name: str, texts: list[str], states_root: str | Path) -> TowerText:
+    """One catalog's :class:`TowerText` through ``run``'s tower, its token states cached at ``<states_root>/<name>``.
+
+    ``texts`` are laid out as ``encode_items`` lays them out (``text.item_format``). The states' key
+    (encoder, cut, texts) is checked on read: a stale folder is rebuilt, never used.
+    """
     from rec.text.token_states import token_states
 
+    return TowerText(run.tower, token_states(run.encoder, texts, run.tower.cut, Path(states_root) / name))
+
+
+def _tenant_text(run: TextLoraRun, tenant: TenantCorpus, states_root: Path) -> TowerText:
     if tenant.item_texts is None:
         raise ValueError(f"tenant {tenant.name!r} carries no item texts: build the corpus with train.text_lora.layers > 0")
-    # the states' key (encoder, cut, texts) is checked on read: a stale folder is rebuilt, never used
-    return TowerText(tower, token_states(encoder, tenant.item_texts, tower.cut, states_root / tenant.name))
+    return tower_text(run, tenant.name, tenant.item_texts, states_root)
 
 
 def build_text_lora(cfg: RecConfig, corpus: Corpus, states_root: str | Path) -> TextLoraRun:
@@ -86,11 +94,11 @@ def build_text_lora(cfg: RecConfig, corpus: Corpus, states_root: str | Path) -> 
     tl = cfg.train.text_lora
     cut = text_lora_cut(cfg.text, tl.layers)
     encoder = get_encoder(cfg.text)
-    tower = LoraTower(encoder, cut, tl.rank, 2.0 * tl.rank, list(DEFAULT_TARGETS))
+    run = TextLoraRun(encoder, LoraTower(encoder, cut, tl.rank, 2.0 * tl.rank, list(DEFAULT_TARGETS)), [], [])
     root = Path(states_root)
-    texts = [_tower_text(encoder, tower, t, root) for t in corpus.tenants]
-    held = [_tower_text(encoder, tower, t, root) for t in corpus.holdout]
-    return TextLoraRun(encoder, tower, texts, held)
+    run.texts = [_tenant_text(run, t, root) for t in corpus.tenants]
+    run.holdout_texts = [_tenant_text(run, t, root) for t in corpus.holdout]
+    return run
 
 
 class JointWeights:

