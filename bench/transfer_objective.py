@@ -105,7 +105,7 @@ def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
 
     from rec.models.backbone import build_backbone
     from rec.training.corpus import build_corpus
-    from rec.training.loop import CorpusLoss, evaluate_tenant, train_epoch
+    from rec.training.loop import CorpusLoss, train_epoch
     from rec.training.mixture import epoch_rows
 
     torch.set_num_threads(a.threads)
@@ -145,13 +145,7 @@ def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
         row = {"run": name + a.tag, "lr": cfg.train.lr, "objective": cfg.model.loss, "mixture": cfg.train.mixture,
                "text_format": cfg.text.item_format, "batch_size": cfg.train.batch_size, "epoch": epoch, "train_loss": loss,
                "epoch_s": round(time.perf_counter() - t0, 1), **text_lora_columns(a), "overrides": " ".join(a.set)}
-        shifts = []
-        for ds, _, tc, emb in evals:
-            text = emb.encode_all() if tower is not None else emb
-            if tower is not None:
-                shifts.append(float((1 - (text * emb.states.frozen).sum(-1)).mean()))
-            row[ds] = evaluate_tenant(model, tc, text, "test", ks=[10])["ndcg@10"]
-        row["text_shift"] = float(np.mean(shifts)) if shifts else 0.0
+        row.update(score_catalogs(model, evals))
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         log(f"{name}{a.tag} epoch {epoch}: loss {loss:.3f} ({row['epoch_s']:.0f} s) | " + "  ".join(f"{ds} {row[ds]:.4f}" for ds, *_ in evals))
@@ -163,6 +157,21 @@ def run(bc: Any, name: str, folder: Path, a: argparse.Namespace) -> None:
             break
     if tower is not None and best[1] is not None:
         save_selected_encoder(cfg, tower, best, name + a.tag)
+
+
+def score_catalogs(model: Any, evals: list) -> dict[str, float]:
+    """Zero-shot test NDCG@10 per eval catalog (a TowerText's catalog re-encoded first) and
+    ``text_shift``, the mean ``1 - cos`` of the re-encoded vectors to the frozen ones (0 without a tower)."""
+    from rec.training.loop import evaluate_tenant
+    from rec.training.text_tower import TowerText
+
+    out, shifts = {}, []
+    for ds, _, tc, emb in evals:
+        text = emb.encode_all() if isinstance(emb, TowerText) else emb
+        if isinstance(emb, TowerText):
+            shifts.append(float((1 - (text * emb.states.frozen).sum(-1)).mean()))
+        out[ds] = evaluate_tenant(model, tc, text, "test", ks=[10])["ndcg@10"]
+    return {**out, "text_shift": float(np.mean(shifts)) if shifts else 0.0}
 
 
 def text_lora_settings(a: argparse.Namespace) -> dict[str, Any]:
