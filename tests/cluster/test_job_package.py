@@ -24,7 +24,7 @@ def test_working_dir_package_is_the_project_without_ignored_files(tmp_path: Path
     tops = {n.split("/")[0] for n in names}
     for needed in ("rec", "tuning", "serve_apps", "configs", "pyproject.toml"):
         assert needed in tops, f"{needed} missing from the job's working dir"
-    for ignored in (".venv", "runs", ".cache", "outputs"):
+    for ignored in (".venv", "runs", ".cache", "outputs", ".git", ".hypothesis"):
         assert ignored not in tops, f"{ignored}/ would be uploaded with every job"
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     size_mib = pkg.stat().st_size / 2**20
