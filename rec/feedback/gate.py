@@ -134,7 +134,7 @@ def gate_ranks(model, text_emb: np.ndarray, gate: GateSet, max_len: int, exclude
             hist = [h[-max_len:] for h in gate.histories[start:start + batch_size]]
             idx = torch.from_numpy(np.asarray(left_pad(hist, max_len), np.int64))  # (B, T)
             scores = model.scores(model.user_vector(cat[idx.clamp(min=0)], idx == PAD), cat)  # (B, N)
-            exclude = hist if exclude_history else None
+            exclude = gate.histories[start:start + batch_size] if exclude_history else None  # all of it, not only the window
             # pessimistic ties: a model that scores everything alike must not pass the gate
             ranks.append(rank_of_target(scores.numpy(), gate.targets[start:start + batch_size], exclude=exclude,
                                         tie_policy="pessimistic"))

@@ -23,11 +23,30 @@ __all__ = ["TenantCorpus", "Corpus", "EvalRows", "build_corpus", "eval_rows", "l
 
 @dataclass
 class EvalRows:
-    """Leave-one-out evaluation examples: histories ``(V, T)`` left-padded, targets ``(V,)``."""
+    """Leave-one-out evaluation examples: histories ``(V, T)`` left-padded, targets ``(V,)``.
+
+    ``seen`` holds each example's whole history before its target, of which ``histories`` keeps the
+    last ``T``: ``eval.exclude_history`` removes all of it from the ranking, as SASRec+'s
+    ``filter_seen`` does (on ML-1M at window 200 the window alone understated NDCG@10 by 2 %).
+    None (rows built without it): the window's items.
+    """
 
     user_rows: np.ndarray
     histories: np.ndarray
     targets: np.ndarray
+    seen: list[np.ndarray] | None = None
+
+    def take(self, idx: np.ndarray | slice) -> EvalRows:
+        """The examples at ``idx`` (an index array or a slice), ``seen`` included."""
+        pos = np.arange(len(self.targets))[idx]
+        seen = None if self.seen is None else [self.seen[i] for i in pos]
+        return EvalRows(self.user_rows[pos], self.histories[pos], self.targets[pos], seen)
+
+    def seen_items(self, sl: slice) -> list[np.ndarray]:
+        """What ``exclude_history`` removes for the examples in ``sl``."""
+        if self.seen is not None:
+            return self.seen[sl]
+        return [h[h >= 0] for h in self.histories[sl]]
 
 
 @dataclass
@@ -102,7 +121,8 @@ def eval_rows(split: LOOSplit | KShotSplit, which: str, max_len: int, **sample: 
         **sample: Passed to ``eval_examples`` (``max_users``, ``seed`` of a leave-one-out split).
     """
     rows, hists, targets = split.eval_examples(which, **sample)
-    return EvalRows(np.asarray(rows, np.int64), left_pad(hists, max_len), np.asarray(targets, np.int64))
+    seen = [np.asarray(h, np.int64) for h in hists]
+    return EvalRows(np.asarray(rows, np.int64), left_pad(hists, max_len), np.asarray(targets, np.int64), seen)
 
 
 def tenant_corpus(

@@ -215,8 +215,7 @@ def tenant_ranks(
     """0-based full-ranking rank of each example's target, ``(V,)``."""
     ranks = []
     for sl, scores in tenant_scores(model, tenant, text_emb, rows.histories, batch_size):
-        hist = rows.histories[sl]
-        exclude = [h[h >= 0] for h in hist] if exclude_history else None
+        exclude = rows.seen_items(sl) if exclude_history else None  # the whole history, not only the window
         ranks.append(rank_of_target(scores.cpu().numpy(), rows.targets[sl], exclude=exclude))
     return np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
 
@@ -266,7 +265,7 @@ def evaluate_corpus(
     per_tenant_ranks = []
     for t, tc in enumerate(corpus.tenants):
         rows = tc.valid if split == "valid" else tc.test
-        mine = EvalRows(rows.user_rows[rank::world_size], rows.histories[rank::world_size], rows.targets[rank::world_size])
+        mine = rows.take(slice(rank, None, world_size))
         per_tenant_ranks.append(tenant_ranks(model, tc, text_embs[t], mine, batch_size, exclude_history))
     if world_size > 1:
         import torch.distributed as dist
