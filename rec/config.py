@@ -177,6 +177,11 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     patience: int = Field(3, ge=1, description="early stopping: epochs without val NDCG@10 gain")
+    lr_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="reduce on plateau (torch ReduceLROnPlateau on the early-stopping metric): "
+        "multiply every learning rate by this after train.lr_decay_patience epochs without a gain; null = constant")
+    lr_decay_patience: int = Field(2, ge=1, description="train.lr_decay: epochs without a gain before each decay")
+    min_lr: float = Field(1e-5, ge=0.0, description="train.lr_decay: no learning rate goes below this")
     seed: int = 0
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
     cpus_per_worker: float = Field(1.0, gt=0.0)
@@ -200,6 +205,13 @@ class TrainConfig(_Strict):
     mixture_weights: dict[str, float] = Field(
         default_factory=dict, description="train.mixture=balanced: relative share per tenant name (missing names: 1.0)")
     text_lora: TextLoraConfig = Field(default_factory=TextLoraConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.lr_decay is not None and self.lr_decay_patience >= self.patience:
+            raise ValueError(f"train.lr_decay_patience={self.lr_decay_patience} >= train.patience={self.patience}: early "
+                             "stopping would end the run before the learning rate ever decays; set it below train.patience")
+        return self
 
 
 #: the metric that early-stops, selects checkpoints and is always reported (full ranking)

@@ -31,6 +31,8 @@ from rec.training.checkpoint import LoadedBackbone
 from rec.training.corpus import Corpus, build_corpus
 from rec.training.early_stopping import EarlyStopping
 from rec.training.loop import CorpusLoss, make_optimizer, train_epoch
+from rec.training.lr_schedule import STATE_KEY as LR_STATE_KEY
+from rec.training.lr_schedule import current_lr, plateau_scheduler
 from rec.training.mixture import epoch_rows
 from rec.training.pretrain_text_lora import JointWeights, TextLoraRun, build_text_lora, split_weights, text_lora_cut
 from rec.training.scaffold import (
@@ -70,6 +72,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     if restored is not None:
         best_weights, state = restored
         stopper.resume(best_weights, state)
+    scheduler = plateau_scheduler(optimizer, tc, state)
     loss_model = ray.train.torch.prepare_model(CorpusLoss(model, w.cfg.model.loss, w.cfg.model.num_negatives,
                                                                 tc.infonce_temperature, None if lora is None else lora.tower))
     holdout = w.corpus.holdout_corpus()
@@ -84,9 +87,14 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         train_s = time.perf_counter() - t0
         val = w.evaluate(model, w.corpus, catalog_matrices(embs, w.device))
         hold = w.evaluate(model, holdout, catalog_matrices(holdout_embs, w.device)) if holdout.tenants else None
-        stopper.update(epoch, holdout_selection(hold) if tc.select_on == "holdout" else val["all"], weights)
+        selection = holdout_selection(hold) if tc.select_on == "holdout" else val["all"]
+        stopper.update(epoch, selection, weights)
         state.update(epoch=epoch, **stopper.counters())
         metrics = _epoch_metrics(w, state, loss, train_s, len(rows), val, hold, stopper.stopped)
+        metrics["lr"] = current_lr(optimizer)  # the rate this epoch trained at
+        if scheduler is not None:
+            scheduler.step(selection[PRIMARY_METRIC])
+            state[LR_STATE_KEY] = scheduler.state_dict()
         state["history"].append(metrics)
         if w.rank == 0:
             _print_epoch(tc.epochs, metrics, state, val, hold)
@@ -137,7 +145,7 @@ def _print_epoch(epochs: int, m: dict[str, Any], state: dict[str, Any], val: dic
     held = f"  holdout ndcg@10 {hold['all'][PRIMARY_METRIC]:.4f}" if hold is not None else ""
     print(
         f"epoch {m['epoch'] + 1}/{epochs}  loss {m['train_loss']:.4f}  val ndcg@10 {val['all'][PRIMARY_METRIC]:.4f}{held}  "
-        f"best {state['best']:.4f} ({_epoch_name(state['best_epoch'])})  {m['epoch_train_s']:.1f}s"
+        f"best {state['best']:.4f} ({_epoch_name(state['best_epoch'])})  lr {m['lr']:.2g}  {m['epoch_train_s']:.1f}s"
         + ("  early stop" if m["early_stopped"] else ""),
         flush=True,
     )

@@ -142,3 +142,21 @@ def test_holdout_bad_configs_say_what_to_do(tmp_path, text_cache, datasets_dir):
     clash = dataclasses.replace(load_source(cfg.data.holdout[0], min_seq_len=3), name=tenants[0].name)
     with pytest.raises(DataError, match="both trained on and held out"):
         build_corpus(cfg, tenants=tenants, holdout=[clash])
+
+
+def test_lr_decays_on_a_plateau_and_a_resumed_run_decays_where_a_straight_one_would(ray_local, tmp_path, text_cache):
+    # lr 1e-12 cannot move validation after epoch 1: every later epoch is a plateau epoch
+    extra = {"train.lr": 1e-12, "train.lr_decay": 0.5, "train.lr_decay_patience": 1, "train.min_lr": 0.0, "train.patience": 5}
+    cfg = load_config(None, tiny_overrides(tmp_path, text_cache, **{**extra, "train.epochs": 3}))
+    corpus = build_corpus(cfg)
+    pretrain(cfg, corpus=corpus)
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 10})})
+    res = pretrain(more, corpus=corpus)
+    assert res.history[-1]["resumed_from"] == 2 and res.history[-1]["early_stopped"]
+    # no gain after epoch 1: decays after the 2nd and 4th plateau epochs; early stopping after the 5th
+    assert [h["lr"] / 1e-12 for h in res.history] == pytest.approx([1, 1, 1, 0.5, 0.5, 0.25])
+
+
+def test_lr_decay_must_come_before_early_stopping(tmp_path, text_cache):
+    with pytest.raises(ValueError, match="lr_decay_patience=3 >= train.patience=3"):
+        load_config(None, tiny_overrides(tmp_path, text_cache, **{"train.lr_decay": 0.5, "train.lr_decay_patience": 3, "train.patience": 3}))
