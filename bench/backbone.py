@@ -84,6 +84,10 @@ _COMMON = {
     "train.lr": 2e-3,
     "train.batch_size": 128,
     "train.max_eval_users": 2000,
+    # Halve the rate after 3 epochs without a validation gain (2026-12-05: ML-1M ID-only sat at
+    # 0.108-0.109 for 16 epochs at a constant 2e-3); patience 10 leaves room for 3 decays.
+    "train.lr_decay": 0.5,
+    "train.lr_decay_patience": 2,
 }
 DATASETS = {
     "ml-1m": DatasetSpec(
@@ -120,6 +124,7 @@ def run_config(spec: DatasetSpec, model: str, args: argparse.Namespace) -> RecCo
     if args.epochs is not None:
         setting["train.epochs"] = args.epochs
     setting.update(MODEL_SWITCHES.get(model, MODEL_SWITCHES["sasrec-id"]))
+    setting.update(dict(kv.split("=", 1) for kv in args.set))  # --set: this run's overrides, YAML values
     setting.update({
         "train.max_eval_users": None,  # the corpus holds all users; validation is sampled in `corpus_for`
         "train.num_workers": 1,
@@ -380,6 +385,9 @@ fewshot-rec on scientific reaches VQ-Rec's NDCG@10."""
 
 def protocol_dict(args: argparse.Namespace, datasets: list[str], wall_s: float) -> dict[str, Any]:
     settings = {d: {**DATASETS[d].setting, **(QUICK if args.quick else {})} for d in datasets}
+    if args.set:  # per model, so a later run of the dataset's other models keeps this note
+        for d in datasets:
+            settings[d].update({f"{m} --set": args.set for m in args.models if m != "popularity"})
     return {
         "protocol": PROTOCOL,
         "models": "popularity = training-sequence item counts; sasrec-id = backbone with model.use_text=false "
@@ -413,6 +421,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue each (dataset, model) run from its last per-epoch checkpoint under --runs-dir "
                         "(ML-1M at window 200 takes hours here: stop it any time and resume; train_s then covers "
                         "only the resumed part, the learning curve all epochs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a RecConfig override for this run's neural models (repeatable, recorded in the protocol), "
+                        "e.g. train.patience=20 to continue an early-stopped run under --resume")
     p.add_argument("--rescore", action="store_true",
                    help="no training: add the history-excluded test metrics to the saved rows of --datasets "
                         "from their checkpoints under --runs-dir, then rewrite the report")
@@ -421,6 +432,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="per-run checkpoints (default runs/bench-backbone, runs/bench-backbone-quick with --quick: "
                         "a smoke run must not replace the checkpoints behind the saved rows)")
     args = p.parse_args(argv)
+    for kv in args.set:
+        if "=" not in kv or not kv.split("=", 1)[0]:
+            p.error(f"--set {kv!r}: write KEY=VALUE, e.g. --set train.patience=20")
     if args.runs_dir is None:
         args.runs_dir = ROOT / "runs" / ("bench-backbone-quick" if args.quick else "bench-backbone")
     return args
@@ -484,19 +498,25 @@ def report(name: str, args: argparse.Namespace, protocol: dict[str, Any], rows: 
 
 def merge_saved(results_dir: Path, name: str, rows: list[dict], curves: dict,
                 protocol: dict[str, Any]) -> tuple[list[dict], dict, dict[str, Any]]:
-    """This run's datasets replace their saved rows; the saved rows of the other datasets stay."""
+    """This run's (dataset, model) rows replace their saved ones; every other saved row stays (two
+    runs may each cover some models of one dataset, e.g. a resumed model beside the others)."""
     path = results_dir / f"{name}.json"
     if not path.exists():
         return rows, curves, protocol
     saved = json.loads(path.read_text())
     saved_curves = json.loads((results_dir / f"{name}_curves.json").read_text())["curves"]
-    ours = {r["dataset"] for r in rows}
-    kept = [r for r in saved["rows"] if r["dataset"] not in ours]
+    ours = {(r["dataset"], r["model"]) for r in rows}
+    kept = [r for r in saved["rows"] if (r["dataset"], r["model"]) not in ours]
     key = "setting (identical for sasrec-id and fewshot-rec)"
-    settings = {**saved["protocol"].get(key, {}), **protocol[key]}
+    saved_settings = saved["protocol"].get(key, {})
+    settings = {**saved_settings, **{d: {**saved_settings.get(d, {}), **s} for d, s in protocol[key].items()}}
     wall = saved["protocol"].get("total_wall_s", 0.0) + protocol["total_wall_s"]
-    merged_curves = {**{d: c for d, c in saved_curves.items() if d not in ours}, **curves}
-    return kept + rows, merged_curves, {**protocol, key: settings, "total_wall_s": round(wall, 1)}
+    merged_curves = {d: {**saved_curves.get(d, {}), **curves.get(d, {})} for d in {**saved_curves, **curves}}
+    order: dict[str, int] = {}
+    for r in saved["rows"] + rows:  # datasets in the order they were first saved
+        order.setdefault(r["dataset"], len(order))
+    merged = sorted(kept + rows, key=lambda r: (order[r["dataset"]], MODELS.index(r["model"])))
+    return merged, merged_curves, {**protocol, key: settings, "total_wall_s": round(wall, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

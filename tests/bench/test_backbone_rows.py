@@ -48,3 +48,36 @@ def test_target_checks_judge_sasrec_plus_under_both_protocols_and_vq_rec_under_i
 def test_a_quick_run_keeps_its_checkpoints_apart_from_the_full_runs():
     assert parse_args(["--quick"]).runs_dir.name == "bench-backbone-quick"
     assert parse_args([]).runs_dir.name == "bench-backbone"
+
+
+def test_set_overrides_reach_the_run_config_and_a_bad_one_exits_with_the_fix(capsys):
+    import pytest
+
+    from bench.backbone import DATASETS, run_config
+
+    args = parse_args(["--set", "train.patience=20", "--set", "train.lr_decay=0.5"])
+    cfg = run_config(DATASETS["ml-1m"], "sasrec-id", args)
+    assert cfg.train.patience == 20 and cfg.train.lr_decay == 0.5 and not cfg.model.use_text
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--set", "train.patience"])
+    assert e.value.code == 2 and "write KEY=VALUE" in capsys.readouterr().err
+
+
+def test_merging_replaces_only_this_runs_dataset_model_rows(tmp_path):
+    import json
+
+    from bench.backbone import merge_saved
+
+    key = "setting (identical for sasrec-id and fewshot-rec)"
+    saved = {"rows": [_row("ml-1m", "popularity", 0.01), _row("ml-1m", "sasrec-id", 0.10), _row("ml-1m", "fewshot-rec", 0.09),
+                      _row("beauty", "sasrec-id", 0.04)],
+             "protocol": {key: {"ml-1m": {"train.patience": 10}, "beauty": {}}, "total_wall_s": 5.0}}
+    (tmp_path / "b.json").write_text(json.dumps(saved))
+    (tmp_path / "b_curves.json").write_text(json.dumps({"curves": {"ml-1m": {"sasrec-id": [[0, 0.1]], "fewshot-rec": [[0, 0.09]]}}}))
+    ours = [_row("ml-1m", "sasrec-id", 0.12)]
+    proto = {key: {"ml-1m": {"train.patience": 10, "sasrec-id --set": ["train.patience=20"]}}, "total_wall_s": 1.0}
+    rows, curves, protocol = merge_saved(tmp_path, "b", ours, {"ml-1m": {"sasrec-id": [[0, 0.12]]}}, proto)
+    assert [(r["dataset"], r["model"], r["ndcg@10"]) for r in rows] == [
+        ("ml-1m", "popularity", 0.01), ("ml-1m", "sasrec-id", 0.12), ("ml-1m", "fewshot-rec", 0.09), ("beauty", "sasrec-id", 0.04)]
+    assert curves["ml-1m"] == {"sasrec-id": [[0, 0.12]], "fewshot-rec": [[0, 0.09]]}
+    assert protocol[key]["ml-1m"]["sasrec-id --set"] == ["train.patience=20"] and protocol["total_wall_s"] == 6.0
