@@ -39,7 +39,7 @@ def test_target_checks_judge_sasrec_plus_under_both_protocols_and_vq_rec_under_i
     ml = next(line for line in text.splitlines() if line.startswith("- ml-1m: fewshot-rec vs"))
     assert "kept 0.1180 vs 0.1200 (0.98x) **met**" in ml and "excl 0.1700 vs 0.1800 (0.94x) **not met**" in ml
     vq = next(line for line in text.splitlines() if "scientific: fewshot-rec NDCG@10 (kept" in line)
-    assert vq.endswith("0.0660 vs VQ-Rec 0.0645: **met**") and "0.09" not in vq
+    assert vq.endswith("0.0660 vs VQ-Rec 0.0645: **met**") and "0.09" not in vq and "standard errors" not in vq
     # rows saved before the excluded protocol existed are judged on what they have
     old = target_checks([_row("beauty", "sasrec-id", 0.04), _row("beauty", "fewshot-rec", 0.044, 0.05)])
     assert "kept 0.0440 vs 0.0400 (1.10x) **met**" in old and "excl" not in old.split("\n")[2]
