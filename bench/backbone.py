@@ -126,7 +126,7 @@ def run_config(spec: DatasetSpec, model: str, args: argparse.Namespace) -> RecCo
     setting.update(MODEL_SWITCHES.get(model, MODEL_SWITCHES["sasrec-id"]))
     setting.update(dict(kv.split("=", 1) for kv in args.set))  # --set: this run's overrides, YAML values
     setting.update({
-        "train.max_eval_users": None,  # the corpus holds all users; validation is sampled in `corpus_for`
+        "train.max_eval_users": None,  # the corpus holds all users; validation is sampled in `sample_validation`
         "train.num_workers": 1,
         "train.torch_threads": 2,
         "train.resume": args.resume,
@@ -322,7 +322,7 @@ def rescore_saved(args: argparse.Namespace, name: str) -> list[dict]:
     from rec.data.loaders import load_source
     from rec.data.paths import data_root
 
-    saved = json.loads((args.results_dir / f"{name}.json").read_text())
+    saved, _ = load_saved(args.results_dir, name)
     for d in args.datasets:
         spec = DATASETS[d]
         tenant = load_source(spec.source, min_seq_len=3, root=data_root(None, os.environ.get(DATA_ROOT_ENV)))
@@ -503,6 +503,16 @@ def report(name: str, args: argparse.Namespace, protocol: dict[str, Any], rows: 
     return write_results(name, protocol, rows, notes=notes, results_dir=args.results_dir)
 
 
+def load_saved(results_dir: Path, name: str) -> tuple[dict[str, Any], dict]:
+    """The saved ``<name>.json`` and its curves; exits with what to run when there are none."""
+    paths = (results_dir / f"{name}.json", results_dir / f"{name}_curves.json")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"no saved results to work on ({', '.join(missing)} missing): run the benchmark first, "
+                         "or point --results-dir/--name at an earlier run")
+    return json.loads(paths[0].read_text()), json.loads(paths[1].read_text())["curves"]
+
+
 def merge_saved(results_dir: Path, name: str, rows: list[dict], curves: dict,
                 protocol: dict[str, Any]) -> tuple[list[dict], dict, dict[str, Any]]:
     """This run's (dataset, model) rows replace their saved ones; every other saved row stays (two
@@ -510,8 +520,7 @@ def merge_saved(results_dir: Path, name: str, rows: list[dict], curves: dict,
     path = results_dir / f"{name}.json"
     if not path.exists():
         return rows, curves, protocol
-    saved = json.loads(path.read_text())
-    saved_curves = json.loads((results_dir / f"{name}_curves.json").read_text())["curves"]
+    saved, saved_curves = load_saved(results_dir, name)
     ours = {(r["dataset"], r["model"]) for r in rows}
     kept = [r for r in saved["rows"] if (r["dataset"], r["model"]) not in ours]
     key = "setting (identical for sasrec-id and fewshot-rec)"
@@ -532,8 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         args.datasets = ["scientific"] if args.quick else list(DATASETS)
     name = args.name or ("backbone-quick" if args.quick else "backbone")
     if args.report_only:
-        saved = json.loads((args.results_dir / f"{name}.json").read_text())
-        curves = json.loads((args.results_dir / f"{name}_curves.json").read_text())["curves"]
+        saved, curves = load_saved(args.results_dir, name)
         log(f"rewrote {report(name, args, saved['protocol'], saved['rows'], curves)} from the saved rows")
         return 0
     import torch
@@ -543,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rescore:
         torch.set_num_threads(2)
         saved = rescore_saved(args, name)
-        curves = json.loads((args.results_dir / f"{name}_curves.json").read_text())["curves"]
+        curves = load_saved(args.results_dir, name)[1]
         log(f"rewrote {report(name, args, saved['protocol'], saved['rows'], curves)} with history-excluded metrics")
         return 0
 

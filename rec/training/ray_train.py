@@ -32,7 +32,7 @@ from rec.training.corpus import Corpus, build_corpus
 from rec.training.early_stopping import EarlyStopping
 from rec.training.loop import CorpusLoss, make_optimizer, train_epoch
 from rec.training.lr_schedule import STATE_KEY as LR_STATE_KEY
-from rec.training.lr_schedule import current_lr, plateau_scheduler
+from rec.training.lr_schedule import current_lr, plateau_counters, plateau_scheduler
 from rec.training.mixture import epoch_rows
 from rec.training.pretrain_text_lora import JointWeights, TextLoraRun, build_text_lora, split_weights, text_lora_cut
 from rec.training.scaffold import (
@@ -72,7 +72,6 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     if restored is not None:
         best_weights, state = restored
         stopper.resume(best_weights, state)
-    scheduler = plateau_scheduler(optimizer, tc, state)
     loss_model = ray.train.torch.prepare_model(CorpusLoss(model, w.cfg.model.loss, w.cfg.model.num_negatives,
                                                                 tc.infonce_temperature, None if lora is None else lora.tower))
     holdout = w.corpus.holdout_corpus()
@@ -80,6 +79,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     regularizer = None if lora is None else preserve_regularizer(lora.texts, tc.text_lora.preserve_weight)
     if tc.select_on == "holdout" and state["epoch"] == -1 and not state["history"]:
         _score_untrained_init(w, model, holdout, catalog_matrices(holdout_embs, w.device), stopper, state)
+    scheduler = plateau_scheduler(optimizer, tc, state)  # after the init's score: both count gains from one best
     for epoch in range(state["epoch"] + 1, tc.epochs):
         t0 = time.perf_counter()
         rows = epoch_rows(w.corpus, tc, epoch, w.rank, w.world)
@@ -94,7 +94,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         metrics["lr"] = current_lr(optimizer)  # the rate this epoch trained at
         if scheduler is not None:
             scheduler.step(selection[PRIMARY_METRIC])
-            state[LR_STATE_KEY] = scheduler.state_dict()
+            state[LR_STATE_KEY] = plateau_counters(scheduler)
         state["history"].append(metrics)
         if w.rank == 0:
             _print_epoch(tc.epochs, metrics, state, val, hold)

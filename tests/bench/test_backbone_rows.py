@@ -81,3 +81,13 @@ def test_merging_replaces_only_this_runs_dataset_model_rows(tmp_path):
         ("ml-1m", "popularity", 0.01), ("ml-1m", "sasrec-id", 0.12), ("ml-1m", "fewshot-rec", 0.09), ("beauty", "sasrec-id", 0.04)]
     assert curves["ml-1m"] == {"sasrec-id": [[0, 0.12]], "fewshot-rec": [[0, 0.09]]}
     assert protocol[key]["ml-1m"]["sasrec-id --set"] == ["train.patience=20"] and protocol["total_wall_s"] == 6.0
+
+
+def test_rescore_or_report_without_saved_results_exits_with_what_to_run(tmp_path):
+    import pytest
+
+    from bench.backbone import main
+
+    for flag in ("--rescore", "--report-only"):
+        with pytest.raises(SystemExit, match="run the benchmark first"):
+            main([flag, "--datasets", "scientific", "--results-dir", str(tmp_path)])

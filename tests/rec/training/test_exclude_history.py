@@ -32,7 +32,7 @@ def test_test_ranks_exclude_the_whole_history(datasets_dir) -> None:
     rows = tc.test
     whole = [tenant.sequence(int(u))[:-1] for u in rows.user_rows]  # everything before the test item
     assert all(len(h) > WINDOW for h in whole)
-    for got, want in zip(rows.seen, whole):
+    for got, want in zip(rows.seen_items(slice(None)), whole):
         np.testing.assert_array_equal(got, want)
 
     scores = np.concatenate([s.numpy() for _, s in tenant_scores(model, tc, None, rows.histories, 64)])
@@ -53,6 +53,6 @@ def test_take_keeps_each_example_with_its_own_history(datasets_dir) -> None:
         pos = np.arange(len(rows.targets))[idx]
         np.testing.assert_array_equal(part.targets, rows.targets[pos])
         np.testing.assert_array_equal(part.histories, rows.histories[pos])
-        for got, i in zip(part.seen, pos):
-            np.testing.assert_array_equal(got, rows.seen[i])
+        for got, i in zip(part.seen_items(slice(None)), pos):
+            np.testing.assert_array_equal(got, rows.seen_items(slice(i, i + 1))[0])
             assert got[-1] == rows.histories[i][-1]  # the window ends where the whole history ends
